@@ -1,0 +1,620 @@
+//! Durable pull consumers with explicit acks, backoff, dead letters and graceful shutdown.
+//!
+//! A message is acked only after its handler succeeds. A transient failure is nak'd with a
+//! growing delay; undecodable bytes, a permanent refusal, or a failure on the last allowed
+//! delivery go to dead letters (`crew.dlq.<subject>`) with the reason and the original
+//! bytes, and are terminated so they are never redelivered.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    future::Future,
+    panic::AssertUnwindSafe,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU32, AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use async_nats::jetstream::{self, AckKind};
+use chrono::Utc;
+use futures::{FutureExt, StreamExt};
+use infracrew_protocol::{
+    DeadLetter, DeadLetterKind, DecodeError, FieldError, Message, SchemaVersion, decode, subjects,
+};
+use serde::Deserialize;
+use tokio::{sync::Semaphore, task::JoinSet};
+
+use crate::{Bus, ConsumerSpec, PublishError, Shutdown};
+
+/// How long one pull request waits for messages; also the longest shutdown waits for it.
+const PULL_EXPIRES: Duration = Duration::from_secs(1);
+/// Pause before asking again after a failed pull request (the server may be restarting).
+const PULL_RETRY: Duration = Duration::from_millis(250);
+
+/// A type a consumer decodes its messages into: one message type, or an enum over the
+/// subjects of a consumer that reads several.
+pub trait Inbound: Sized + Send + 'static {
+    /// Decodes a message that arrived on `subject`.
+    fn decode(subject: &str, payload: &[u8]) -> Result<Self, DecodeError>;
+}
+
+impl<M: Message> Inbound for M {
+    fn decode(_subject: &str, payload: &[u8]) -> Result<Self, DecodeError> {
+        decode::<M>(payload)
+    }
+}
+
+/// How a handler failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HandlerError {
+    /// Worth another try later (a dependency is down, a lock is held): nak'd with backoff,
+    /// dead-lettered once the deliveries run out.
+    #[error("{0}")]
+    Retry(String),
+    /// Will never succeed: dead-lettered now with this reason.
+    #[error("{0}")]
+    Reject(String),
+}
+
+/// Handles decoded messages of type `T`.
+pub trait Handler<T>: Send + Sync + 'static {
+    fn handle(
+        &self,
+        message: T,
+        delivery: Delivery,
+    ) -> impl Future<Output = Result<(), HandlerError>> + Send;
+}
+
+impl<T, F, Fut> Handler<T> for F
+where
+    F: Fn(T, Delivery) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), HandlerError>> + Send,
+{
+    fn handle(
+        &self,
+        message: T,
+        delivery: Delivery,
+    ) -> impl Future<Output = Result<(), HandlerError>> + Send {
+        self(message, delivery)
+    }
+}
+
+/// The delivery a handler is working on.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    message: Arc<jetstream::Message>,
+    subject: String,
+    stream_sequence: u64,
+    delivered: u64,
+}
+
+impl Delivery {
+    pub fn subject(&self) -> &str {
+        &self.subject
+    }
+
+    /// Position in the stream, stable across redeliveries.
+    pub fn stream_sequence(&self) -> u64 {
+        self.stream_sequence
+    }
+
+    /// 1 on the first delivery.
+    pub fn delivered(&self) -> u64 {
+        self.delivered
+    }
+
+    /// Tells the server the handler is still working, resetting the ack deadline, so long
+    /// work is not redelivered to another replica meanwhile.
+    pub async fn in_progress(&self) -> Result<(), ConsumeError> {
+        self.message
+            .ack_with(AckKind::Progress)
+            .await
+            .map_err(|error| ConsumeError::Ack(error.to_string()))
+    }
+}
+
+/// How a consumer runs.
+#[derive(Debug, Clone)]
+pub struct ConsumerSettings {
+    /// Messages handled at once.
+    pub concurrency: usize,
+    /// Delay before the first redelivery of a nak'd message; doubles on each delivery.
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+    /// How long in-flight handlers may finish after shutdown before they are nak'd.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ConsumerSettings {
+    fn default() -> Self {
+        ConsumerSettings {
+            concurrency: 16,
+            backoff_base: Duration::from_millis(250),
+            backoff_max: Duration::from_secs(30),
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+impl ConsumerSettings {
+    fn backoff(&self, delivered: u64) -> Duration {
+        let exponent = delivered.saturating_sub(1).min(16) as u32;
+        self.backoff_base
+            .saturating_mul(2u32.saturating_pow(exponent))
+            .min(self.backoff_max)
+    }
+}
+
+/// Counters of one process's work, read by heartbeats.
+#[derive(Debug, Default)]
+pub struct WorkStats {
+    pub handled: AtomicU64,
+    pub failed: AtomicU64,
+    pub dead_lettered: AtomicU64,
+    pub in_flight: AtomicU32,
+    last_error: Mutex<Option<String>>,
+}
+
+impl WorkStats {
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error
+            .lock()
+            .map(|guard| guard.clone())
+            .unwrap_or(None)
+    }
+
+    fn record_error(&self, error: &str) {
+        self.failed.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut guard) = self.last_error.lock() {
+            *guard = Some(error.to_owned());
+        }
+    }
+}
+
+/// Why a consumer stopped or could not settle a message.
+#[derive(Debug, thiserror::Error)]
+pub enum ConsumeError {
+    #[error(
+        "consumer {durable} on stream {stream} is missing or unreadable: {reason}. Provision the bus first"
+    )]
+    Bind {
+        stream: String,
+        durable: String,
+        reason: String,
+    },
+    #[error("pulling from consumer {durable} failed: {reason}")]
+    Pull { durable: String, reason: String },
+    #[error("acknowledging a message failed: {0}")]
+    Ack(String),
+    #[error("publishing a dead letter failed: {0}")]
+    DeadLetter(#[from] PublishError),
+}
+
+impl Bus {
+    /// Reads `spec`'s durable consumer until `shutdown` fires, handing each decoded message
+    /// to `handler`. On shutdown it stops pulling, lets in-flight handlers finish within the
+    /// grace period, and naks the rest so they are redelivered at once elsewhere.
+    pub async fn consume<T, H>(
+        &self,
+        spec: &ConsumerSpec,
+        settings: ConsumerSettings,
+        stats: Arc<WorkStats>,
+        handler: H,
+        shutdown: Shutdown,
+    ) -> Result<(), ConsumeError>
+    where
+        T: Inbound,
+        H: Handler<T>,
+    {
+        let bind_error = |reason: String| ConsumeError::Bind {
+            stream: spec.stream.clone(),
+            durable: spec.durable.clone(),
+            reason,
+        };
+        let consumer: jetstream::consumer::PullConsumer = self
+            .jetstream()
+            .get_consumer_from_stream(&spec.durable, &spec.stream)
+            .await
+            .map_err(|error| bind_error(error.to_string()))?;
+        let _advisories = self.dead_letter_advisories(spec, shutdown.clone()).await;
+
+        let context = Arc::new(Settle {
+            bus: self.clone(),
+            spec: spec.clone(),
+            settings: settings.clone(),
+            stats,
+            handler,
+        });
+        let permits = Arc::new(Semaphore::new(settings.concurrency.max(1)));
+        let in_flight: Arc<Mutex<HashMap<u64, Arc<jetstream::Message>>>> = Arc::default();
+        let mut tasks = JoinSet::new();
+        let mut next_task = 0u64;
+
+        // One pull request at a time, for as many messages as there are free handler slots,
+        // so nothing is fetched that cannot start at once and shutdown can hand back exactly
+        // what was fetched but not started.
+        'pulling: while !shutdown.is_cancelled() {
+            let first_permit = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                permit = permits.clone().acquire_owned() => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => break,
+                },
+            };
+            let wanted = permits.available_permits() + 1;
+            let mut batch = match consumer
+                .batch()
+                .max_messages(wanted)
+                .expires(PULL_EXPIRES)
+                .messages()
+                .await
+            {
+                Ok(batch) => batch,
+                Err(error) => {
+                    tracing::warn!(durable = %spec.durable, %error, "pull request failed; retrying");
+                    drop(first_permit);
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(PULL_RETRY) => continue,
+                    }
+                }
+            };
+            let mut permit = Some(first_permit);
+            loop {
+                let next = tokio::select! {
+                    biased;
+                    _ = shutdown.cancelled() => {
+                        give_back_rest_of_batch(&mut batch).await;
+                        break 'pulling;
+                    }
+                    next = batch.next() => next,
+                };
+                let message = match next {
+                    None => break,
+                    Some(Ok(message)) => Arc::new(message),
+                    Some(Err(error)) => {
+                        tracing::warn!(durable = %spec.durable, %error, "pull interrupted");
+                        break;
+                    }
+                };
+                let permit = match permit.take() {
+                    Some(permit) => permit,
+                    // The batch asked only for free slots, and only this loop takes them.
+                    None => match permits.clone().acquire_owned().await {
+                        Ok(permit) => permit,
+                        Err(_) => break 'pulling,
+                    },
+                };
+                while tasks.try_join_next().is_some() {}
+                next_task += 1;
+                let task_id = next_task;
+                lock(&in_flight).insert(task_id, message.clone());
+                let context = context.clone();
+                let in_flight = in_flight.clone();
+                tasks.spawn(async move {
+                    context.settle::<T>(message).await;
+                    lock(&in_flight).remove(&task_id);
+                    drop(permit);
+                });
+            }
+        }
+
+        let finished = tokio::time::timeout(settings.shutdown_grace, async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if finished.is_err() {
+            tasks.abort_all();
+            let unfinished: Vec<_> = lock(&in_flight)
+                .drain()
+                .map(|(_, message)| message)
+                .collect();
+            tracing::warn!(
+                durable = %spec.durable,
+                count = unfinished.len(),
+                "handlers did not finish within the shutdown grace; returning their messages"
+            );
+            for message in unfinished {
+                let _ = message.ack_with(AckKind::Nak(None)).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Dead-letters messages the server stopped redelivering because their handler never
+    /// answered (the process died, or the ack deadline passed, on every delivery).
+    async fn dead_letter_advisories(
+        &self,
+        spec: &ConsumerSpec,
+        shutdown: Shutdown,
+    ) -> Option<tokio::task::JoinHandle<()>> {
+        let subject = format!(
+            "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{}.{}",
+            spec.stream, spec.durable
+        );
+        let mut advisories = match self.client().subscribe(subject).await {
+            Ok(subscription) => subscription,
+            Err(error) => {
+                tracing::warn!(%error, "cannot watch max-delivery advisories");
+                return None;
+            }
+        };
+        let bus = self.clone();
+        let spec = spec.clone();
+        Some(tokio::spawn(async move {
+            loop {
+                let advisory = tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    advisory = advisories.next() => match advisory {
+                        Some(advisory) => advisory,
+                        None => break,
+                    },
+                };
+                if let Err(error) = bus
+                    .dead_letter_from_advisory(&spec, &advisory.payload)
+                    .await
+                {
+                    tracing::error!(%error, "dead-lettering after max deliveries failed");
+                }
+            }
+        }))
+    }
+
+    async fn dead_letter_from_advisory(
+        &self,
+        spec: &ConsumerSpec,
+        payload: &[u8],
+    ) -> Result<(), ConsumeError> {
+        #[derive(Deserialize)]
+        struct MaxDeliveries {
+            stream_seq: u64,
+            deliveries: u64,
+        }
+        let advisory: MaxDeliveries =
+            serde_json::from_slice(payload).map_err(|error| ConsumeError::Pull {
+                durable: spec.durable.clone(),
+                reason: error.to_string(),
+            })?;
+        let stream = self
+            .jetstream()
+            .get_stream_no_info(&spec.stream)
+            .await
+            .map_err(|error| ConsumeError::Pull {
+                durable: spec.durable.clone(),
+                reason: error.to_string(),
+            })?;
+        let original = stream
+            .get_raw_message(advisory.stream_seq)
+            .await
+            .map_err(|error| ConsumeError::Pull {
+                durable: spec.durable.clone(),
+                reason: error.to_string(),
+            })?;
+        let letter = DeadLetter {
+            schema_version: SchemaVersion::CURRENT,
+            subject: original.subject.to_string(),
+            stream: spec.stream.clone(),
+            stream_sequence: advisory.stream_seq,
+            consumer: spec.durable.clone(),
+            delivered: advisory.deliveries,
+            kind: DeadLetterKind::MaxDeliveries,
+            reason: format!(
+                "delivered {} times without an acknowledgement (the handler crashed or overran the ack deadline each time)",
+                advisory.deliveries
+            ),
+            errors: Vec::new(),
+            headers: header_map(&original.headers),
+            payload_base64: DeadLetter::encode_payload(&original.payload),
+            dead_at: Utc::now(),
+        };
+        self.publish(&subjects::dead_letter(&letter.subject), &letter)
+            .await?;
+        Ok(())
+    }
+}
+
+/// Naks what the open pull request still delivers, so it is redelivered at once.
+async fn give_back_rest_of_batch(batch: &mut jetstream::consumer::pull::Batch) {
+    let drained = tokio::time::timeout(PULL_EXPIRES, async {
+        while let Some(Ok(message)) = batch.next().await {
+            let _ = message.ack_with(AckKind::Nak(None)).await;
+        }
+    })
+    .await;
+    if drained.is_err() {
+        tracing::debug!("the last pull request did not end in time");
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn header_map(headers: &async_nats::HeaderMap) -> BTreeMap<String, String> {
+    headers
+        .iter()
+        .map(|(name, values)| {
+            let joined: Vec<&str> = values.iter().map(|value| value.as_str()).collect();
+            (name.to_string(), joined.join(", "))
+        })
+        .collect()
+}
+
+/// What a message task needs to settle one message.
+struct Settle<H> {
+    bus: Bus,
+    spec: ConsumerSpec,
+    settings: ConsumerSettings,
+    stats: Arc<WorkStats>,
+    handler: H,
+}
+
+/// How one delivery ended.
+enum Outcome {
+    Done,
+    Retry(String),
+    Dead {
+        kind: DeadLetterKind,
+        reason: String,
+        errors: Vec<FieldError>,
+    },
+}
+
+impl<H> Settle<H> {
+    async fn settle<T>(&self, message: Arc<jetstream::Message>)
+    where
+        T: Inbound,
+        H: Handler<T>,
+    {
+        let (stream_sequence, delivered) = match message.info() {
+            Ok(info) => (info.stream_sequence, info.delivered.max(1) as u64),
+            Err(error) => {
+                tracing::error!(%error, "a delivery without JetStream metadata; leaving it to redelivery");
+                return;
+            }
+        };
+        let subject = message.subject.to_string();
+        let span = tracing::info_span!("message", durable = %self.spec.durable, %subject, stream_sequence, delivered);
+        let _entered = span.enter();
+        self.stats.in_flight.fetch_add(1, Ordering::Relaxed);
+
+        let outcome = match T::decode(&subject, &message.payload) {
+            Err(error) => Outcome::Dead {
+                kind: match error {
+                    DecodeError::Malformed { .. } => DeadLetterKind::Malformed,
+                    DecodeError::UnsupportedVersion(_) => DeadLetterKind::UnsupportedVersion,
+                    DecodeError::Invalid { .. } | DecodeError::SchemaUnavailable { .. } => {
+                        DeadLetterKind::Invalid
+                    }
+                },
+                errors: error.field_errors().to_vec(),
+                reason: error.to_string(),
+            },
+            Ok(decoded) => {
+                let delivery = Delivery {
+                    message: message.clone(),
+                    subject: subject.clone(),
+                    stream_sequence,
+                    delivered,
+                };
+                let handled = AssertUnwindSafe(self.handler.handle(decoded, delivery))
+                    .catch_unwind()
+                    .await;
+                match handled {
+                    Ok(Ok(())) => Outcome::Done,
+                    Ok(Err(HandlerError::Reject(reason))) => Outcome::Dead {
+                        kind: DeadLetterKind::Rejected,
+                        reason,
+                        errors: Vec::new(),
+                    },
+                    Ok(Err(HandlerError::Retry(reason))) => Outcome::Retry(reason),
+                    Err(panic) => {
+                        Outcome::Retry(format!("the handler panicked: {}", panic_text(&panic)))
+                    }
+                }
+            }
+        };
+
+        let outcome = match outcome {
+            Outcome::Retry(reason)
+                if self.spec.max_deliver > 0 && delivered >= self.spec.max_deliver as u64 =>
+            {
+                Outcome::Dead {
+                    kind: DeadLetterKind::MaxDeliveries,
+                    reason: format!(
+                        "failed on all {delivered} deliveries; the last error: {reason}"
+                    ),
+                    errors: Vec::new(),
+                }
+            }
+            other => other,
+        };
+
+        let settled = match outcome {
+            Outcome::Done => {
+                self.stats.handled.fetch_add(1, Ordering::Relaxed);
+                message
+                    .double_ack()
+                    .await
+                    .map_err(|error| ConsumeError::Ack(error.to_string()))
+            }
+            Outcome::Retry(reason) => {
+                self.stats.record_error(&reason);
+                let delay = self.settings.backoff(delivered);
+                tracing::warn!(%reason, ?delay, "handler failed; redelivering later");
+                message
+                    .ack_with(AckKind::Nak(Some(delay)))
+                    .await
+                    .map_err(|error| ConsumeError::Ack(error.to_string()))
+            }
+            Outcome::Dead {
+                kind,
+                reason,
+                errors,
+            } => {
+                self.stats.record_error(&reason);
+                self.dead_letter(&message, stream_sequence, delivered, kind, reason, errors)
+                    .await
+            }
+        };
+        self.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if let Err(error) = settled {
+            tracing::error!(%error, "could not settle a message; it will be redelivered");
+        }
+    }
+
+    /// Publishes the dead letter first and terminates the original only once that is stored,
+    /// so a failure in between redelivers the message instead of losing it.
+    async fn dead_letter(
+        &self,
+        message: &jetstream::Message,
+        stream_sequence: u64,
+        delivered: u64,
+        kind: DeadLetterKind,
+        reason: String,
+        errors: Vec<FieldError>,
+    ) -> Result<(), ConsumeError> {
+        tracing::error!(?kind, %reason, "dead-lettering a message");
+        let letter = DeadLetter {
+            schema_version: SchemaVersion::CURRENT,
+            subject: message.subject.to_string(),
+            stream: self.spec.stream.clone(),
+            stream_sequence,
+            consumer: self.spec.durable.clone(),
+            delivered,
+            kind,
+            reason,
+            errors,
+            headers: message.headers.as_ref().map(header_map).unwrap_or_default(),
+            payload_base64: DeadLetter::encode_payload(&message.payload),
+            dead_at: Utc::now(),
+        };
+        if let Err(error) = self
+            .bus
+            .publish(&subjects::dead_letter(&letter.subject), &letter)
+            .await
+        {
+            let _ = message
+                .ack_with(AckKind::Nak(Some(self.settings.backoff(delivered))))
+                .await;
+            return Err(error.into());
+        }
+        self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+        message
+            .double_ack_with(AckKind::Term)
+            .await
+            .map_err(|error| ConsumeError::Ack(error.to_string()))
+    }
+}
+
+fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|text| text.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".to_owned())
+}

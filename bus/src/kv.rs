@@ -1,0 +1,168 @@
+//! Typed Key-Value access with compare-and-set on the revision, and create-if-absent.
+
+use std::marker::PhantomData;
+
+use async_nats::jetstream::kv::{self, CreateErrorKind, Operation, UpdateErrorKind};
+use bytes::Bytes;
+use serde::{Serialize, de::DeserializeOwned};
+
+use crate::Bus;
+
+/// A value and the revision it was stored at; pass the revision back to update it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Versioned<T> {
+    pub value: T,
+    pub revision: u64,
+}
+
+/// Why a KV operation did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum KvError {
+    /// Someone else wrote the key since it was read: read it again and decide again.
+    #[error("{bucket}/{key} changed since revision {expected}: another writer moved it first")]
+    Conflict {
+        bucket: String,
+        key: String,
+        expected: u64,
+    },
+    /// The key exists already (for locks: someone else holds it).
+    #[error("{bucket}/{key} exists already")]
+    AlreadyExists { bucket: String, key: String },
+    #[error("{bucket}/{key} holds a value that does not decode: {reason}")]
+    Decode {
+        bucket: String,
+        key: String,
+        reason: String,
+    },
+    #[error("cannot encode the value for {bucket}/{key}: {reason}")]
+    Encode {
+        bucket: String,
+        key: String,
+        reason: String,
+    },
+    #[error("KV bucket {bucket}: {reason}")]
+    Request { bucket: String, reason: String },
+}
+
+/// A bucket whose values are JSON-encoded `T`.
+#[derive(Debug, Clone)]
+pub struct Kv<T> {
+    store: kv::Store,
+    bucket: String,
+    value: PhantomData<fn() -> T>,
+}
+
+impl Bus {
+    /// Opens a provisioned bucket.
+    pub async fn kv<T>(&self, bucket: &str) -> Result<Kv<T>, KvError> {
+        let store = self
+            .jetstream()
+            .get_key_value(bucket)
+            .await
+            .map_err(|error| KvError::Request {
+                bucket: bucket.to_owned(),
+                reason: error.to_string(),
+            })?;
+        Ok(Kv {
+            store,
+            bucket: bucket.to_owned(),
+            value: PhantomData,
+        })
+    }
+}
+
+impl<T: Serialize + DeserializeOwned> Kv<T> {
+    /// The current value, or `None` when the key was never written or was deleted.
+    pub async fn get(&self, key: &str) -> Result<Option<Versioned<T>>, KvError> {
+        let entry = self
+            .store
+            .entry(key)
+            .await
+            .map_err(|error| self.request(error))?;
+        match entry {
+            Some(entry) if entry.operation == Operation::Put => {
+                let value =
+                    serde_json::from_slice(&entry.value).map_err(|error| KvError::Decode {
+                        bucket: self.bucket.clone(),
+                        key: key.to_owned(),
+                        reason: error.to_string(),
+                    })?;
+                Ok(Some(Versioned {
+                    value,
+                    revision: entry.revision,
+                }))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Writes `value` only if `key` does not exist; returns the new revision.
+    pub async fn create(&self, key: &str, value: &T) -> Result<u64, KvError> {
+        let bytes = self.encode(key, value)?;
+        self.store
+            .create(key, bytes)
+            .await
+            .map_err(|error| match error.kind() {
+                CreateErrorKind::AlreadyExists => KvError::AlreadyExists {
+                    bucket: self.bucket.clone(),
+                    key: key.to_owned(),
+                },
+                _ => self.request(error),
+            })
+    }
+
+    /// Writes `value` only if the key is still at `revision`; returns the new revision.
+    pub async fn update(&self, key: &str, value: &T, revision: u64) -> Result<u64, KvError> {
+        let bytes = self.encode(key, value)?;
+        self.store
+            .update(key, bytes, revision)
+            .await
+            .map_err(|error| match error.kind() {
+                UpdateErrorKind::WrongLastRevision => KvError::Conflict {
+                    bucket: self.bucket.clone(),
+                    key: key.to_owned(),
+                    expected: revision,
+                },
+                _ => self.request(error),
+            })
+    }
+
+    /// Deletes the key only if it is still at `revision` (releasing a lock one holds).
+    pub async fn delete(&self, key: &str, revision: u64) -> Result<(), KvError> {
+        self.store
+            .delete_expect_revision(key, Some(revision))
+            .await
+            .map_err(|error| {
+                let reason = error.to_string();
+                if reason.contains("wrong last sequence") {
+                    KvError::Conflict {
+                        bucket: self.bucket.clone(),
+                        key: key.to_owned(),
+                        expected: revision,
+                    }
+                } else {
+                    KvError::Request {
+                        bucket: self.bucket.clone(),
+                        reason,
+                    }
+                }
+            })
+    }
+
+    fn encode(&self, key: &str, value: &T) -> Result<Bytes, KvError> {
+        serde_json::to_vec(value)
+            .map(Bytes::from)
+            .map_err(|error| KvError::Encode {
+                bucket: self.bucket.clone(),
+                key: key.to_owned(),
+                reason: error.to_string(),
+            })
+    }
+
+    fn request(&self, error: impl std::fmt::Display) -> KvError {
+        KvError::Request {
+            bucket: self.bucket.clone(),
+            reason: error.to_string(),
+        }
+    }
+}

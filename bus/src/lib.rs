@@ -1,0 +1,25 @@
+//! infracrew's NATS JetStream layer, shared by every agent and the CLI: connect, provision
+//! the crew's streams, consumers and buckets, publish typed messages with de-duplication,
+//! consume them through durable pull consumers with dead letters, and keep state in KV.
+
+mod connect;
+mod consumer;
+mod heartbeat;
+mod kv;
+pub mod logging;
+mod provision;
+mod publish;
+mod shutdown;
+
+pub use connect::{Bus, ConnectArgs, ConnectError};
+pub use consumer::{
+    ConsumeError, ConsumerSettings, Delivery, Handler, HandlerError, Inbound, WorkStats,
+};
+pub use heartbeat::{HeartbeatSettings, publish_heartbeats};
+pub use kv::{Kv, KvError, Versioned};
+pub use provision::{
+    ConsumerSpec, ProvisionError, ProvisionOptions, ProvisionReport, Provisioned, Topology,
+    buckets, consumers, streams,
+};
+pub use publish::{PublishError, Published};
+pub use shutdown::{Shutdown, shutdown_on_signal};

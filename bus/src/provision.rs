@@ -1,0 +1,603 @@
+//! Idempotent provisioning of the crew's streams, durable consumers and KV buckets.
+//!
+//! Running it again changes nothing. Something that exists with other settings is reported
+//! with each difference and left alone: recreating a stream would drop its history.
+
+use std::{collections::BTreeSet, fmt, time::Duration};
+
+use async_nats::jetstream::{
+    self, ErrorCode,
+    consumer::{AckPolicy, DeliverPolicy, pull},
+    context::ConsumerInfoErrorKind,
+    context::GetStreamErrorKind,
+    kv,
+    stream::{self, DiscardPolicy, RetentionPolicy, StorageType},
+};
+use infracrew_protocol::{AgentRole, subjects};
+
+use crate::Bus;
+
+/// Stream names.
+pub mod streams {
+    /// The work subjects: goals, plans, validations, builds, decisions, applies, ops events.
+    /// Time-limited, so it is also the audit log.
+    pub const WORK: &str = "CREW";
+    /// Heartbeats, short-lived.
+    pub const HEARTBEATS: &str = "CREW_HEARTBEATS";
+    /// Dead letters, kept longest.
+    pub const DEAD_LETTERS: &str = "CREW_DLQ";
+}
+
+/// Durable consumer names: one per role, shared by that role's replicas.
+pub mod consumers {
+    use infracrew_protocol::AgentRole;
+
+    /// The durable consumer a role reads its work through.
+    pub fn for_role(role: AgentRole) -> &'static str {
+        role.as_str()
+    }
+}
+
+/// Key-Value bucket names.
+pub mod buckets {
+    /// Plan records, moved with compare-and-set on the revision.
+    pub const PLANS: &str = "crew_plans";
+    /// One change in flight per environment and service: keys created only if absent.
+    pub const LOCKS: &str = "crew_locks";
+}
+
+/// Settings of the crew's bus; the defaults suit one server.
+#[derive(Debug, Clone)]
+pub struct ProvisionOptions {
+    /// Copies of every stream and bucket (3 on a three-node cluster).
+    pub replicas: usize,
+    /// How long the work stream keeps messages (the audit log's reach).
+    pub work_max_age: Duration,
+    pub heartbeat_max_age: Duration,
+    pub dead_letter_max_age: Duration,
+    /// Window in which a repeated `Nats-Msg-Id` is stored once.
+    pub duplicate_window: Duration,
+    /// Largest message a stream accepts, in bytes.
+    pub max_message_size: i32,
+    /// How long a delivered message may go unacknowledged before it is redelivered.
+    pub ack_wait: Duration,
+    /// Deliveries before a failing message goes to dead letters.
+    pub max_deliver: i64,
+    /// Unacknowledged messages a consumer may have out at once.
+    pub max_ack_pending: i64,
+}
+
+impl Default for ProvisionOptions {
+    fn default() -> Self {
+        ProvisionOptions {
+            replicas: 1,
+            work_max_age: Duration::from_secs(30 * 24 * 3600),
+            heartbeat_max_age: Duration::from_secs(3600),
+            dead_letter_max_age: Duration::from_secs(90 * 24 * 3600),
+            duplicate_window: Duration::from_secs(10 * 60),
+            max_message_size: 1024 * 1024,
+            ack_wait: Duration::from_secs(30),
+            max_deliver: 5,
+            max_ack_pending: 1000,
+        }
+    }
+}
+
+/// One durable pull consumer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConsumerSpec {
+    pub stream: String,
+    pub durable: String,
+    pub filter_subjects: Vec<String>,
+    pub ack_wait: Duration,
+    pub max_deliver: i64,
+    pub max_ack_pending: i64,
+}
+
+impl ConsumerSpec {
+    fn config(&self) -> pull::Config {
+        pull::Config {
+            durable_name: Some(self.durable.clone()),
+            ack_policy: AckPolicy::Explicit,
+            deliver_policy: DeliverPolicy::All,
+            ack_wait: self.ack_wait,
+            max_deliver: self.max_deliver,
+            max_ack_pending: self.max_ack_pending,
+            filter_subjects: self.filter_subjects.clone(),
+            ..Default::default()
+        }
+    }
+}
+
+/// Streams, consumers and buckets to provision.
+#[derive(Debug, Clone, Default)]
+pub struct Topology {
+    pub streams: Vec<stream::Config>,
+    pub consumers: Vec<ConsumerSpec>,
+    pub buckets: Vec<kv::Config>,
+}
+
+impl Topology {
+    /// Everything the crew needs: the three streams, one durable consumer per role and the
+    /// plan and lock buckets.
+    pub fn crew(options: &ProvisionOptions) -> Self {
+        let stream = |name: &str, subjects: Vec<String>, max_age: Duration| stream::Config {
+            name: name.to_owned(),
+            subjects,
+            storage: StorageType::File,
+            retention: RetentionPolicy::Limits,
+            discard: DiscardPolicy::Old,
+            max_age,
+            max_messages: -1,
+            max_bytes: -1,
+            max_messages_per_subject: -1,
+            duplicate_window: options.duplicate_window,
+            max_message_size: options.max_message_size,
+            num_replicas: options.replicas,
+            allow_direct: true,
+            ..Default::default()
+        };
+        let work_subjects = subjects::WORK.iter().map(|s| s.to_string()).collect();
+        let streams = vec![
+            stream(streams::WORK, work_subjects, options.work_max_age),
+            stream(
+                streams::HEARTBEATS,
+                vec![subjects::HEARTBEATS.to_owned()],
+                options.heartbeat_max_age,
+            ),
+            stream(
+                streams::DEAD_LETTERS,
+                vec![subjects::DEAD_LETTERS.to_owned()],
+                options.dead_letter_max_age,
+            ),
+        ];
+        let consumers = AgentRole::ALL
+            .into_iter()
+            .map(|role| ConsumerSpec {
+                stream: streams::WORK.to_owned(),
+                durable: consumers::for_role(role).to_owned(),
+                filter_subjects: role_subjects(role).iter().map(|s| s.to_string()).collect(),
+                ack_wait: options.ack_wait,
+                max_deliver: options.max_deliver,
+                max_ack_pending: options.max_ack_pending,
+            })
+            .collect();
+        let bucket = |name: &str, history: i64| kv::Config {
+            bucket: name.to_owned(),
+            history,
+            storage: StorageType::File,
+            num_replicas: options.replicas,
+            ..Default::default()
+        };
+        let buckets = vec![bucket(buckets::PLANS, 16), bucket(buckets::LOCKS, 1)];
+        Topology {
+            streams,
+            consumers,
+            buckets,
+        }
+    }
+
+    /// The consumer spec of a durable name.
+    pub fn consumer(&self, durable: &str) -> Option<&ConsumerSpec> {
+        self.consumers.iter().find(|spec| spec.durable == durable)
+    }
+
+    /// Creates what is missing and checks that what exists has these settings.
+    pub async fn provision(&self, bus: &Bus) -> Result<ProvisionReport, ProvisionError> {
+        let js = bus.jetstream();
+        let mut report = ProvisionReport::default();
+        for config in &self.streams {
+            report.items.push(ensure_stream(js, config).await?);
+        }
+        for config in &self.buckets {
+            report.items.push(ensure_bucket(js, config).await?);
+        }
+        for spec in &self.consumers {
+            report.items.push(ensure_consumer(js, spec).await?);
+        }
+        Ok(report)
+    }
+}
+
+/// The subjects each role reads.
+pub fn role_subjects(role: AgentRole) -> &'static [&'static str] {
+    match role {
+        AgentRole::Atlas => &[subjects::GOAL_SUBMITTED],
+        AgentRole::Conductor => &[
+            subjects::PLAN_PENDING,
+            subjects::BUILD_STATUS,
+            subjects::OPS_EVENT,
+        ],
+        AgentRole::Forge => &[
+            subjects::PLAN_ROUTED,
+            subjects::VALIDATE_RESULT,
+            subjects::APPLY_REQUEST,
+        ],
+        AgentRole::Sentinel => &[subjects::VALIDATE_PENDING],
+    }
+}
+
+/// What provisioning found or did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProvisionReport {
+    pub items: Vec<Provisioned>,
+}
+
+impl ProvisionReport {
+    /// True when everything already existed as wanted.
+    pub fn is_noop(&self) -> bool {
+        self.items.iter().all(|item| !item.created)
+    }
+
+    pub fn created(&self) -> impl Iterator<Item = &Provisioned> {
+        self.items.iter().filter(|item| item.created)
+    }
+}
+
+/// One provisioned resource.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Provisioned {
+    /// `stream`, `consumer` or `bucket`.
+    pub kind: &'static str,
+    pub name: String,
+    /// False when it existed already with the wanted settings.
+    pub created: bool,
+}
+
+impl fmt::Display for Provisioned {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = if self.created { "created" } else { "present" };
+        write!(f, "{} {} {state}", self.kind, self.name)
+    }
+}
+
+/// A setting that differs between what exists and what the crew wants.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Difference {
+    pub field: &'static str,
+    pub wanted: String,
+    pub found: String,
+}
+
+impl fmt::Display for Difference {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} is {} (wanted {})",
+            self.field, self.found, self.wanted
+        )
+    }
+}
+
+/// Why provisioning stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ProvisionError {
+    #[error("{kind} {name} exists with other settings: {}. It was left as it is; change it by hand (deleting a stream loses its messages) or align the crew's settings", list(.differences))]
+    Conflict {
+        kind: &'static str,
+        name: String,
+        differences: Vec<Difference>,
+    },
+    #[error("cannot {action} {kind} {name}: {reason}")]
+    Request {
+        action: &'static str,
+        kind: &'static str,
+        name: String,
+        reason: String,
+    },
+}
+
+fn list(differences: &[Difference]) -> String {
+    differences
+        .iter()
+        .map(Difference::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+fn request_error(
+    action: &'static str,
+    kind: &'static str,
+    name: &str,
+    error: impl fmt::Display,
+) -> ProvisionError {
+    ProvisionError::Request {
+        action,
+        kind,
+        name: name.to_owned(),
+        reason: error.to_string(),
+    }
+}
+
+async fn ensure_stream(
+    js: &jetstream::Context,
+    wanted: &stream::Config,
+) -> Result<Provisioned, ProvisionError> {
+    let name = &wanted.name;
+    let existing = match js.get_stream(name).await {
+        Ok(mut found) => Some(
+            found
+                .info()
+                .await
+                .map_err(|e| request_error("read", "stream", name, e))?
+                .config
+                .clone(),
+        ),
+        Err(error) if is_stream_not_found(error.kind()) => None,
+        Err(error) => return Err(request_error("read", "stream", name, error)),
+    };
+    let created = match existing {
+        Some(found) => {
+            check(stream_differences(wanted, &found), "stream", name)?;
+            false
+        }
+        None => {
+            // Another process may create it at the same moment; then compare with theirs.
+            match js.create_stream(wanted.clone()).await {
+                Ok(_) => true,
+                Err(error) => {
+                    let mut found = js
+                        .get_stream(name)
+                        .await
+                        .map_err(|_| request_error("create", "stream", name, &error))?;
+                    let found = found
+                        .info()
+                        .await
+                        .map_err(|e| request_error("read", "stream", name, e))?
+                        .config
+                        .clone();
+                    check(stream_differences(wanted, &found), "stream", name)?;
+                    false
+                }
+            }
+        }
+    };
+    Ok(Provisioned {
+        kind: "stream",
+        name: name.clone(),
+        created,
+    })
+}
+
+fn is_stream_not_found(kind: GetStreamErrorKind) -> bool {
+    matches!(kind, GetStreamErrorKind::JetStream(error) if error.error_code() == ErrorCode::STREAM_NOT_FOUND)
+}
+
+fn stream_differences(wanted: &stream::Config, found: &stream::Config) -> Vec<Difference> {
+    let mut differences = Vec::new();
+    let mut compare = |field: &'static str, wanted: String, found: String| {
+        if wanted != found {
+            differences.push(Difference {
+                field,
+                wanted,
+                found,
+            });
+        }
+    };
+    let subjects =
+        |config: &stream::Config| format!("{:?}", config.subjects.iter().collect::<BTreeSet<_>>());
+    compare("subjects", subjects(wanted), subjects(found));
+    compare(
+        "storage",
+        format!("{:?}", wanted.storage),
+        format!("{:?}", found.storage),
+    );
+    compare(
+        "retention",
+        format!("{:?}", wanted.retention),
+        format!("{:?}", found.retention),
+    );
+    compare(
+        "max_age",
+        format!("{:?}", wanted.max_age),
+        format!("{:?}", found.max_age),
+    );
+    compare(
+        "duplicate_window",
+        format!("{:?}", wanted.duplicate_window),
+        format!("{:?}", found.duplicate_window),
+    );
+    compare(
+        "num_replicas",
+        wanted.num_replicas.to_string(),
+        found.num_replicas.to_string(),
+    );
+    compare(
+        "max_message_size",
+        wanted.max_message_size.to_string(),
+        found.max_message_size.to_string(),
+    );
+    compare(
+        "max_messages_per_subject",
+        wanted.max_messages_per_subject.to_string(),
+        found.max_messages_per_subject.to_string(),
+    );
+    differences
+}
+
+async fn ensure_bucket(
+    js: &jetstream::Context,
+    wanted: &kv::Config,
+) -> Result<Provisioned, ProvisionError> {
+    let name = &wanted.bucket;
+    let stream_name = format!("KV_{name}");
+    let created = match js.get_stream(&stream_name).await {
+        Ok(mut found) => {
+            let found = found
+                .info()
+                .await
+                .map_err(|e| request_error("read", "bucket", name, e))?
+                .config
+                .clone();
+            check(bucket_differences(wanted, &found), "bucket", name)?;
+            false
+        }
+        Err(error) if is_stream_not_found(error.kind()) => {
+            match js.create_key_value(wanted.clone()).await {
+                Ok(_) => true,
+                Err(error) => {
+                    let mut found = js
+                        .get_stream(&stream_name)
+                        .await
+                        .map_err(|_| request_error("create", "bucket", name, &error))?;
+                    let found = found
+                        .info()
+                        .await
+                        .map_err(|e| request_error("read", "bucket", name, e))?
+                        .config
+                        .clone();
+                    check(bucket_differences(wanted, &found), "bucket", name)?;
+                    false
+                }
+            }
+        }
+        Err(error) => return Err(request_error("read", "bucket", name, error)),
+    };
+    Ok(Provisioned {
+        kind: "bucket",
+        name: name.clone(),
+        created,
+    })
+}
+
+fn bucket_differences(wanted: &kv::Config, found: &stream::Config) -> Vec<Difference> {
+    let mut differences = Vec::new();
+    if wanted.history != found.max_messages_per_subject {
+        differences.push(Difference {
+            field: "history",
+            wanted: wanted.history.to_string(),
+            found: found.max_messages_per_subject.to_string(),
+        });
+    }
+    if wanted.num_replicas.max(1) != found.num_replicas {
+        differences.push(Difference {
+            field: "num_replicas",
+            wanted: wanted.num_replicas.max(1).to_string(),
+            found: found.num_replicas.to_string(),
+        });
+    }
+    if wanted.storage != found.storage {
+        differences.push(Difference {
+            field: "storage",
+            wanted: format!("{:?}", wanted.storage),
+            found: format!("{:?}", found.storage),
+        });
+    }
+    differences
+}
+
+async fn ensure_consumer(
+    js: &jetstream::Context,
+    spec: &ConsumerSpec,
+) -> Result<Provisioned, ProvisionError> {
+    let name = format!("{}/{}", spec.stream, spec.durable);
+    let stream = js
+        .get_stream_no_info(&spec.stream)
+        .await
+        .map_err(|error| request_error("read", "consumer", &name, error))?;
+    let wanted = spec.config();
+    let created = match stream.consumer_info(&spec.durable).await {
+        Ok(info) => {
+            check(
+                consumer_differences(&wanted, &info.config),
+                "consumer",
+                &name,
+            )?;
+            false
+        }
+        Err(error) if matches!(error.kind(), ConsumerInfoErrorKind::NotFound) => {
+            match stream.create_consumer(wanted.clone()).await {
+                Ok(_) => true,
+                Err(error) => {
+                    let info = stream
+                        .consumer_info(&spec.durable)
+                        .await
+                        .map_err(|_| request_error("create", "consumer", &name, &error))?;
+                    check(
+                        consumer_differences(&wanted, &info.config),
+                        "consumer",
+                        &name,
+                    )?;
+                    false
+                }
+            }
+        }
+        Err(error) => return Err(request_error("read", "consumer", &name, error)),
+    };
+    Ok(Provisioned {
+        kind: "consumer",
+        name,
+        created,
+    })
+}
+
+fn consumer_differences(
+    wanted: &pull::Config,
+    found: &jetstream::consumer::Config,
+) -> Vec<Difference> {
+    let mut differences = Vec::new();
+    let mut compare = |field: &'static str, wanted: String, found: String| {
+        if wanted != found {
+            differences.push(Difference {
+                field,
+                wanted,
+                found,
+            });
+        }
+    };
+    // The server keeps a single filter in `filter_subject`, several in `filter_subjects`.
+    let filters = |subject: &String, subjects: &Vec<String>| {
+        let set: BTreeSet<&String> = subjects
+            .iter()
+            .chain(Some(subject).filter(|s| !s.is_empty()))
+            .collect();
+        format!("{set:?}")
+    };
+    compare(
+        "filter_subjects",
+        filters(&wanted.filter_subject, &wanted.filter_subjects),
+        filters(&found.filter_subject, &found.filter_subjects),
+    );
+    compare(
+        "ack_policy",
+        format!("{:?}", wanted.ack_policy),
+        format!("{:?}", found.ack_policy),
+    );
+    compare(
+        "ack_wait",
+        format!("{:?}", wanted.ack_wait),
+        format!("{:?}", found.ack_wait),
+    );
+    compare(
+        "max_deliver",
+        wanted.max_deliver.to_string(),
+        found.max_deliver.to_string(),
+    );
+    compare(
+        "max_ack_pending",
+        wanted.max_ack_pending.to_string(),
+        found.max_ack_pending.to_string(),
+    );
+    compare(
+        "deliver_policy",
+        format!("{:?}", wanted.deliver_policy),
+        format!("{:?}", found.deliver_policy),
+    );
+    differences
+}
+
+fn check(
+    differences: Vec<Difference>,
+    kind: &'static str,
+    name: &str,
+) -> Result<(), ProvisionError> {
+    if differences.is_empty() {
+        Ok(())
+    } else {
+        Err(ProvisionError::Conflict {
+            kind,
+            name: name.to_owned(),
+            differences,
+        })
+    }
+}

@@ -1,0 +1,139 @@
+//! Typed publishing with de-duplication and a wait for the JetStream ack.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{context::PublishErrorKind, message::PublishMessage};
+use bytes::Bytes;
+use infracrew_protocol::{Message, SchemaVersion, encode};
+
+use crate::Bus;
+
+/// Header naming the message kind (`plan_spec`, ...), for tools that read raw subjects.
+pub const KIND_HEADER: &str = "Infracrew-Kind";
+/// Header with the schema version the message was written with.
+pub const SCHEMA_HEADER: &str = "Infracrew-Schema";
+
+/// Tries of a publish whose ack did not come; safe because the message id de-duplicates.
+const PUBLISH_ATTEMPTS: u32 = 5;
+
+/// Where JetStream stored a published message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Published {
+    pub stream: String,
+    pub sequence: u64,
+    /// True when a message with the same id was already stored within the duplicate window:
+    /// `sequence` is then that earlier message's.
+    pub duplicate: bool,
+}
+
+/// Why a publish did not get stored.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("cannot encode {kind}: {source}")]
+    Encode {
+        kind: &'static str,
+        source: serde_json::Error,
+    },
+    #[error("no stream captures {subject}: provision the bus first (every agent does at start)")]
+    NoStream { subject: String },
+    #[error("{kind} on {subject} is {size} bytes, over the server's limit")]
+    TooLarge {
+        kind: &'static str,
+        subject: String,
+        size: usize,
+    },
+    #[error("publishing {kind} to {subject} failed after {attempts} tries: {reason}")]
+    Failed {
+        kind: &'static str,
+        subject: String,
+        attempts: u32,
+        reason: String,
+    },
+}
+
+impl Bus {
+    /// Publishes `message` on `subject` with its cause-derived id as `Nats-Msg-Id`, waits for
+    /// the stream's ack, and retries a lost ack (the id makes a retry store nothing twice).
+    pub async fn publish<M: Message>(
+        &self,
+        subject: &str,
+        message: &M,
+    ) -> Result<Published, PublishError> {
+        let payload = encode(message).map_err(|source| PublishError::Encode {
+            kind: M::KIND,
+            source,
+        })?;
+        self.publish_bytes(
+            subject,
+            M::KIND,
+            &message.message_id(),
+            Bytes::from(payload),
+        )
+        .await
+    }
+
+    /// Publishes bytes that are already encoded, under the given message id.
+    pub async fn publish_bytes(
+        &self,
+        subject: &str,
+        kind: &'static str,
+        message_id: &str,
+        payload: Bytes,
+    ) -> Result<Published, PublishError> {
+        let size = payload.len();
+        let mut delay = Duration::from_millis(50);
+        let mut last_reason = String::new();
+        for attempt in 1..=PUBLISH_ATTEMPTS {
+            let outgoing = PublishMessage::build()
+                .payload(payload.clone())
+                .message_id(message_id)
+                .header(KIND_HEADER, kind)
+                .header(SCHEMA_HEADER, SchemaVersion::CURRENT.to_string().as_str());
+            let result = match self
+                .jetstream()
+                .send_publish(subject.to_owned(), outgoing)
+                .await
+            {
+                Ok(ack) => ack.await,
+                Err(error) => Err(error),
+            };
+            match result {
+                Ok(ack) => {
+                    return Ok(Published {
+                        stream: ack.stream,
+                        sequence: ack.sequence,
+                        duplicate: ack.duplicate,
+                    });
+                }
+                Err(error) => match error.kind() {
+                    PublishErrorKind::StreamNotFound => {
+                        return Err(PublishError::NoStream {
+                            subject: subject.to_owned(),
+                        });
+                    }
+                    PublishErrorKind::MaxPayloadExceeded => {
+                        return Err(PublishError::TooLarge {
+                            kind,
+                            subject: subject.to_owned(),
+                            size,
+                        });
+                    }
+                    _ => {
+                        last_reason = error.to_string();
+                        tracing::debug!(subject, attempt, %error, "publish not acknowledged; retrying");
+                    }
+                },
+            }
+            if attempt < PUBLISH_ATTEMPTS {
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+        }
+        Err(PublishError::Failed {
+            kind,
+            subject: subject.to_owned(),
+            attempts: PUBLISH_ATTEMPTS,
+            reason: last_reason,
+        })
+    }
+}

@@ -1,0 +1,838 @@
+//! The bus against a real nats-server with JetStream, started per test on a free port.
+
+use std::{
+    collections::HashSet,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use infracrew_bus::{
+    Bus, ConnectArgs, ConnectError, ConsumerSettings, ConsumerSpec, Delivery, HandlerError,
+    KvError, ProvisionError, ProvisionOptions, Shutdown, Topology, WorkStats, buckets, streams,
+};
+use infracrew_protocol::{
+    self as protocol, DeadLetter, DeadLetterKind, GoalStatement, Message, PlanSpec, examples,
+    subjects,
+};
+use infracrew_testkit::NatsServer;
+use serde::{Deserialize, Serialize};
+
+const PATIENCE: Duration = Duration::from_secs(20);
+
+async fn crew_bus(server: &NatsServer) -> Bus {
+    let bus = Bus::connect(&ConnectArgs::for_url(server.url()), "bus-test")
+        .await
+        .unwrap();
+    Topology::crew(&ProvisionOptions::default())
+        .provision(&bus)
+        .await
+        .unwrap();
+    bus
+}
+
+/// A test consumer on the work stream, provisioned with its own limits.
+async fn test_consumer(
+    bus: &Bus,
+    durable: &str,
+    subject: &str,
+    max_deliver: i64,
+    ack_wait: Duration,
+) -> ConsumerSpec {
+    let spec = ConsumerSpec {
+        stream: streams::WORK.into(),
+        durable: durable.into(),
+        filter_subjects: vec![subject.into()],
+        ack_wait,
+        max_deliver,
+        max_ack_pending: 1000,
+    };
+    Topology {
+        consumers: vec![spec.clone()],
+        ..Topology::default()
+    }
+    .provision(bus)
+    .await
+    .unwrap();
+    spec
+}
+
+fn quick_settings() -> ConsumerSettings {
+    ConsumerSettings {
+        concurrency: 4,
+        backoff_base: Duration::from_millis(50),
+        backoff_max: Duration::from_millis(200),
+        shutdown_grace: Duration::from_secs(5),
+    }
+}
+
+/// Every message stored on a stream, in order, as (subject, payload).
+async fn stream_messages(bus: &Bus, stream: &str) -> Vec<(String, Bytes)> {
+    let mut stream = bus.jetstream().get_stream(stream).await.unwrap();
+    let state = stream.info().await.unwrap().state.clone();
+    let mut out = Vec::new();
+    if state.messages == 0 {
+        return out;
+    }
+    for sequence in state.first_sequence..=state.last_sequence {
+        if let Ok(message) = stream.get_raw_message(sequence).await {
+            out.push((message.subject.to_string(), message.payload));
+        }
+    }
+    out
+}
+
+async fn dead_letters(bus: &Bus) -> Vec<DeadLetter> {
+    stream_messages(bus, streams::DEAD_LETTERS)
+        .await
+        .into_iter()
+        .map(|(_, payload)| protocol::decode::<DeadLetter>(&payload).unwrap())
+        .collect()
+}
+
+async fn eventually<F, Fut>(what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !condition().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+async fn consumer_is_drained(bus: &Bus, spec: &ConsumerSpec) -> bool {
+    let stream = bus
+        .jetstream()
+        .get_stream_no_info(&spec.stream)
+        .await
+        .unwrap();
+    let info = stream.consumer_info(&spec.durable).await.unwrap();
+    info.num_pending == 0 && info.num_ack_pending == 0
+}
+
+fn goal_number(n: u32) -> GoalStatement {
+    let mut goal = examples::goal();
+    goal.goal_id = None;
+    goal.reason = Some(format!("goal number {n}"));
+    goal.with_id()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_message_type_round_trips_through_jetstream() {
+    let server = NatsServer::start().unwrap();
+    let bus = crew_bus(&server).await;
+
+    async fn round_trip<M: Message + PartialEq + std::fmt::Debug>(
+        bus: &Bus,
+        subject: &str,
+        message: M,
+    ) {
+        let published = bus.publish(subject, &message).await.unwrap();
+        let stream = bus
+            .jetstream()
+            .get_stream_no_info(&published.stream)
+            .await
+            .unwrap();
+        let stored = stream.get_raw_message(published.sequence).await.unwrap();
+        assert_eq!(stored.subject.as_str(), subject);
+        assert_eq!(
+            stored
+                .headers
+                .get("Nats-Msg-Id")
+                .map(|v| v.as_str().to_owned()),
+            Some(message.message_id())
+        );
+        assert_eq!(
+            stored.headers.get("Infracrew-Kind").map(|v| v.as_str()),
+            Some(M::KIND)
+        );
+        let decoded: M = protocol::decode(&stored.payload).unwrap();
+        assert_eq!(
+            decoded,
+            message,
+            "{} changed on its way through JetStream",
+            M::KIND
+        );
+    }
+
+    round_trip(&bus, subjects::GOAL_SUBMITTED, examples::goal()).await;
+    round_trip(&bus, subjects::PLAN_PENDING, examples::plan_spec()).await;
+    round_trip(
+        &bus,
+        subjects::VALIDATE_PENDING,
+        examples::validate_request(),
+    )
+    .await;
+    round_trip(
+        &bus,
+        subjects::VALIDATE_RESULT,
+        examples::validation_result(),
+    )
+    .await;
+    round_trip(&bus, subjects::BUILD_STATUS, examples::build_status()).await;
+    round_trip(
+        &bus,
+        subjects::APPROVAL_DECIDED,
+        examples::approval_decision(),
+    )
+    .await;
+    round_trip(&bus, subjects::APPLY_REQUEST, examples::apply_request()).await;
+    round_trip(&bus, subjects::OPS_EVENT, examples::ops_event()).await;
+    round_trip(
+        &bus,
+        &subjects::heartbeat(protocol::AgentRole::Forge),
+        examples::heartbeat(),
+    )
+    .await;
+    round_trip(
+        &bus,
+        &subjects::dead_letter(subjects::GOAL_SUBMITTED),
+        examples::dead_letter(),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishing_the_same_message_id_twice_stores_one_message() {
+    let server = NatsServer::start().unwrap();
+    let bus = crew_bus(&server).await;
+    let plan = examples::plan_spec();
+
+    let first = bus.publish(subjects::PLAN_PENDING, &plan).await.unwrap();
+    let second = bus.publish(subjects::PLAN_PENDING, &plan).await.unwrap();
+
+    assert!(!first.duplicate);
+    assert!(
+        second.duplicate,
+        "the retry must be recognised as a duplicate"
+    );
+    assert_eq!(first.sequence, second.sequence);
+    assert_eq!(stream_messages(&bus, streams::WORK).await.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nakd_message_is_redelivered_and_then_acked() {
+    let server = NatsServer::start().unwrap();
+    let bus = crew_bus(&server).await;
+    let spec = test_consumer(
+        &bus,
+        "nak-test",
+        subjects::PLAN_PENDING,
+        5,
+        Duration::from_secs(30),
+    )
+    .await;
+    bus.publish(subjects::PLAN_PENDING, &examples::plan_spec())
+        .await
+        .unwrap();
+
+    let deliveries = Arc::new(Mutex::new(Vec::new()));
+    let seen = deliveries.clone();
+    let shutdown = Shutdown::new();
+    let stop = shutdown.clone();
+    let handler = move |plan: PlanSpec, delivery: Delivery| {
+        let seen = seen.clone();
+        let stop = stop.clone();
+        async move {
+            seen.lock()
+                .unwrap()
+                .push((plan.plan_id, delivery.delivered()));
+            if delivery.delivered() == 1 {
+                return Err(HandlerError::Retry("the first try fails".into()));
+            }
+            stop.cancel();
+            Ok(())
+        }
+    };
+    let stats = Arc::new(WorkStats::default());
+    tokio::time::timeout(
+        PATIENCE,
+        bus.consume(&spec, quick_settings(), stats.clone(), handler, shutdown),
+    )
+    .await
+    .expect("the consumer stops once the redelivery is handled")
+    .unwrap();
+
+    let plan_id = examples::plan_spec().plan_id;
+    assert_eq!(
+        *deliveries.lock().unwrap(),
+        vec![(plan_id, 1), (plan_id, 2)]
+    );
+    assert_eq!(stats.handled.load(Ordering::Relaxed), 1);
+    assert_eq!(stats.failed.load(Ordering::Relaxed), 1);
+    assert!(
+        consumer_is_drained(&bus, &spec).await,
+        "the redelivered message was acked"
+    );
+    assert!(dead_letters(&bus).await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_messages_go_to_dead_letters_once_and_are_not_redelivered() {
+    let server = NatsServer::start().unwrap();
+    let bus = crew_bus(&server).await;
+    let spec = test_consumer(
+        &bus,
+        "dlq-test",
+        subjects::GOAL_SUBMITTED,
+        5,
+        Duration::from_secs(1),
+    )
+    .await;
+
+    let bad_goal = br#"{"intent":"deploy","servce":"social-intel","environment":"staging","requested_by":"dave"}"#;
+    let newer_major = br#"{"schema_version":"2.0","intent":"deploy","service":"social-intel","environment":"staging","requested_by":"dave"}"#;
+    let not_json = b"intent=deploy";
+    for (id, payload) in [
+        ("bad", &bad_goal[..]),
+        ("newer", &newer_major[..]),
+        ("garbage", &not_json[..]),
+    ] {
+        bus.publish_bytes(
+            subjects::GOAL_SUBMITTED,
+            "goal_statement",
+            id,
+            Bytes::from_static(payload),
+        )
+        .await
+        .unwrap();
+    }
+    bus.publish(subjects::GOAL_SUBMITTED, &examples::goal())
+        .await
+        .unwrap();
+
+    let handled = Arc::new(AtomicU64::new(0));
+    let count = handled.clone();
+    let handler = move |_goal: GoalStatement, _delivery: Delivery| {
+        let count = count.clone();
+        async move {
+            count.fetch_add(1, Ordering::Relaxed);
+            Ok(())
+        }
+    };
+    let shutdown = Shutdown::new();
+    let consumer = {
+        let bus = bus.clone();
+        let spec = spec.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            bus.consume(&spec, quick_settings(), Arc::default(), handler, shutdown)
+                .await
+        })
+    };
+
+    eventually("three dead letters", || async {
+        dead_letters(&bus).await.len() >= 3
+    })
+    .await;
+    // Longer than ack_wait and the backoff: a redelivery would show up by now.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    shutdown.cancel();
+    consumer.await.unwrap().unwrap();
+
+    let letters = dead_letters(&bus).await;
+    assert_eq!(
+        letters.len(),
+        3,
+        "each bad message is dead-lettered exactly once"
+    );
+    assert_eq!(
+        handled.load(Ordering::Relaxed),
+        1,
+        "only the valid goal reaches the handler"
+    );
+    assert!(
+        consumer_is_drained(&bus, &spec).await,
+        "bad messages are terminated, not pending"
+    );
+
+    let by_kind = |kind| letters.iter().find(|letter| letter.kind == kind).unwrap();
+    let invalid = by_kind(DeadLetterKind::Invalid);
+    assert_eq!(invalid.subject, subjects::GOAL_SUBMITTED);
+    assert_eq!(invalid.consumer, "dlq-test");
+    assert_eq!(invalid.delivered, 1);
+    assert_eq!(
+        invalid.payload().unwrap(),
+        bad_goal.to_vec(),
+        "the original bytes are kept"
+    );
+    let paths: HashSet<&str> = invalid.errors.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        HashSet::from(["/servce", "/service"]),
+        "{:?}",
+        invalid.errors
+    );
+    assert_eq!(
+        invalid.headers.get("Nats-Msg-Id").map(String::as_str),
+        Some("bad")
+    );
+
+    let newer = by_kind(DeadLetterKind::UnsupportedVersion);
+    assert!(
+        newer.reason.contains("schema_version 2.0"),
+        "{}",
+        newer.reason
+    );
+    let garbage = by_kind(DeadLetterKind::Malformed);
+    assert!(
+        garbage.reason.contains("not valid JSON"),
+        "{}",
+        garbage.reason
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_message_reaches_dead_letters_after_max_deliveries() {
+    let server = NatsServer::start().unwrap();
+    let bus = crew_bus(&server).await;
+    let spec = test_consumer(
+        &bus,
+        "poison-test",
+        subjects::PLAN_PENDING,
+        3,
+        Duration::from_secs(30),
+    )
+    .await;
+    bus.publish(subjects::PLAN_PENDING, &examples::plan_spec())
+        .await
+        .unwrap();
+
+    let attempts = Arc::new(AtomicU64::new(0));
+    let count = attempts.clone();
+    let handler = move |_plan: PlanSpec, _delivery: Delivery| {
+        let count = count.clone();
+        async move {
+            count.fetch_add(1, Ordering::Relaxed);
+            Err::<(), _>(HandlerError::Retry("the database is on fire".into()))
+        }
+    };
+    let shutdown = Shutdown::new();
+    let consumer = {
+        let (bus, spec, shutdown) = (bus.clone(), spec.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            bus.consume(&spec, quick_settings(), Arc::default(), handler, shutdown)
+                .await
+        })
+    };
+
+    eventually("a dead letter", || async {
+        !dead_letters(&bus).await.is_empty()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    shutdown.cancel();
+    consumer.await.unwrap().unwrap();
+
+    let letters = dead_letters(&bus).await;
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].kind, DeadLetterKind::MaxDeliveries);
+    assert_eq!(letters[0].delivered, 3);
+    assert!(
+        letters[0].reason.contains("the database is on fire"),
+        "{}",
+        letters[0].reason
+    );
+    assert_eq!(
+        attempts.load(Ordering::Relaxed),
+        3,
+        "no delivery after the last allowed one"
+    );
+    assert!(consumer_is_drained(&bus, &spec).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_handler_keeps_its_message_with_in_progress_acks() {
+    let server = NatsServer::start().unwrap();
+    let bus = crew_bus(&server).await;
+    let spec = test_consumer(
+        &bus,
+        "progress-test",
+        subjects::PLAN_PENDING,
+        5,
+        Duration::from_secs(1),
+    )
+    .await;
+    bus.publish(subjects::PLAN_PENDING, &examples::plan_spec())
+        .await
+        .unwrap();
+
+    let calls = Arc::new(AtomicU64::new(0));
+    let count = calls.clone();
+    let shutdown = Shutdown::new();
+    let stop = shutdown.clone();
+    let handler = move |_plan: PlanSpec, delivery: Delivery| {
+        let (count, stop) = (count.clone(), stop.clone());
+        async move {
+            count.fetch_add(1, Ordering::Relaxed);
+            // Three times the ack deadline, reporting progress along the way.
+            for _ in 0..10 {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                delivery.in_progress().await.unwrap();
+            }
+            stop.cancel();
+            Ok(())
+        }
+    };
+    bus.consume(&spec, quick_settings(), Arc::default(), handler, shutdown)
+        .await
+        .unwrap();
+
+    assert_eq!(
+        calls.load(Ordering::Relaxed),
+        1,
+        "never redelivered while in progress"
+    );
+    assert!(consumer_is_drained(&bus, &spec).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_stopped_after_400_of_1000_resumes_with_exactly_the_other_600() {
+    let server = NatsServer::start().unwrap();
+    let bus = crew_bus(&server).await;
+    let spec = test_consumer(
+        &bus,
+        "resume-test",
+        subjects::GOAL_SUBMITTED,
+        5,
+        Duration::from_secs(2),
+    )
+    .await;
+    let published: Vec<_> = (0..1000).map(goal_number).collect();
+    for goal in &published {
+        bus.publish(subjects::GOAL_SUBMITTED, goal).await.unwrap();
+    }
+
+    let first_run = Arc::new(Mutex::new(Vec::new()));
+    let shutdown = Shutdown::new();
+    let (seen, stop) = (first_run.clone(), shutdown.clone());
+    let handler = move |goal: GoalStatement, _delivery: Delivery| {
+        let (seen, stop) = (seen.clone(), stop.clone());
+        async move {
+            let mut seen = seen.lock().unwrap();
+            seen.push(goal.id());
+            if seen.len() == 400 {
+                stop.cancel();
+            }
+            Ok(())
+        }
+    };
+    let sequential = ConsumerSettings {
+        concurrency: 1,
+        ..quick_settings()
+    };
+    bus.consume(&spec, sequential.clone(), Arc::default(), handler, shutdown)
+        .await
+        .unwrap();
+    bus.drain().await;
+    assert_eq!(first_run.lock().unwrap().len(), 400);
+
+    // A new process: a new connection to the same durable consumer.
+    let restarted = Bus::connect(&ConnectArgs::for_url(server.url()), "bus-test-2")
+        .await
+        .unwrap();
+    let second_run = Arc::new(Mutex::new(Vec::new()));
+    let shutdown = Shutdown::new();
+    let seen = second_run.clone();
+    let handler = move |goal: GoalStatement, _delivery: Delivery| {
+        let seen = seen.clone();
+        async move {
+            seen.lock().unwrap().push(goal.id());
+            Ok(())
+        }
+    };
+    let consumer = {
+        let (bus, spec, shutdown) = (restarted.clone(), spec.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            bus.consume(&spec, sequential, Arc::default(), handler, shutdown)
+                .await
+        })
+    };
+    eventually("the other 600", || async {
+        second_run.lock().unwrap().len() >= 600
+    })
+    .await;
+    // Past ack_wait: anything left unacked by the first run would have come back by now.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    shutdown.cancel();
+    consumer.await.unwrap().unwrap();
+
+    let first = first_run.lock().unwrap().clone();
+    let second = second_run.lock().unwrap().clone();
+    assert_eq!(
+        second.len(),
+        600,
+        "exactly the remaining 600, no duplicates"
+    );
+    let all: HashSet<_> = first.iter().chain(&second).copied().collect();
+    assert_eq!(all.len(), 1000, "no message lost, none seen twice");
+    let expected: HashSet<_> = published.iter().map(GoalStatement::id).collect();
+    assert_eq!(all, expected);
+    assert!(consumer_is_drained(&restarted, &spec).await);
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Record {
+    state: String,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kv_compare_and_set_detects_a_concurrent_writer() {
+    let server = NatsServer::start().unwrap();
+    let bus = crew_bus(&server).await;
+    let plans = bus.kv::<Record>(buckets::PLANS).await.unwrap();
+
+    let revision = plans
+        .create(
+            "plan-1",
+            &Record {
+                state: "PLANNED".into(),
+            },
+        )
+        .await
+        .unwrap();
+    assert!(matches!(
+        plans
+            .create(
+                "plan-1",
+                &Record {
+                    state: "PLANNED".into()
+                }
+            )
+            .await,
+        Err(KvError::AlreadyExists { .. })
+    ));
+
+    // Two writers read the same revision; the first one to write wins.
+    let reader_a = plans.get("plan-1").await.unwrap().unwrap();
+    let reader_b = plans.get("plan-1").await.unwrap().unwrap();
+    assert_eq!(reader_a.revision, revision);
+    let moved = plans
+        .update(
+            "plan-1",
+            &Record {
+                state: "VALIDATING".into(),
+            },
+            reader_a.revision,
+        )
+        .await
+        .unwrap();
+    let lost = plans
+        .update(
+            "plan-1",
+            &Record {
+                state: "REJECTED".into(),
+            },
+            reader_b.revision,
+        )
+        .await;
+    assert!(
+        matches!(lost, Err(KvError::Conflict { expected, .. }) if expected == revision),
+        "{lost:?}"
+    );
+    assert_eq!(
+        plans.get("plan-1").await.unwrap().unwrap().value.state,
+        "VALIDATING"
+    );
+
+    // Locks: created only if absent, released only by the holder's revision.
+    let locks = bus.kv::<Record>(buckets::LOCKS).await.unwrap();
+    let held = locks
+        .create(
+            "staging.social-intel",
+            &Record {
+                state: "plan-1".into(),
+            },
+        )
+        .await
+        .unwrap();
+    assert!(matches!(
+        locks
+            .create(
+                "staging.social-intel",
+                &Record {
+                    state: "plan-2".into()
+                }
+            )
+            .await,
+        Err(KvError::AlreadyExists { .. })
+    ));
+    assert!(matches!(
+        locks.delete("staging.social-intel", held + 100).await,
+        Err(KvError::Conflict { .. })
+    ));
+    locks.delete("staging.social-intel", held).await.unwrap();
+    assert!(locks.get("staging.social-intel").await.unwrap().is_none());
+    assert!(moved > revision);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provisioning_twice_is_a_noop_and_conflicts_are_reported_not_recreated() {
+    let server = NatsServer::start().unwrap();
+    let bus = Bus::connect(&ConnectArgs::for_url(server.url()), "bus-test")
+        .await
+        .unwrap();
+    let topology = Topology::crew(&ProvisionOptions::default());
+
+    let first = topology.provision(&bus).await.unwrap();
+    assert_eq!(
+        first.created().count(),
+        3 + 2 + 4,
+        "3 streams, 2 buckets, 4 consumers"
+    );
+    let second = topology.provision(&bus).await.unwrap();
+    assert!(second.is_noop(), "{second:?}");
+
+    bus.publish(subjects::PLAN_PENDING, &examples::plan_spec())
+        .await
+        .unwrap();
+    let shorter = ProvisionOptions {
+        work_max_age: Duration::from_secs(60),
+        ..Default::default()
+    };
+    let error = Topology::crew(&shorter).provision(&bus).await.unwrap_err();
+    assert!(
+        matches!(&error, ProvisionError::Conflict { name, .. } if name == streams::WORK),
+        "{error}"
+    );
+    assert!(error.to_string().contains("max_age"), "{error}");
+    assert_eq!(
+        stream_messages(&bus, streams::WORK).await.len(),
+        1,
+        "the stream kept its messages"
+    );
+
+    let stricter = ProvisionOptions {
+        max_deliver: 9,
+        ..Default::default()
+    };
+    let error = Topology {
+        streams: vec![],
+        buckets: vec![],
+        ..Topology::crew(&stricter)
+    }
+    .provision(&bus)
+    .await
+    .unwrap_err();
+    assert!(
+        error.to_string().contains("max_deliver is 5 (wanted 9)"),
+        "{error}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_problems_are_named() {
+    let down = {
+        let server = NatsServer::start().unwrap();
+        server.url()
+    };
+    let error = Bus::connect(&ConnectArgs::for_url(&down), "bus-test")
+        .await
+        .unwrap_err();
+    assert!(matches!(error, ConnectError::Unreachable { .. }), "{error}");
+    assert!(error.to_string().contains(&down), "{error}");
+
+    let core_only = NatsServer::start_without_jetstream().unwrap();
+    let error = Bus::connect(&ConnectArgs::for_url(core_only.url()), "bus-test")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, ConnectError::JetStreamUnavailable { .. }),
+        "{error}"
+    );
+    assert!(error.to_string().contains("nats-server -js"), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_lets_in_flight_work_finish_and_acks_it() {
+    let server = NatsServer::start().unwrap();
+    let bus = crew_bus(&server).await;
+    let spec = test_consumer(
+        &bus,
+        "grace-test",
+        subjects::GOAL_SUBMITTED,
+        5,
+        Duration::from_secs(30),
+    )
+    .await;
+    for n in 0..4 {
+        bus.publish(subjects::GOAL_SUBMITTED, &goal_number(n))
+            .await
+            .unwrap();
+    }
+    let started = Arc::new(AtomicU64::new(0));
+    let finished = Arc::new(AtomicU64::new(0));
+    let shutdown = Shutdown::new();
+    let (begun, done, stop) = (started.clone(), finished.clone(), shutdown.clone());
+    let handler = move |_goal: GoalStatement, _delivery: Delivery| {
+        let (begun, done, stop) = (begun.clone(), done.clone(), stop.clone());
+        async move {
+            if begun.fetch_add(1, Ordering::SeqCst) == 3 {
+                stop.cancel();
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            done.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+    };
+    bus.consume(&spec, quick_settings(), Arc::default(), handler, shutdown)
+        .await
+        .unwrap();
+    assert_eq!(
+        finished.load(Ordering::SeqCst),
+        started.load(Ordering::SeqCst)
+    );
+    assert!(
+        consumer_is_drained(&bus, &spec).await,
+        "finished work was acked before stopping"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_are_published_on_the_agents_subject() {
+    let server = NatsServer::start().unwrap();
+    let bus = crew_bus(&server).await;
+    let mut beats = bus
+        .client()
+        .subscribe(subjects::heartbeat(protocol::AgentRole::Sentinel))
+        .await
+        .unwrap();
+    let shutdown = Shutdown::new();
+    let settings = infracrew_bus::HeartbeatSettings {
+        agent: protocol::AgentRole::Sentinel,
+        instance_id: uuid::Uuid::new_v4(),
+        version: "test".into(),
+        started_at: chrono::Utc::now(),
+        interval: Duration::from_millis(100),
+    };
+    let task = tokio::spawn(infracrew_bus::publish_heartbeats(
+        bus.clone(),
+        settings,
+        Arc::default(),
+        shutdown.clone(),
+    ));
+    let mut seqs = Vec::new();
+    for _ in 0..3 {
+        let message = tokio::time::timeout(PATIENCE, beats.next())
+            .await
+            .unwrap()
+            .unwrap();
+        seqs.push(
+            protocol::decode::<protocol::Heartbeat>(&message.payload)
+                .unwrap()
+                .seq,
+        );
+    }
+    shutdown.cancel();
+    task.await.unwrap();
+    assert_eq!(seqs, vec![1, 2, 3]);
+}

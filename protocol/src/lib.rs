@@ -1,0 +1,18 @@
+//! infracrew's wire contract: message types, subjects, the plan digest and schema validation.
+//!
+//! This crate holds types and pure functions only (no I/O, no runtime), so every agent,
+//! the CLI and the tests share one definition of what goes over the bus.
+
+mod codec;
+mod digest;
+pub mod examples;
+mod ids;
+mod messages;
+pub mod subjects;
+mod version;
+
+pub use codec::{DecodeError, FieldError, Message, decode, decode_value, encode, schema_for};
+pub use digest::{PlanDigest, canonical_json};
+pub use ids::{GoalId, PlanId};
+pub use messages::*;
+pub use version::{SchemaVersion, UnsupportedVersion};

@@ -1,0 +1,124 @@
+//! ApprovalDecision, ApplyRequest and OpsEvent: from a person's decision to applied steps.
+
+use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::{PlanDigest, PlanId, SchemaVersion, codec::message};
+
+/// A decision on a plan, accepted or refused, as the Conductor records it for audit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ApprovalDecision {
+    pub schema_version: SchemaVersion,
+    pub decision_id: Uuid,
+    pub plan_id: PlanId,
+    /// The digest the person saw and decided on.
+    pub digest: PlanDigest,
+    pub kind: DecisionKind,
+    /// The approver identity, after mapping a Slack or GitHub user to it.
+    pub approver: String,
+    pub channel: DecisionChannel,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub outcome: DecisionOutcome,
+    /// The rule that refused the decision, when it was refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refusal: Option<String>,
+    pub decided_at: DateTime<Utc>,
+}
+
+message!(ApprovalDecision, "approval_decision", |decision| format!(
+    "decision:{}",
+    decision.decision_id
+));
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum DecisionKind {
+    Approve,
+    Reject,
+    /// A policy owner lifts a soft-mandatory finding.
+    Override,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum DecisionChannel {
+    Cli,
+    Slack,
+    Github,
+    /// Configured auto-approval after a passing validation.
+    Auto,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum DecisionOutcome {
+    Accepted,
+    Refused,
+}
+
+/// The Conductor's instruction to apply an approved plan.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ApplyRequest {
+    pub schema_version: SchemaVersion,
+    pub plan_id: PlanId,
+    /// Forge applies only when the plan's record says APPROVED with this digest.
+    pub digest: PlanDigest,
+    /// The revision of the environment lock; an older token than the lock's is refused.
+    pub fencing_token: u64,
+    pub approvers: Vec<String>,
+    pub issued_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+}
+
+message!(ApplyRequest, "apply_request", |request| format!(
+    "apply:{}:{}",
+    request.plan_id, request.digest
+));
+
+/// One step of an apply, as Forge reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct OpsEvent {
+    pub schema_version: SchemaVersion,
+    pub plan_id: PlanId,
+    pub digest: PlanDigest,
+    /// Position of this event in the plan's apply, from 1; with the plan id it names the event.
+    pub seq: u32,
+    pub kind: OpsEventKind,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<String>,
+    pub message: String,
+    pub driver: String,
+    pub at: DateTime<Utc>,
+}
+
+message!(OpsEvent, "ops_event", |event| format!(
+    "ops:{}:{}:{}",
+    event.plan_id, event.digest, event.seq
+));
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum OpsEventKind {
+    ApplyStarted,
+    StepStarted,
+    StepSucceeded,
+    StepFailed,
+    ApplyDone,
+    ApplyFailed,
+    RolledBack,
+    /// Forge refused the ApplyRequest (not approved, wrong digest, stale fencing token, ...).
+    ApplyRefused,
+}
+
+impl OpsEventKind {
+    /// Whether this event ends the apply.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            Self::ApplyDone | Self::ApplyFailed | Self::RolledBack | Self::ApplyRefused
+        )
+    }
+}

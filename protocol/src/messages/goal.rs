@@ -1,0 +1,93 @@
+//! GoalStatement: what a person asks the crew for, typed by hand in goal.json.
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::{GoalId, SchemaVersion, canonical_json, codec::message};
+
+/// A person's goal. Unknown fields are refused: a typo in a hand-written file must not be
+/// silently ignored. `goal_id` and `schema_version` may be left out.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GoalStatement {
+    /// Defaults to the current version when absent.
+    #[serde(default)]
+    pub schema_version: SchemaVersion,
+    /// Derived from the goal's content when absent, so the same file names the same goal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub goal_id: Option<GoalId>,
+    pub intent: Intent,
+    /// A service of the catalog, for example `social-intel`.
+    #[schemars(regex(pattern = r"^[a-z][a-z0-9-]{0,62}$"))]
+    pub service: String,
+    /// One of the configured environments (dev, staging, prod by default).
+    #[schemars(regex(pattern = r"^[a-z][a-z0-9-]{0,31}$"))]
+    pub environment: String,
+    /// An image tag or digest to run; never `latest`. Required by `deploy`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 128))]
+    pub version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = 100))]
+    pub replicas: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strategy: Option<Strategy>,
+    /// Extra environment variables for the service's containers.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// Who asks; recorded on the plan and barred from approving it.
+    #[schemars(length(min = 1, max = 64))]
+    pub requested_by: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1000))]
+    pub reason: Option<String>,
+}
+
+impl GoalStatement {
+    /// The goal's id: the one it names, or else one derived from its content.
+    pub fn id(&self) -> GoalId {
+        if let Some(id) = self.goal_id {
+            return id;
+        }
+        // A goal always serializes: it holds only strings, numbers and maps of strings.
+        let content = serde_json::to_value(self).unwrap_or_default();
+        GoalId::from_content(&canonical_json(&content))
+    }
+
+    /// This goal with its id filled in, as it is published.
+    pub fn with_id(mut self) -> Self {
+        self.goal_id = Some(self.id());
+        self
+    }
+}
+
+message!(GoalStatement, "goal_statement", |goal| format!(
+    "goal:{}",
+    goal.id()
+));
+
+/// What the goal asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum Intent {
+    /// Install a service or move it to a new version.
+    Deploy,
+    /// Change the number of replicas only.
+    Scale,
+    /// Return to the previous revision.
+    Rollback,
+    /// Remove the service from the environment.
+    Decommission,
+}
+
+/// How the new revision replaces the old one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum Strategy {
+    /// One replica at a time; a healthy replica always serves.
+    Rolling,
+    /// Start the whole new set, then remove the old one.
+    BlueGreen,
+}

@@ -1,0 +1,18 @@
+//! Every message the crew exchanges, one module per stage of a plan's life.
+
+mod apply;
+mod build;
+mod crew;
+mod goal;
+mod plan;
+mod validation;
+
+pub use apply::{ApplyRequest, ApprovalDecision, DecisionChannel, DecisionKind, DecisionOutcome};
+pub use apply::{OpsEvent, OpsEventKind};
+pub use build::{BuildOutcome, BuildStatus, ChangeAction, ChangeSet, DiffSummary, ResourceChange};
+pub use crew::{AgentRole, DeadLetter, DeadLetterKind, Heartbeat};
+pub use goal::{GoalStatement, Intent, Strategy};
+pub use plan::{DesiredService, HealthPaths, PlanSpec, PlanStep, PlaybookRef, Resources};
+pub use plan::{Risk, RiskLevel, ServiceSpec, StepAction};
+pub use validation::Verdict;
+pub use validation::{CostEstimate, Enforcement, Finding, ValidateRequest, ValidationResult};

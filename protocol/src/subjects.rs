@@ -1,0 +1,65 @@
+//! Every subject the crew uses, in one place.
+
+use crate::AgentRole;
+
+/// A person's goal: crew CLI -> Atlas.
+pub const GOAL_SUBMITTED: &str = "crew.goal.submitted";
+/// A new plan: Atlas -> Conductor.
+pub const PLAN_PENDING: &str = "crew.plan.pending";
+/// A plan handed to the builder: Conductor -> Forge.
+pub const PLAN_ROUTED: &str = "crew.plan.routed";
+/// A rendered change to judge: Forge -> Sentinel.
+pub const VALIDATE_PENDING: &str = "crew.validate.pending";
+/// Sentinel's judgement: Sentinel -> Forge.
+pub const VALIDATE_RESULT: &str = "crew.validate.result";
+/// READY, BLOCKED or nothing to change: Forge -> Conductor.
+pub const BUILD_STATUS: &str = "crew.build.status";
+/// Every approval decision, accepted or refused (audit): Conductor.
+pub const APPROVAL_DECIDED: &str = "crew.approval.decided";
+/// The instruction to apply an approved plan: Conductor -> Forge.
+pub const APPLY_REQUEST: &str = "crew.apply.request";
+/// Each step of an apply: Forge -> Conductor.
+pub const OPS_EVENT: &str = "crew.ops.event";
+
+/// Every work subject above, which the work stream captures.
+pub const WORK: [&str; 9] = [
+    GOAL_SUBMITTED,
+    PLAN_PENDING,
+    PLAN_ROUTED,
+    VALIDATE_PENDING,
+    VALIDATE_RESULT,
+    BUILD_STATUS,
+    APPROVAL_DECIDED,
+    APPLY_REQUEST,
+    OPS_EVENT,
+];
+
+/// All heartbeats: `crew.heartbeat.<agent>`.
+pub const HEARTBEATS: &str = "crew.heartbeat.>";
+/// All dead letters: `crew.dlq.<the original subject without "crew.">`.
+pub const DEAD_LETTERS: &str = "crew.dlq.>";
+
+/// The subject an agent's heartbeats go to.
+pub fn heartbeat(agent: AgentRole) -> String {
+    format!("crew.heartbeat.{agent}")
+}
+
+/// The subject a dead message from `subject` goes to.
+pub fn dead_letter(subject: &str) -> String {
+    format!(
+        "crew.dlq.{}",
+        subject.strip_prefix("crew.").unwrap_or(subject)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn derived_subjects() {
+        assert_eq!(heartbeat(AgentRole::Forge), "crew.heartbeat.forge");
+        assert_eq!(dead_letter(GOAL_SUBMITTED), "crew.dlq.goal.submitted");
+        assert_eq!(dead_letter("other.thing"), "crew.dlq.other.thing");
+    }
+}
