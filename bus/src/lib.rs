@@ -6,12 +6,11 @@ mod connect;
 mod consumer;
 mod heartbeat;
 mod kv;
-pub mod logging;
 mod provision;
 mod publish;
 mod shutdown;
 
-pub use connect::{Bus, ConnectArgs, ConnectError};
+pub use connect::{Bus, ConnectArgs, ConnectError, parse_duration};
 pub use consumer::{
     ConsumeError, ConsumerSettings, Delivery, Handler, HandlerError, Inbound, WorkStats,
 };
@@ -19,7 +18,7 @@ pub use heartbeat::{HeartbeatSettings, publish_heartbeats};
 pub use kv::{Kv, KvError, Versioned};
 pub use provision::{
     ConsumerSpec, ProvisionError, ProvisionOptions, ProvisionReport, Provisioned, Topology,
-    buckets, consumers, streams,
+    buckets, consumers, role_subjects, streams,
 };
 pub use publish::{PublishError, Published};
 pub use shutdown::{Shutdown, shutdown_on_signal};

@@ -1,5 +1,7 @@
 //! The bus against a real nats-server with JetStream, started per test on a free port.
 
+#![allow(clippy::unwrap_used)] // a test that unwraps fails with the error, which is what a test should do
+
 use std::{
     collections::HashSet,
     sync::{

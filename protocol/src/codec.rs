@@ -145,10 +145,12 @@ pub fn decode<M: Message>(bytes: &[u8]) -> Result<M, DecodeError> {
 pub fn decode_value<M: Message>(value: Value) -> Result<M, DecodeError> {
     // The version goes first so a newer major is refused with that reason, not with a list
     // of schema errors it would likely also produce.
-    if let Some(text) = value.get("schema_version").and_then(Value::as_str) {
-        if let Ok(version) = text.parse::<SchemaVersion>() {
-            version.check_supported(M::KIND)?;
-        }
+    if let Some(Ok(version)) = value
+        .get("schema_version")
+        .and_then(Value::as_str)
+        .map(str::parse::<SchemaVersion>)
+    {
+        version.check_supported(M::KIND)?;
     }
 
     let validator = validator::<M>()?;

@@ -1,6 +1,8 @@
 //! The sample goals in `examples/goals/`: every valid one decodes, every invalid one fails
 //! with exactly the errors written beside it in `<name>.errors`.
 
+#![allow(clippy::unwrap_used)] // a test that unwraps fails with the error, which is what a test should do
+
 use std::{fs, path::PathBuf};
 
 use infracrew_protocol::{GoalStatement, decode};

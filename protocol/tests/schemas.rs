@@ -2,6 +2,8 @@
 //!
 //! Regenerate them with `make schemas` (it sets `INFRACREW_UPDATE_SCHEMAS=1` for this test).
 
+#![allow(clippy::unwrap_used)] // a test that unwraps fails with the error, which is what a test should do
+
 use std::{fs, path::PathBuf};
 
 use infracrew_protocol::{self as protocol, Message, examples};

@@ -156,18 +156,18 @@ impl NatsServer {
     fn wait_for_port(&mut self, ports_dir: &Path) -> Result<u16, HarnessError> {
         let deadline = Instant::now() + START_TIMEOUT;
         while Instant::now() < deadline {
-            if let Some(child) = self.child.as_mut() {
-                if let Ok(Some(status)) = child.try_wait() {
-                    return Err(HarnessError::NotReady {
-                        timeout: START_TIMEOUT,
-                        log: format!("(exited with {status})\n{}", self.log()),
-                    });
-                }
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                return Err(HarnessError::NotReady {
+                    timeout: START_TIMEOUT,
+                    log: format!("(exited with {status})\n{}", self.log()),
+                });
             }
-            if let Some(port) = read_ports_file(ports_dir) {
-                if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                    return Ok(port);
-                }
+            if let Some(port) = read_ports_file(ports_dir)
+                && TcpStream::connect(("127.0.0.1", port)).is_ok()
+            {
+                return Ok(port);
             }
             thread::sleep(Duration::from_millis(20));
         }
@@ -262,6 +262,19 @@ pub fn wait_until(patience: Duration, what: &str, mut condition: impl FnMut() ->
         );
         thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// The path of a workspace binary built by `cargo test --workspace` or `cargo build`
+/// (beside the running test executable's `deps/` folder).
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_default();
+    let profile_dir = exe
+        .parent()
+        .filter(|dir| dir.ends_with("deps"))
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| workspace_root().join("target/debug"));
+    profile_dir.join(name)
 }
 
 #[cfg(test)]

