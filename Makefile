@@ -19,6 +19,8 @@ demo: build
 test: deps
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets --locked -- -D warnings
+	# End-to-end tests run the agent binaries, which cargo test does not build for them.
+	cargo build --workspace --bins --locked
 	cargo test --workspace --locked
 
 fmt:

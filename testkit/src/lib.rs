@@ -264,8 +264,9 @@ pub fn wait_until(patience: Duration, what: &str, mut condition: impl FnMut() ->
     }
 }
 
-/// The path of a workspace binary built by `cargo test --workspace` or `cargo build`
-/// (beside the running test executable's `deps/` folder).
+/// The path of a workspace binary in the running test's profile folder (the parent of its
+/// `deps/`). `cargo test` builds only the tested package's binaries: build the others with
+/// `cargo build --workspace --bins` first, as `make test` does.
 pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap_or_default();
     let profile_dir = exe
