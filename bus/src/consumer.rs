@@ -24,6 +24,7 @@ use infracrew_protocol::{
 };
 use serde::Deserialize;
 use tokio::{sync::Semaphore, task::JoinSet};
+use tracing::Instrument;
 
 use crate::{Bus, ConsumerSpec, PublishError, Shutdown};
 
@@ -479,7 +480,21 @@ impl<H> Settle<H> {
         };
         let subject = message.subject.to_string();
         let span = tracing::info_span!("message", durable = %self.spec.durable, %subject, stream_sequence, delivered);
-        let _entered = span.enter();
+        self.settle_delivery::<T>(message, subject, stream_sequence, delivered)
+            .instrument(span)
+            .await;
+    }
+
+    async fn settle_delivery<T>(
+        &self,
+        message: Arc<jetstream::Message>,
+        subject: String,
+        stream_sequence: u64,
+        delivered: u64,
+    ) where
+        T: Inbound,
+        H: Handler<T>,
+    {
         self.stats.in_flight.fetch_add(1, Ordering::Relaxed);
 
         let outcome = match T::decode(&subject, &message.payload) {

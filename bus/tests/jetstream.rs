@@ -167,6 +167,7 @@ async fn every_message_type_round_trips_through_jetstream() {
     }
 
     round_trip(&bus, subjects::GOAL_SUBMITTED, examples::goal()).await;
+    round_trip(&bus, subjects::GOAL_REJECTED, examples::goal_rejected()).await;
     round_trip(&bus, subjects::PLAN_PENDING, examples::plan_spec()).await;
     round_trip(
         &bus,

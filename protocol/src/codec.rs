@@ -175,6 +175,26 @@ pub fn decode_value<M: Message>(value: Value) -> Result<M, DecodeError> {
     })
 }
 
+/// Checks a document (a configuration file, say) against the schema generated from `T`,
+/// returning every violation with its JSON path. The schema is compiled on each call: for
+/// documents read once, at start.
+pub fn check_document<T: JsonSchema>(document: &Value) -> Vec<FieldError> {
+    let generator = SchemaSettings::draft2020_12()
+        .for_deserialize()
+        .into_generator();
+    let schema = generator.into_root_schema_for::<T>().to_value();
+    match jsonschema::draft202012::new(&schema) {
+        Ok(validator) => validator
+            .iter_errors(document)
+            .flat_map(|e| field_errors(&e))
+            .collect(),
+        Err(error) => vec![FieldError {
+            path: String::new(),
+            message: error.to_string(),
+        }],
+    }
+}
+
 fn validator<M: Message>() -> Result<&'static Validator, DecodeError> {
     let compiled = M::validator_cell().get_or_init(|| {
         let schema: Value =

@@ -69,7 +69,7 @@ pub fn plan_spec() -> PlanSpec {
         desired: vec![DesiredService {
             service: goal.service.clone(),
             environment: goal.environment.clone(),
-            spec: Some(ServiceSpec {
+            state: DesiredState::Running(ServiceSpec {
                 image: "infracrew/social-intel:1.4.0".into(),
                 replicas: 2,
                 strategy: Strategy::Rolling,
@@ -242,5 +242,23 @@ pub fn dead_letter() -> DeadLetter {
         headers: BTreeMap::from([("Nats-Msg-Id".into(), "goal:x".into())]),
         payload_base64: DeadLetter::encode_payload(br#"{"servce":"social-intel"}"#),
         dead_at: at(9),
+    }
+}
+
+pub fn goal_rejected() -> GoalRejected {
+    let goal = goal();
+    GoalRejected {
+        schema_version: SchemaVersion::CURRENT,
+        goal_id: goal.id(),
+        plan_id: PlanId::for_goal(goal.id()),
+        service: "social-intell".into(),
+        environment: goal.environment,
+        requested_by: goal.requested_by,
+        reasons: vec![Rejection {
+            field: "/service".into(),
+            message: "social-intell is not in the service catalog".into(),
+            choices: vec!["alfred-bot".into(), "social-intel".into()],
+        }],
+        rejected_at: at(2),
     }
 }

@@ -11,7 +11,9 @@ mod messages;
 pub mod subjects;
 mod version;
 
-pub use codec::{DecodeError, FieldError, Message, decode, decode_value, encode, schema_for};
+pub use codec::{
+    DecodeError, FieldError, Message, check_document, decode, decode_value, encode, schema_for,
+};
 pub use digest::{PlanDigest, canonical_json};
 pub use ids::{GoalId, PlanId};
 pub use messages::*;

@@ -4,6 +4,8 @@ use crate::AgentRole;
 
 /// A person's goal: crew CLI -> Atlas.
 pub const GOAL_SUBMITTED: &str = "crew.goal.submitted";
+/// A goal Atlas cannot plan, with the reasons: Atlas -> the submitter.
+pub const GOAL_REJECTED: &str = "crew.goal.rejected";
 /// A new plan: Atlas -> Conductor.
 pub const PLAN_PENDING: &str = "crew.plan.pending";
 /// A plan handed to the builder: Conductor -> Forge.
@@ -22,8 +24,9 @@ pub const APPLY_REQUEST: &str = "crew.apply.request";
 pub const OPS_EVENT: &str = "crew.ops.event";
 
 /// Every work subject above, which the work stream captures.
-pub const WORK: [&str; 9] = [
+pub const WORK: [&str; 10] = [
     GOAL_SUBMITTED,
+    GOAL_REJECTED,
     PLAN_PENDING,
     PLAN_ROUTED,
     VALIDATE_PENDING,

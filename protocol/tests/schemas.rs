@@ -32,6 +32,7 @@ fn kind<M: Message>(example: M) -> Kind {
 fn all_kinds() -> Vec<Kind> {
     vec![
         kind(examples::goal()),
+        kind(examples::goal_rejected()),
         kind(examples::plan_spec()),
         kind(examples::validate_request()),
         kind(examples::validation_result()),

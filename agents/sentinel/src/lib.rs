@@ -1,5 +1,7 @@
 //! Sentinel, the policy gate: judges rendered changes against policy-as-code and cost.
 
+pub mod policy;
+
 use infracrew_agent_runtime::{Agent, WorkError, hold_work};
 use infracrew_bus::Shutdown;
 

@@ -2,10 +2,11 @@
 
 use std::collections::BTreeMap;
 
+use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::{GoalId, SchemaVersion, canonical_json, codec::message};
+use crate::{GoalId, PlanId, SchemaVersion, canonical_json, codec::message};
 
 /// A person's goal. Unknown fields are refused: a typo in a hand-written file must not be
 /// silently ignored. `goal_id` and `schema_version` may be left out.
@@ -90,4 +91,35 @@ pub enum Strategy {
     Rolling,
     /// Start the whole new set, then remove the old one.
     BlueGreen,
+}
+
+/// Atlas's answer to a goal it cannot plan: nothing is planned from it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct GoalRejected {
+    pub schema_version: SchemaVersion,
+    pub goal_id: GoalId,
+    /// The plan id the goal would have had, so a submitter waiting on it learns the outcome.
+    pub plan_id: PlanId,
+    pub service: String,
+    pub environment: String,
+    pub requested_by: String,
+    /// Every reason, each naming the goal field at fault.
+    pub reasons: Vec<Rejection>,
+    pub rejected_at: DateTime<Utc>,
+}
+
+message!(GoalRejected, "goal_rejected", |rejected| format!(
+    "rejected:{}",
+    rejected.goal_id
+));
+
+/// One reason a goal cannot be planned.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Rejection {
+    /// JSON pointer into the goal, for example `/service`.
+    pub field: String,
+    pub message: String,
+    /// The valid values, where there is a short list of them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub choices: Vec<String>,
 }

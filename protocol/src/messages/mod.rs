@@ -11,8 +11,10 @@ pub use apply::{ApplyRequest, ApprovalDecision, DecisionChannel, DecisionKind, D
 pub use apply::{OpsEvent, OpsEventKind};
 pub use build::{BuildOutcome, BuildStatus, ChangeAction, ChangeSet, DiffSummary, ResourceChange};
 pub use crew::{AgentRole, DeadLetter, DeadLetterKind, Heartbeat};
-pub use goal::{GoalStatement, Intent, Strategy};
-pub use plan::{DesiredService, HealthPaths, PlanSpec, PlanStep, PlaybookRef, Resources};
+pub use goal::{GoalRejected, GoalStatement, Intent, Rejection, Strategy};
+pub use plan::{
+    DesiredService, DesiredState, HealthPaths, PlanSpec, PlanStep, PlaybookRef, Resources,
+};
 pub use plan::{Risk, RiskLevel, ServiceSpec, StepAction};
 pub use validation::Verdict;
 pub use validation::{CostEstimate, Enforcement, Finding, ValidateRequest, ValidationResult};

@@ -63,12 +63,27 @@ pub enum StepAction {
     Notify,
 }
 
-/// The state one service must reach. `spec: null` means it must not run.
+/// The state one service must reach.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct DesiredService {
     pub service: String,
     pub environment: String,
-    pub spec: Option<ServiceSpec>,
+    pub state: DesiredState,
+}
+
+/// What must be true of a service after the plan, by intent. Only a deploy names the whole
+/// spec; the others are relative to what runs, which only Forge can read.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum DesiredState {
+    /// Run exactly this spec (deploy).
+    Running(ServiceSpec),
+    /// Keep what runs, with this many replicas (scale).
+    Scaled { replicas: u32 },
+    /// Return to the revision that ran before the current one (rollback).
+    PreviousRevision,
+    /// Nothing of the service runs (decommission).
+    Absent,
 }
 
 /// How a running service looks.
