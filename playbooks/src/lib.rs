@@ -205,6 +205,12 @@ impl Playbooks {
     }
 }
 
+/// Reads one TOML file checked against `T`'s schema, with every problem named.
+pub fn load_toml<T: JsonSchema + DeserializeOwned>(file: &Path) -> Result<T, LoadErrors> {
+    let mut errors = Vec::new();
+    read_checked(file, &mut errors).ok_or(LoadErrors(errors))
+}
+
 /// Reads a TOML file, checks it against `T`'s schema (every violation), then decodes it.
 fn read_checked<T: JsonSchema + DeserializeOwned>(
     file: &Path,
