@@ -192,6 +192,14 @@ async fn a_compliant_change_passes_and_every_default_rule_can_fail_one() {
             }),
             Some(("large_scale_change", Enforcement::Advisory, "5")),
         ),
+        (
+            request(12, "prod", |r| {
+                r[0].action = ChangeAction::Update;
+                r[0].before = Some(compliant_service("social-intel", 9000, 2));
+                r[0].after.as_mut().unwrap()["replicas"] = json!(5);
+            }),
+            Some(("large_scale_change", Enforcement::SoftMandatory, "5")),
+        ),
     ];
     for (request, _) in &cases {
         bus.publish(subjects::VALIDATE_PENDING, request)

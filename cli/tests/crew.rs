@@ -4,7 +4,8 @@
 
 use std::{path::PathBuf, process::Output};
 
-use infracrew_bus::{Bus, ConnectArgs, ProvisionOptions, Topology, streams};
+use infracrew_bus::{Bus, streams};
+use infracrew_e2e::crew_bus;
 use infracrew_testkit::NatsServer;
 
 fn goal(path: &str) -> PathBuf {
@@ -25,17 +26,6 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-async fn provisioned(server: &NatsServer) -> Bus {
-    let bus = Bus::connect(&ConnectArgs::for_url(server.url()), "crew-test")
-        .await
-        .unwrap();
-    Topology::crew(&ProvisionOptions::default())
-        .provision(&bus)
-        .await
-        .unwrap();
-    bus
-}
-
 async fn stored_goals(bus: &Bus) -> u64 {
     let mut stream = bus.jetstream().get_stream(streams::WORK).await.unwrap();
     stream.info().await.unwrap().state.messages
@@ -44,7 +34,7 @@ async fn stored_goals(bus: &Bus) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn submit_checks_the_goal_first_and_sends_it_once() {
     let server = NatsServer::start().unwrap();
-    let bus = provisioned(&server).await;
+    let bus = crew_bus(&server).await;
 
     let invalid = goal("invalid/unknown-field.json");
     let refused = crew(&server, &["submit", invalid.to_str().unwrap()]);
@@ -88,7 +78,7 @@ async fn submit_checks_the_goal_first_and_sends_it_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_says_which_agents_are_missing() {
     let server = NatsServer::start().unwrap();
-    provisioned(&server).await;
+    crew_bus(&server).await;
     let status = crew(&server, &["status"]);
     assert_eq!(
         status.status.code(),

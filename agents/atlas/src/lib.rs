@@ -4,7 +4,7 @@ pub mod planner;
 
 use chrono::Utc;
 use infracrew_agent_runtime::{Agent, WorkError};
-use infracrew_bus::{ConsumerSettings, Delivery, HandlerError, Shutdown, consumers};
+use infracrew_bus::{ConsumerSettings, Delivery, HandlerError, Shutdown};
 use infracrew_playbooks::Playbooks;
 use infracrew_protocol::{GoalRejected, GoalStatement, PlanId, SchemaVersion, subjects};
 
@@ -12,14 +12,7 @@ use infracrew_protocol::{GoalRejected, GoalStatement, PlanId, SchemaVersion, sub
 /// planned on `crew.goal.rejected`. Both are derived from the goal, so a redelivered goal
 /// publishes the same message, which JetStream stores once.
 pub async fn run(agent: Agent, playbooks: Playbooks, shutdown: Shutdown) -> Result<(), WorkError> {
-    let spec = agent
-        .topology
-        .consumer(consumers::for_role(agent.role))
-        .cloned()
-        .ok_or_else(|| WorkError::Consumer {
-            durable: agent.role.to_string(),
-            reason: "not in the topology".into(),
-        })?;
+    let spec = agent.consumer_spec()?;
     let bus = agent.bus.clone();
     let playbooks = std::sync::Arc::new(playbooks);
     let handler = move |goal: GoalStatement, _delivery: Delivery| {

@@ -6,9 +6,9 @@ pub mod logging;
 use std::{future::Future, process::ExitCode, sync::Arc, time::Duration};
 
 use infracrew_bus::{
-    Bus, ConnectArgs, ConnectError, HeartbeatSettings, ProvisionError, ProvisionOptions, Shutdown,
-    Topology, WorkStats, consumers, parse_duration, publish_heartbeats, role_subjects,
-    shutdown_on_signal,
+    Bus, ConnectArgs, ConnectError, ConsumerSpec, HeartbeatSettings, ProvisionError,
+    ProvisionOptions, Shutdown, Topology, WorkStats, consumers, parse_duration, publish_heartbeats,
+    role_subjects, shutdown_on_signal,
 };
 use infracrew_protocol::AgentRole;
 
@@ -114,6 +114,18 @@ impl Agent {
             stats: Arc::default(),
             heartbeat,
         })
+    }
+
+    /// The durable consumer this agent's role reads its work through.
+    pub fn consumer_spec(&self) -> Result<ConsumerSpec, WorkError> {
+        let durable = consumers::for_role(self.role);
+        self.topology
+            .consumer(durable)
+            .cloned()
+            .ok_or_else(|| WorkError::Consumer {
+                durable: durable.to_owned(),
+                reason: "not in the crew's topology".into(),
+            })
     }
 
     /// Runs `work` with heartbeats beside it until it ends or `shutdown` fires, then stops

@@ -13,7 +13,7 @@ use std::{
 
 use chrono::Utc;
 use infracrew_agent_runtime::{Agent, WorkError};
-use infracrew_bus::{ConsumerSettings, Delivery, HandlerError, Shutdown, consumers};
+use infracrew_bus::{ConsumerSettings, Delivery, HandlerError, Shutdown};
 use infracrew_playbooks::{LoadErrors, Playbooks};
 use infracrew_protocol::{ValidateRequest, subjects};
 use sha2::{Digest, Sha256};
@@ -80,14 +80,7 @@ pub async fn run(
     loaded: Loaded,
     shutdown: Shutdown,
 ) -> Result<(), WorkError> {
-    let spec = agent
-        .topology
-        .consumer(consumers::for_role(agent.role))
-        .cloned()
-        .ok_or_else(|| WorkError::Consumer {
-            durable: agent.role.to_string(),
-            reason: "not in the topology".into(),
-        })?;
+    let spec = agent.consumer_spec()?;
     tracing::info!(
         policy_set = loaded.policies.version(),
         rules = loaded.policies.rules().len(),

@@ -115,3 +115,57 @@ impl PolicySettings {
         raised.map_or(declared, |raised| raised.max(declared))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use infracrew_playbooks::Playbooks;
+
+    use super::*;
+
+    #[test]
+    fn levels_are_raised_per_environment_and_never_lowered() {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../playbooks");
+        let catalog = Playbooks::load(&dir).unwrap().catalog;
+        let mut settings = PolicySettings::load(&dir.join("policy.toml"), &catalog).unwrap();
+        let raised = settings.enforcement("prod", "large_scale_change", Enforcement::Advisory);
+        assert_eq!(
+            raised,
+            Enforcement::SoftMandatory,
+            "raised in prod by policy.toml"
+        );
+        let staging = settings.enforcement("staging", "large_scale_change", Enforcement::Advisory);
+        assert_eq!(staging, Enforcement::Advisory);
+
+        settings
+            .raise
+            .entry("prod".into())
+            .or_default()
+            .insert("image_pinned".into(), Enforcement::Advisory);
+        let kept = settings.enforcement("prod", "image_pinned", Enforcement::HardMandatory);
+        assert_eq!(
+            kept,
+            Enforcement::HardMandatory,
+            "a configured lower level is ignored"
+        );
+    }
+
+    #[test]
+    fn every_environment_needs_prices_and_a_budget() {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../playbooks");
+        let mut catalog = Playbooks::load(&dir).unwrap().catalog;
+        catalog.environments.push("qa".into());
+        let errors = PolicySettings::load(&dir.join("policy.toml"), &catalog)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            errors.contains("policy.toml: at /prices: no prices for environment qa"),
+            "{errors}"
+        );
+        assert!(
+            errors.contains("at /budget: no budget for environment qa"),
+            "{errors}"
+        );
+    }
+}
