@@ -21,7 +21,7 @@ test: deps
 	cargo clippy --workspace --all-targets --locked -- -D warnings
 	# End-to-end tests run the agent binaries, which cargo test does not build for them.
 	cargo build --workspace --bins --locked
-	cargo test --workspace --locked
+	cargo test --workspace --locked --no-fail-fast
 
 fmt:
 	cargo fmt --all

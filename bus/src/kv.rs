@@ -96,6 +96,45 @@ impl<T: Serialize + DeserializeOwned> Kv<T> {
         }
     }
 
+    /// Every stored value of `key` the bucket's history keeps, oldest first (deletions are
+    /// left out).
+    pub async fn history(&self, key: &str) -> Result<Vec<Versioned<T>>, KvError> {
+        use futures::StreamExt;
+        let mut entries = match self.store.history(key).await {
+            Ok(entries) => entries,
+            // A key never written has no history to read.
+            Err(error) if error.to_string().contains("not found") => return Ok(Vec::new()),
+            Err(error) => return Err(self.request(error)),
+        };
+        let mut values = Vec::new();
+        while let Some(entry) = entries.next().await {
+            let entry = entry.map_err(|error| self.request(error))?;
+            if entry.operation == Operation::Put {
+                let value =
+                    serde_json::from_slice(&entry.value).map_err(|error| KvError::Decode {
+                        bucket: self.bucket.clone(),
+                        key: key.to_owned(),
+                        reason: error.to_string(),
+                    })?;
+                values.push(Versioned {
+                    value,
+                    revision: entry.revision,
+                });
+            }
+        }
+        Ok(values)
+    }
+
+    /// Writes `value` whatever is there; returns the new revision. For state with one writer;
+    /// where writers race, use [`Kv::update`].
+    pub async fn put(&self, key: &str, value: &T) -> Result<u64, KvError> {
+        let bytes = self.encode(key, value)?;
+        self.store
+            .put(key, bytes)
+            .await
+            .map_err(|error| self.request(error))
+    }
+
     /// Writes `value` only if `key` does not exist; returns the new revision.
     pub async fn create(&self, key: &str, value: &T) -> Result<u64, KvError> {
         let bytes = self.encode(key, value)?;

@@ -44,6 +44,11 @@ pub mod buckets {
     pub const PLANS: &str = "crew_plans";
     /// One change in flight per environment and service: keys created only if absent.
     pub const LOCKS: &str = "crew_locks";
+    /// Forge's builds waiting for their validation, by plan id.
+    pub const BUILDS: &str = "crew_builds";
+    /// What the dry-run driver records as running, by `<environment>.<service>`; its history
+    /// holds the previous revisions.
+    pub const DRY_RUN: &str = "crew_dryrun";
 }
 
 /// Settings of the crew's bus; the defaults suit one server.
@@ -169,7 +174,12 @@ impl Topology {
             num_replicas: options.replicas,
             ..Default::default()
         };
-        let buckets = vec![bucket(buckets::PLANS, 16), bucket(buckets::LOCKS, 1)];
+        let buckets = vec![
+            bucket(buckets::PLANS, 16),
+            bucket(buckets::LOCKS, 1),
+            bucket(buckets::BUILDS, 1),
+            bucket(buckets::DRY_RUN, 16),
+        ];
         Topology {
             streams,
             consumers,

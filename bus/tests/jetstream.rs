@@ -689,8 +689,8 @@ async fn provisioning_twice_is_a_noop_and_conflicts_are_reported_not_recreated()
     let first = topology.provision(&bus).await.unwrap();
     assert_eq!(
         first.created().count(),
-        3 + 2 + 4,
-        "3 streams, 2 buckets, 4 consumers"
+        3 + 4 + 4,
+        "3 streams, 4 buckets, 4 consumers"
     );
     let second = topology.provision(&bus).await.unwrap();
     assert!(second.is_noop(), "{second:?}");

@@ -1,9 +1,258 @@
-//! Forge, the builder and operator: renders changes, applies approved ones, verifies and rolls back.
+//! Forge, the builder and operator: renders each routed plan against what runs, has Sentinel
+//! judge the exact change, and reports the build as ready, blocked or nothing to change.
 
-use infracrew_agent_runtime::{Agent, WorkError, hold_work};
-use infracrew_bus::Shutdown;
+pub mod driver;
+pub mod dry_run;
+pub mod render;
 
-/// Runs Forge's work until shutdown.
-pub async fn run(agent: Agent, shutdown: Shutdown) -> Result<(), WorkError> {
-    hold_work(agent, shutdown).await
+use std::sync::Arc;
+
+use chrono::Utc;
+use infracrew_agent_runtime::{Agent, WorkError};
+use infracrew_bus::{Bus, ConsumerSettings, Delivery, HandlerError, Kv, Shutdown, buckets};
+use infracrew_protocol::{
+    ApplyRequest, BuildOutcome, BuildStatus, ChangeSet, DecodeError, Enforcement, FieldError,
+    Finding, OpsEvent, OpsEventKind, PlanDigest, PlanSpec, SchemaVersion, ValidateRequest,
+    ValidationResult, Verdict, decode, subjects,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    driver::Driver,
+    render::{RenderError, diff_text, render},
+};
+
+/// What Forge reads, by subject.
+#[derive(Debug)]
+pub enum ForgeMessage {
+    Plan(PlanSpec),
+    Validated(ValidationResult),
+    Apply(ApplyRequest),
+}
+
+impl infracrew_bus::Inbound for ForgeMessage {
+    fn decode(subject: &str, payload: &[u8]) -> Result<Self, DecodeError> {
+        match subject {
+            subjects::PLAN_ROUTED => decode(payload).map(ForgeMessage::Plan),
+            subjects::VALIDATE_RESULT => decode(payload).map(ForgeMessage::Validated),
+            subjects::APPLY_REQUEST => decode(payload).map(ForgeMessage::Apply),
+            other => Err(DecodeError::Invalid {
+                kind: "forge input",
+                errors: vec![FieldError {
+                    path: String::new(),
+                    message: format!("Forge does not read {other}"),
+                }],
+            }),
+        }
+    }
+}
+
+/// A build waiting for its validation: the exact change that was sent to be judged.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BuildRecord {
+    pub plan: PlanSpec,
+    pub change: ChangeSet,
+    pub digest: PlanDigest,
+}
+
+struct Forge<D> {
+    bus: Bus,
+    driver: D,
+    builds: Kv<BuildRecord>,
+}
+
+/// Runs Forge with `driver` until shutdown.
+pub async fn run<D: Driver>(agent: Agent, driver: D, shutdown: Shutdown) -> Result<(), WorkError> {
+    let spec = agent.consumer_spec()?;
+    let builds = agent
+        .bus
+        .kv(buckets::BUILDS)
+        .await
+        .map_err(|error| WorkError::Consumer {
+            durable: spec.durable.clone(),
+            reason: error.to_string(),
+        })?;
+    let forge = Arc::new(Forge {
+        bus: agent.bus.clone(),
+        driver,
+        builds,
+    });
+    let handler = move |message: ForgeMessage, _delivery: Delivery| {
+        let forge = forge.clone();
+        async move {
+            match message {
+                ForgeMessage::Plan(plan) => forge.build(plan).await,
+                ForgeMessage::Validated(result) => forge.conclude(result).await,
+                ForgeMessage::Apply(request) => forge.refuse_apply(request).await,
+            }
+        }
+    };
+    agent
+        .bus
+        .consume(
+            &spec,
+            ConsumerSettings::default(),
+            agent.stats.clone(),
+            handler,
+            shutdown,
+        )
+        .await?;
+    Ok(())
+}
+
+fn retry(error: impl std::fmt::Display) -> HandlerError {
+    HandlerError::Retry(error.to_string())
+}
+
+impl<D: Driver> Forge<D> {
+    /// Renders the plan; an empty diff ends as nothing to change, a render failure as
+    /// blocked, anything else goes to Sentinel.
+    async fn build(&self, plan: PlanSpec) -> Result<(), HandlerError> {
+        let change = match render(&plan, &self.driver).await {
+            Ok(change) => change,
+            Err(RenderError::Driver(error)) => return Err(retry(error)),
+            Err(error) => {
+                let finding = Finding {
+                    policy: "forge".into(),
+                    rule: "render".into(),
+                    resource: error.resource().to_owned(),
+                    enforcement: Enforcement::HardMandatory,
+                    message: error.to_string(),
+                };
+                let change = ChangeSet {
+                    plan_id: plan.plan_id,
+                    driver: self.driver.name().into(),
+                    resources: Vec::new(),
+                };
+                return self
+                    .report(
+                        &change,
+                        BuildOutcome::Blocked,
+                        vec![finding],
+                        None,
+                        String::new(),
+                    )
+                    .await;
+            }
+        };
+        if change.summary().is_empty() {
+            tracing::info!(plan = %plan.plan_id, "nothing to change");
+            return self
+                .report(
+                    &change,
+                    BuildOutcome::NoChange,
+                    Vec::new(),
+                    None,
+                    String::new(),
+                )
+                .await;
+        }
+        let digest = change
+            .digest()
+            .map_err(|error| HandlerError::Reject(error.to_string()))?;
+        let record = BuildRecord {
+            plan: plan.clone(),
+            change: change.clone(),
+            digest: digest.clone(),
+        };
+        self.builds
+            .put(&plan.plan_id.to_string(), &record)
+            .await
+            .map_err(retry)?;
+        let request = ValidateRequest {
+            schema_version: SchemaVersion::CURRENT,
+            plan_id: plan.plan_id,
+            digest,
+            plan,
+            change,
+            requested_at: Utc::now(),
+        };
+        self.bus
+            .publish(subjects::VALIDATE_PENDING, &request)
+            .await
+            .map_err(retry)?;
+        Ok(())
+    }
+
+    /// Turns Sentinel's verdict on the change it was sent into the build's status.
+    async fn conclude(&self, result: ValidationResult) -> Result<(), HandlerError> {
+        let record = self
+            .builds
+            .get(&result.plan_id.to_string())
+            .await
+            .map_err(retry)?;
+        let Some(record) = record.map(|record| record.value) else {
+            tracing::warn!(plan = %result.plan_id, "a validation result for no build in progress; ignored");
+            return Ok(());
+        };
+        if record.digest != result.digest {
+            tracing::warn!(plan = %result.plan_id, judged = %result.digest, built = %record.digest, "a validation result for an older rendering; ignored");
+            return Ok(());
+        }
+        let outcome = match result.verdict {
+            Verdict::Pass => BuildOutcome::Ready,
+            Verdict::Fail => BuildOutcome::Blocked,
+        };
+        self.report(
+            &record.change,
+            outcome,
+            result.findings,
+            result.cost,
+            result.policy_set,
+        )
+        .await
+    }
+
+    async fn report(
+        &self,
+        change: &ChangeSet,
+        outcome: BuildOutcome,
+        findings: Vec<Finding>,
+        cost: Option<infracrew_protocol::CostEstimate>,
+        policy_set: String,
+    ) -> Result<(), HandlerError> {
+        let status = BuildStatus {
+            schema_version: SchemaVersion::CURRENT,
+            plan_id: change.plan_id,
+            digest: change
+                .digest()
+                .map_err(|error| HandlerError::Reject(error.to_string()))?,
+            outcome,
+            summary: change.summary(),
+            diff_text: diff_text(change),
+            change: change.clone(),
+            findings,
+            cost,
+            policy_set,
+            built_at: Utc::now(),
+        };
+        tracing::info!(plan = %status.plan_id, outcome = ?status.outcome, "build reported");
+        self.bus
+            .publish(subjects::BUILD_STATUS, &status)
+            .await
+            .map_err(retry)?;
+        Ok(())
+    }
+
+    /// Applying is not built into Forge yet: every ApplyRequest is refused, on the bus,
+    /// and nothing changes.
+    async fn refuse_apply(&self, request: ApplyRequest) -> Result<(), HandlerError> {
+        let event = OpsEvent {
+            schema_version: SchemaVersion::CURRENT,
+            plan_id: request.plan_id,
+            digest: request.digest,
+            seq: 1,
+            kind: OpsEventKind::ApplyRefused,
+            step: None,
+            message: "this Forge does not apply changes yet; nothing was changed".into(),
+            driver: self.driver.name().into(),
+            at: Utc::now(),
+        };
+        tracing::warn!(plan = %event.plan_id, "apply refused: not supported by this build");
+        self.bus
+            .publish(subjects::OPS_EVENT, &event)
+            .await
+            .map_err(retry)?;
+        Ok(())
+    }
 }

@@ -51,6 +51,8 @@ pub struct Agent {
 pub enum WorkError {
     #[error("consumer {durable} is not usable: {reason}")]
     Consumer { durable: String, reason: String },
+    #[error("cannot use {what}: {reason}")]
+    Dependency { what: String, reason: String },
     #[error(transparent)]
     Consume(#[from] infracrew_bus::ConsumeError),
 }

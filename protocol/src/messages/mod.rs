@@ -15,6 +15,6 @@ pub use goal::{GoalRejected, GoalStatement, Intent, Rejection, Strategy};
 pub use plan::{
     DesiredService, DesiredState, HealthPaths, PlanSpec, PlanStep, PlaybookRef, Resources,
 };
-pub use plan::{Risk, RiskLevel, ServiceSpec, StepAction};
+pub use plan::{Risk, RiskLevel, ServiceSpec, ServiceState, StepAction};
 pub use validation::Verdict;
 pub use validation::{CostEstimate, Enforcement, Finding, ValidateRequest, ValidationResult};

@@ -101,6 +101,44 @@ pub struct ServiceSpec {
     pub health: HealthPaths,
 }
 
+/// A running service as drivers render it: the `before` and `after` of a `service/...`
+/// resource in a ChangeSet, and what Sentinel's policies read.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ServiceState {
+    pub image: String,
+    pub replicas: u32,
+    /// The container port.
+    pub port: u16,
+    /// The host port it is published on, if any.
+    #[serde(default)]
+    pub published_port: Option<u16>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    pub resources: Resources,
+    pub health: HealthPaths,
+    #[serde(default)]
+    pub privileged: bool,
+    #[serde(default)]
+    pub host_network: bool,
+}
+
+impl ServiceState {
+    /// What a spec runs as: published on its own port, unprivileged, on its own network.
+    pub fn from_spec(spec: &ServiceSpec) -> Self {
+        ServiceState {
+            image: spec.image.clone(),
+            replicas: spec.replicas,
+            port: spec.port,
+            published_port: Some(spec.port),
+            env: spec.env.clone(),
+            resources: spec.resources,
+            health: spec.health.clone(),
+            privileged: false,
+            host_network: false,
+        }
+    }
+}
+
 /// Requests and limits per container.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Resources {

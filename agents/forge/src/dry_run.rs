@@ -1,0 +1,74 @@
+//! The dry-run driver: "what runs" is a record per service in a KV bucket, so its diffs are
+//! real (against what was last applied through it) while it changes nothing anywhere else.
+
+use infracrew_bus::{Bus, Kv, KvError, buckets};
+use infracrew_protocol::ServiceState;
+
+use crate::driver::{Driver, DriverError};
+
+/// Plan-only mode and the benchmark target.
+#[derive(Debug, Clone)]
+pub struct DryRunDriver {
+    records: Kv<ServiceState>,
+}
+
+impl DryRunDriver {
+    pub const NAME: &'static str = "dry-run";
+
+    pub async fn open(bus: &Bus) -> Result<Self, KvError> {
+        Ok(DryRunDriver {
+            records: bus.kv(buckets::DRY_RUN).await?,
+        })
+    }
+
+    /// The record key of a service in an environment.
+    pub fn key(environment: &str, service: &str) -> String {
+        format!("{environment}.{service}")
+    }
+
+    fn failed(error: KvError) -> DriverError {
+        DriverError {
+            driver: Self::NAME,
+            reason: error.to_string(),
+        }
+    }
+}
+
+impl Driver for DryRunDriver {
+    fn name(&self) -> &'static str {
+        Self::NAME
+    }
+
+    async fn current(
+        &self,
+        environment: &str,
+        service: &str,
+    ) -> Result<Option<ServiceState>, DriverError> {
+        let record = self
+            .records
+            .get(&Self::key(environment, service))
+            .await
+            .map_err(Self::failed)?;
+        Ok(record.map(|record| record.value))
+    }
+
+    async fn previous(
+        &self,
+        environment: &str,
+        service: &str,
+    ) -> Result<Option<ServiceState>, DriverError> {
+        let key = Self::key(environment, service);
+        let mut history = self.records.history(&key).await.map_err(Self::failed)?;
+        // The last stored value is the current revision unless the service was removed since.
+        if self
+            .records
+            .get(&key)
+            .await
+            .map_err(Self::failed)?
+            .is_some()
+        {
+            history.pop();
+        }
+        Ok(history.pop().map(|record| record.value))
+    }
+}
