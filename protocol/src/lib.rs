@@ -8,6 +8,7 @@ mod digest;
 pub mod examples;
 mod ids;
 mod messages;
+mod record;
 pub mod subjects;
 mod version;
 
@@ -17,4 +18,5 @@ pub use codec::{
 pub use digest::{PlanDigest, canonical_json};
 pub use ids::{GoalId, PlanId};
 pub use messages::*;
+pub use record::{Approval, IllegalTransition, Override, PlanRecord, PlanState, Transition};
 pub use version::{SchemaVersion, UnsupportedVersion};

@@ -1,0 +1,233 @@
+//! The plan record: a plan's state, build, approvals and history, as the Conductor keeps it in
+//! the `crew_plans` bucket (compare-and-set on the revision) and Forge and the CLI read it.
+
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::{BuildStatus, DecisionChannel, PlanDigest, PlanSpec};
+
+/// Where a plan is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum PlanState {
+    Submitted,
+    Planned,
+    Validating,
+    Ready,
+    Blocked,
+    /// The diff was empty: nothing to apply, and never reported as a change.
+    NoChange,
+    AwaitingApproval,
+    Approved,
+    Applying,
+    Applied,
+    Failed,
+    RolledBack,
+    Rejected,
+    Expired,
+    Superseded,
+}
+
+impl PlanState {
+    /// A plan in a terminal state never moves again.
+    pub fn is_terminal(self) -> bool {
+        use PlanState::*;
+        matches!(
+            self,
+            NoChange | Applied | Failed | RolledBack | Rejected | Expired | Superseded
+        )
+    }
+
+    /// Whether the state machine allows moving from `self` to `next`.
+    pub fn can_move_to(self, next: PlanState) -> bool {
+        use PlanState::*;
+        match self {
+            Submitted => matches!(next, Planned | Rejected),
+            Planned => matches!(next, Validating | Superseded),
+            Validating => matches!(next, Ready | Blocked | NoChange | Superseded),
+            Ready | AwaitingApproval => {
+                matches!(
+                    next,
+                    AwaitingApproval | Approved | Rejected | Expired | Superseded
+                ) && next != self
+            }
+            // A soft-mandatory finding lifted by a policy owner makes a blocked plan ready.
+            Blocked => matches!(next, Ready | Rejected | Expired | Superseded),
+            Approved => matches!(next, Applying | Expired | Superseded),
+            Applying => matches!(next, Applied | Failed | RolledBack),
+            NoChange | Applied | Failed | RolledBack | Rejected | Expired | Superseded => false,
+        }
+    }
+}
+
+impl fmt::Display for PlanState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let text = serde_json::to_value(self)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned));
+        f.pad(text.as_deref().unwrap_or("UNKNOWN"))
+    }
+}
+
+/// One accepted approval, bound to the digest the approver saw.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Approval {
+    pub approver: String,
+    pub channel: DecisionChannel,
+    pub digest: PlanDigest,
+    pub at: DateTime<Utc>,
+}
+
+/// A policy owner lifting a soft-mandatory finding, with the reason on record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Override {
+    pub owner: String,
+    pub rules: Vec<String>,
+    pub reason: String,
+    pub digest: PlanDigest,
+    pub at: DateTime<Utc>,
+}
+
+/// One move of the state machine: who, when, why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Transition {
+    pub from: Option<PlanState>,
+    pub to: PlanState,
+    pub by: String,
+    pub why: String,
+    pub at: DateTime<Utc>,
+}
+
+/// Everything the crew knows about one plan.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct PlanRecord {
+    pub plan: PlanSpec,
+    pub state: PlanState,
+    /// The latest build; its digest is what approvals bind to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build: Option<BuildStatus>,
+    /// When the plan became ready (or blocked): the approval window opens then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decision_opened_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub approvals: Vec<Approval>,
+    #[serde(default)]
+    pub overrides: Vec<Override>,
+    pub history: Vec<Transition>,
+}
+
+impl PlanRecord {
+    /// The digest of the latest build, if there is one.
+    pub fn digest(&self) -> Option<&PlanDigest> {
+        self.build.as_ref().map(|build| &build.digest)
+    }
+
+    /// Moves to `next`, recording who and why; refuses a move the state machine forbids.
+    pub fn move_to(
+        &mut self,
+        next: PlanState,
+        by: &str,
+        why: impl Into<String>,
+        at: DateTime<Utc>,
+    ) -> Result<(), IllegalTransition> {
+        if !self.state.can_move_to(next) {
+            return Err(IllegalTransition {
+                from: self.state,
+                to: next,
+            });
+        }
+        self.history.push(Transition {
+            from: Some(self.state),
+            to: next,
+            by: by.to_owned(),
+            why: why.into(),
+            at,
+        });
+        self.state = next;
+        Ok(())
+    }
+}
+
+/// A move the plan state machine does not allow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("a plan cannot move from {from} to {to}")]
+pub struct IllegalTransition {
+    pub from: PlanState,
+    pub to: PlanState,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::examples;
+
+    #[test]
+    fn the_state_machine_allows_only_the_documented_moves() {
+        use PlanState::*;
+        let path = [
+            Submitted,
+            Planned,
+            Validating,
+            Ready,
+            AwaitingApproval,
+            Approved,
+            Applying,
+            Applied,
+        ];
+        for pair in path.windows(2) {
+            assert!(pair[0].can_move_to(pair[1]), "{} -> {}", pair[0], pair[1]);
+        }
+        assert!(
+            !Blocked.can_move_to(Approved),
+            "a blocked plan is never approved"
+        );
+        assert!(
+            !Ready.can_move_to(Applying),
+            "nothing applies without an approval"
+        );
+        assert!(
+            Blocked.can_move_to(Ready),
+            "an override makes a blocked plan ready"
+        );
+        for terminal in [
+            NoChange, Applied, Failed, RolledBack, Rejected, Expired, Superseded,
+        ] {
+            assert!(terminal.is_terminal());
+            assert!(!terminal.can_move_to(Ready), "{terminal} is final");
+        }
+    }
+
+    #[test]
+    fn a_move_is_recorded_with_who_and_why() {
+        let now = Utc::now();
+        let mut record = PlanRecord {
+            plan: examples::plan_spec(),
+            state: PlanState::Submitted,
+            build: None,
+            decision_opened_at: None,
+            approvals: Vec::new(),
+            overrides: Vec::new(),
+            history: Vec::new(),
+        };
+        record
+            .move_to(
+                PlanState::Planned,
+                "atlas",
+                "planned from deploy 1.0.0",
+                now,
+            )
+            .unwrap();
+        assert_eq!(record.history[0].by, "atlas");
+        let refused = record
+            .move_to(PlanState::Applied, "forge", "skipping ahead", now)
+            .unwrap_err();
+        assert_eq!(
+            refused.to_string(),
+            "a plan cannot move from PLANNED to APPLIED"
+        );
+        assert_eq!(record.state, PlanState::Planned);
+    }
+}
