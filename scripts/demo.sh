@@ -66,6 +66,7 @@ cat <<'NOTE'
 
 This build connects the crew, takes goals onto the bus, and Atlas plans them (a PlanSpec on
 crew.plan.pending) or rejects them with the reasons (crew.goal.rejected); Sentinel judges
-changes against the policy pack. The Conductor and Forge do not route, approve or deploy
-yet: the plan above waits for them.
+changes against the policy pack, and Forge builds and applies plans the Conductor routes and
+approves. The Conductor does not route plans or take approvals yet: the plan above waits
+for it.
 NOTE

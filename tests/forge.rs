@@ -1,14 +1,17 @@
 //! Forge and Sentinel as running binaries on a real nats-server: a routed plan is rendered
 //! against the dry-run driver's records, judged, and reported as ready, blocked or nothing
-//! to change; an ApplyRequest is refused because this Forge does not apply yet.
+//! to change; an approved plan is applied step by step, and a forged ApplyRequest is refused
+//! with its reason and changes nothing.
 
 #![allow(clippy::unwrap_used)] // a test that unwraps fails with the error, which is what a test should do
 
+use chrono::Utc;
 use infracrew_bus::{Bus, buckets};
 use infracrew_e2e::{AgentProcess, crew_bus, wait_for};
 use infracrew_protocol::{
-    ApplyRequest, BuildOutcome, BuildStatus, ChangeAction, DesiredState, GoalId, Intent, OpsEvent,
-    OpsEventKind, PlanId, PlanSpec, ServiceState, examples, subjects,
+    ApplyRequest, BuildOutcome, BuildStatus, ChangeAction, DesiredState, GoalId, Intent,
+    LockRecord, OpsEvent, OpsEventKind, PlanId, PlanRecord, PlanSpec, PlanState, SchemaVersion,
+    ServiceState, examples, lock_key, subjects,
 };
 use infracrew_testkit::NatsServer;
 use uuid::Uuid;
@@ -184,21 +187,232 @@ async fn routed_plans_are_rendered_judged_and_reported() {
     );
 }
 
+fn plan_record(plan: &PlanSpec, state: PlanState, build: BuildStatus) -> PlanRecord {
+    PlanRecord {
+        plan: plan.clone(),
+        state,
+        build: Some(build),
+        decision_opened_at: Some(Utc::now()),
+        approvals: Vec::new(),
+        overrides: Vec::new(),
+        history: Vec::new(),
+    }
+}
+
+async fn hold_lock(bus: &Bus, plan: &PlanSpec, holder_plan: PlanId, token: u64) {
+    let locks = bus.kv::<LockRecord>(buckets::LOCKS).await.unwrap();
+    let lock = LockRecord {
+        plan_id: holder_plan,
+        holder: "test".into(),
+        token,
+        acquired_at: Utc::now(),
+        renewed_at: Utc::now(),
+    };
+    locks
+        .put(&lock_key(&plan.environment, &plan.service), &lock)
+        .await
+        .unwrap();
+}
+
+fn apply_request(
+    plan: &PlanSpec,
+    build: &BuildStatus,
+    token: u64,
+    expires_in: i64,
+) -> ApplyRequest {
+    ApplyRequest {
+        schema_version: SchemaVersion::CURRENT,
+        plan_id: plan.plan_id,
+        digest: build.digest.clone(),
+        fencing_token: token,
+        approvers: vec!["alice".into()],
+        issued_at: Utc::now(),
+        expires_at: Utc::now() + chrono::Duration::seconds(expires_in),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_apply_request_is_refused_and_changes_nothing() {
+async fn an_approved_plan_is_applied_step_by_step_and_recorded() {
+    let server = NatsServer::start().unwrap();
+    let bus = crew_bus(&server).await;
+    let sentinel = AgentProcess::start("sentinel", &server, &[]);
+    let forge = AgentProcess::start("forge", &server, &[]);
+    let plan = plan(1, "social-intel", "staging", |_| {});
+    bus.publish(subjects::PLAN_ROUTED, &plan).await.unwrap();
+    let built: Vec<BuildStatus> =
+        wait_for(&bus, subjects::BUILD_STATUS, 1, &[&forge, &sentinel]).await;
+    assert_eq!(
+        built[0].outcome,
+        BuildOutcome::Ready,
+        "{:?}",
+        built[0].findings
+    );
+
+    // What the Conductor does on an approval: the record says APPROVED, the plan holds the lock.
+    let plans = bus.kv::<PlanRecord>(buckets::PLANS).await.unwrap();
+    plans
+        .put(
+            &plan.plan_id.to_string(),
+            &plan_record(&plan, PlanState::Approved, built[0].clone()),
+        )
+        .await
+        .unwrap();
+    hold_lock(&bus, &plan, plan.plan_id, 7).await;
+    bus.publish(
+        subjects::APPLY_REQUEST,
+        &apply_request(&plan, &built[0], 7, 60),
+    )
+    .await
+    .unwrap();
+
+    let events: Vec<OpsEvent> = wait_for(&bus, subjects::OPS_EVENT, 4, &[&forge]).await;
+    let kinds: Vec<OpsEventKind> = events.iter().map(|e| e.kind).collect();
+    use OpsEventKind::*;
+    assert_eq!(
+        kinds,
+        [ApplyStarted, StepStarted, StepSucceeded, ApplyDone],
+        "{events:#?}"
+    );
+    assert_eq!(
+        events.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        [1, 2, 3, 4]
+    );
+    assert!(
+        events
+            .iter()
+            .all(|e| e.digest == built[0].digest && e.driver == "dry-run")
+    );
+    let records = bus.kv::<ServiceState>(buckets::DRY_RUN).await.unwrap();
+    let recorded = records
+        .get("staging.social-intel")
+        .await
+        .unwrap()
+        .unwrap()
+        .value;
+    assert_eq!(
+        recorded,
+        running(&plan),
+        "the dry-run driver recorded the approved state"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_apply_requests_are_refused_with_the_reason_and_change_nothing() {
     let server = NatsServer::start().unwrap();
     let bus = crew_bus(&server).await;
     let forge = AgentProcess::start("forge", &server, &[]);
-    let request: ApplyRequest = examples::apply_request();
-    bus.publish(subjects::APPLY_REQUEST, &request)
+    let plans = bus.kv::<PlanRecord>(buckets::PLANS).await.unwrap();
+    let build = examples::build_status();
+
+    let mut cases: Vec<(ApplyRequest, &str)> = Vec::new();
+    let unknown = plan(10, "social-intel", "staging", |_| {});
+    cases.push((
+        apply_request(&unknown, &build, 1, 60),
+        "has no record: it was not submitted through the Conductor",
+    ));
+
+    let unapproved = plan(11, "alfred-bot", "staging", |_| {});
+    plans
+        .put(
+            &unapproved.plan_id.to_string(),
+            &plan_record(&unapproved, PlanState::Ready, build.clone()),
+        )
         .await
         .unwrap();
-    let events: Vec<OpsEvent> = wait_for(&bus, subjects::OPS_EVENT, 1, &[&forge]).await;
-    assert_eq!(events[0].kind, OpsEventKind::ApplyRefused);
-    assert_eq!(events[0].plan_id, request.plan_id);
-    let records = bus.kv::<ServiceState>(buckets::DRY_RUN).await.unwrap();
-    assert!(
-        records.get("staging.social-intel").await.unwrap().is_none(),
-        "nothing recorded as applied"
+    cases.push((
+        apply_request(&unapproved, &build, 1, 60),
+        "is READY, not APPROVED",
+    ));
+
+    let swapped = plan(12, "legal-compliance", "staging", |_| {});
+    plans
+        .put(
+            &swapped.plan_id.to_string(),
+            &plan_record(&swapped, PlanState::Approved, build.clone()),
+        )
+        .await
+        .unwrap();
+    let mut other_change = build.clone();
+    other_change.digest =
+        infracrew_protocol::PlanDigest::of_value(&serde_json::json!({"a": "different change"}));
+    cases.push((
+        apply_request(&swapped, &other_change, 1, 60),
+        "but the approved change is",
+    ));
+
+    let stale = plan(13, "financial-tax", "staging", |_| {});
+    plans
+        .put(
+            &stale.plan_id.to_string(),
+            &plan_record(&stale, PlanState::Approved, build.clone()),
+        )
+        .await
+        .unwrap();
+    hold_lock(&bus, &stale, stale.plan_id, 9).await;
+    cases.push((
+        apply_request(&stale, &build, 8, 60),
+        "fencing token 8 is stale",
+    ));
+
+    let taken = plan(14, "mission-control", "staging", |_| {});
+    plans
+        .put(
+            &taken.plan_id.to_string(),
+            &plan_record(&taken, PlanState::Approved, build.clone()),
+        )
+        .await
+        .unwrap();
+    hold_lock(&bus, &taken, PlanId(Uuid::nil()), 3).await;
+    cases.push((
+        apply_request(&taken, &build, 3, 60),
+        "is held by plan 00000000",
+    ));
+
+    let late = plan(15, "social-intel", "dev", |_| {});
+    plans
+        .put(
+            &late.plan_id.to_string(),
+            &plan_record(&late, PlanState::Approved, build.clone()),
+        )
+        .await
+        .unwrap();
+    hold_lock(&bus, &late, late.plan_id, 1).await;
+    cases.push((apply_request(&late, &build, 1, -5), "the request expired"));
+
+    for (request, _) in &cases {
+        bus.publish(subjects::APPLY_REQUEST, request).await.unwrap();
+    }
+    let events: Vec<OpsEvent> = wait_for(&bus, subjects::OPS_EVENT, cases.len(), &[&forge]).await;
+    for (request, reason) in &cases {
+        let event = events
+            .iter()
+            .find(|e| e.plan_id == request.plan_id)
+            .unwrap();
+        assert_eq!(event.kind, OpsEventKind::ApplyRefused, "{event:?}");
+        assert!(
+            event.message.contains(reason),
+            "{reason}: {}",
+            event.message
+        );
+        assert!(event.message.ends_with("nothing was changed"));
+    }
+    assert_eq!(
+        events.len(),
+        cases.len(),
+        "one refusal each, no step of any apply"
     );
+    let records = bus.kv::<ServiceState>(buckets::DRY_RUN).await.unwrap();
+    for key in [
+        "staging.social-intel",
+        "staging.alfred-bot",
+        "staging.legal-compliance",
+        "staging.financial-tax",
+        "staging.mission-control",
+        "dev.social-intel",
+    ] {
+        assert!(
+            records.get(key).await.unwrap().is_none(),
+            "{key} was not applied"
+        );
+    }
 }

@@ -18,5 +18,7 @@ pub use codec::{
 pub use digest::{PlanDigest, canonical_json};
 pub use ids::{GoalId, PlanId};
 pub use messages::*;
-pub use record::{Approval, IllegalTransition, Override, PlanRecord, PlanState, Transition};
+pub use record::{
+    Approval, IllegalTransition, LockRecord, Override, PlanRecord, PlanState, Transition, lock_key,
+};
 pub use version::{SchemaVersion, UnsupportedVersion};

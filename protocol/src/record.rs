@@ -151,6 +151,24 @@ impl PlanRecord {
     }
 }
 
+/// The lock on one environment and service (`crew_locks`, key [`lock_key`]): one change in
+/// flight per target. Its holder renews `renewed_at`; `token` is the fencing token every
+/// ApplyRequest for the holding plan carries, so a holder that lost the lock cannot apply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct LockRecord {
+    pub plan_id: crate::PlanId,
+    /// The Conductor instance that holds it.
+    pub holder: String,
+    pub token: u64,
+    pub acquired_at: DateTime<Utc>,
+    pub renewed_at: DateTime<Utc>,
+}
+
+/// The lock key of a service in an environment.
+pub fn lock_key(environment: &str, service: &str) -> String {
+    format!("{environment}.{service}")
+}
+
 /// A move the plan state machine does not allow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("a plan cannot move from {from} to {to}")]

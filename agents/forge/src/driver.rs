@@ -1,4 +1,4 @@
-//! The interface every deployment target implements, starting with reading what runs.
+//! The interface every deployment target implements: read what runs, apply, verify.
 
 use std::future::Future;
 
@@ -31,4 +31,24 @@ pub trait Driver: Send + Sync + 'static {
         environment: &str,
         service: &str,
     ) -> impl Future<Output = Result<Option<ServiceState>, DriverError>> + Send;
+}
+
+/// Applying, for drivers that change a target.
+pub trait Apply: Driver {
+    /// Makes `service` in `environment` run as `state`, or removes it when `state` is `None`.
+    /// Applying the same state again changes nothing, so a redelivered apply is safe.
+    fn apply(
+        &self,
+        environment: &str,
+        service: &str,
+        state: Option<&ServiceState>,
+    ) -> impl Future<Output = Result<(), DriverError>> + Send;
+
+    /// Checks that the target runs `state` (healthy, for drivers that can tell).
+    fn verify(
+        &self,
+        environment: &str,
+        service: &str,
+        state: Option<&ServiceState>,
+    ) -> impl Future<Output = Result<(), DriverError>> + Send;
 }

@@ -4,7 +4,7 @@
 use infracrew_bus::{Bus, Kv, KvError, buckets};
 use infracrew_protocol::ServiceState;
 
-use crate::driver::{Driver, DriverError};
+use crate::driver::{Apply, Driver, DriverError};
 
 /// Plan-only mode and the benchmark target.
 #[derive(Debug, Clone)]
@@ -70,5 +70,43 @@ impl Driver for DryRunDriver {
             history.pop();
         }
         Ok(history.pop().map(|record| record.value))
+    }
+}
+
+impl Apply for DryRunDriver {
+    /// Records the state as running (or removes the record); nothing else changes.
+    async fn apply(
+        &self,
+        environment: &str,
+        service: &str,
+        state: Option<&ServiceState>,
+    ) -> Result<(), DriverError> {
+        let key = Self::key(environment, service);
+        match state {
+            Some(state) => self.records.put(&key, state).await.map(drop),
+            None => match self.records.get(&key).await {
+                Ok(Some(current)) => self.records.delete(&key, current.revision).await,
+                Ok(None) => Ok(()),
+                Err(error) => Err(error),
+            },
+        }
+        .map_err(Self::failed)
+    }
+
+    async fn verify(
+        &self,
+        environment: &str,
+        service: &str,
+        state: Option<&ServiceState>,
+    ) -> Result<(), DriverError> {
+        let recorded = self.current(environment, service).await?;
+        if recorded.as_ref() == state {
+            Ok(())
+        } else {
+            Err(DriverError {
+                driver: Self::NAME,
+                reason: format!("{environment}.{service} is not recorded as applied"),
+            })
+        }
     }
 }

@@ -1,6 +1,8 @@
 //! Forge, the builder and operator: renders each routed plan against what runs, has Sentinel
-//! judge the exact change, and reports the build as ready, blocked or nothing to change.
+//! judge the exact change, reports the build as ready, blocked or nothing to change, and
+//! applies approved plans step by step.
 
+pub mod apply;
 pub mod driver;
 pub mod dry_run;
 pub mod render;
@@ -12,13 +14,14 @@ use infracrew_agent_runtime::{Agent, WorkError};
 use infracrew_bus::{Bus, ConsumerSettings, Delivery, HandlerError, Kv, Shutdown, buckets};
 use infracrew_protocol::{
     ApplyRequest, BuildOutcome, BuildStatus, ChangeSet, DecodeError, Enforcement, FieldError,
-    Finding, OpsEvent, OpsEventKind, PlanDigest, PlanSpec, SchemaVersion, ValidateRequest,
-    ValidationResult, Verdict, decode, subjects,
+    Finding, PlanDigest, PlanSpec, SchemaVersion, ValidateRequest, ValidationResult, Verdict,
+    decode, subjects,
 };
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    driver::Driver,
+    apply::Records,
+    driver::Apply,
     render::{RenderError, diff_text, render},
 };
 
@@ -58,24 +61,28 @@ pub struct BuildRecord {
 struct Forge<D> {
     bus: Bus,
     driver: D,
-    builds: Kv<BuildRecord>,
+    records: Records,
+}
+
+async fn bucket<T>(bus: &Bus, name: &str) -> Result<Kv<T>, WorkError> {
+    bus.kv(name).await.map_err(|error| WorkError::Dependency {
+        what: format!("the {name} bucket"),
+        reason: error.to_string(),
+    })
 }
 
 /// Runs Forge with `driver` until shutdown.
-pub async fn run<D: Driver>(agent: Agent, driver: D, shutdown: Shutdown) -> Result<(), WorkError> {
+pub async fn run<D: Apply>(agent: Agent, driver: D, shutdown: Shutdown) -> Result<(), WorkError> {
     let spec = agent.consumer_spec()?;
-    let builds = agent
-        .bus
-        .kv(buckets::BUILDS)
-        .await
-        .map_err(|error| WorkError::Consumer {
-            durable: spec.durable.clone(),
-            reason: error.to_string(),
-        })?;
+    let records = Records {
+        plans: bucket(&agent.bus, buckets::PLANS).await?,
+        locks: bucket(&agent.bus, buckets::LOCKS).await?,
+        builds: bucket(&agent.bus, buckets::BUILDS).await?,
+    };
     let forge = Arc::new(Forge {
         bus: agent.bus.clone(),
         driver,
-        builds,
+        records,
     });
     let handler = move |message: ForgeMessage, _delivery: Delivery| {
         let forge = forge.clone();
@@ -83,7 +90,11 @@ pub async fn run<D: Driver>(agent: Agent, driver: D, shutdown: Shutdown) -> Resu
             match message {
                 ForgeMessage::Plan(plan) => forge.build(plan).await,
                 ForgeMessage::Validated(result) => forge.conclude(result).await,
-                ForgeMessage::Apply(request) => forge.refuse_apply(request).await,
+                ForgeMessage::Apply(request) => {
+                    apply::apply(&forge.bus, &forge.driver, &forge.records, &request)
+                        .await
+                        .map_err(|error| HandlerError::Retry(error.to_string()))
+                }
             }
         }
     };
@@ -104,7 +115,7 @@ fn retry(error: impl std::fmt::Display) -> HandlerError {
     HandlerError::Retry(error.to_string())
 }
 
-impl<D: Driver> Forge<D> {
+impl<D: Apply> Forge<D> {
     /// Renders the plan; an empty diff ends as nothing to change, a render failure as
     /// blocked, anything else goes to Sentinel.
     async fn build(&self, plan: PlanSpec) -> Result<(), HandlerError> {
@@ -155,7 +166,8 @@ impl<D: Driver> Forge<D> {
             change: change.clone(),
             digest: digest.clone(),
         };
-        self.builds
+        self.records
+            .builds
             .put(&plan.plan_id.to_string(), &record)
             .await
             .map_err(retry)?;
@@ -177,6 +189,7 @@ impl<D: Driver> Forge<D> {
     /// Turns Sentinel's verdict on the change it was sent into the build's status.
     async fn conclude(&self, result: ValidationResult) -> Result<(), HandlerError> {
         let record = self
+            .records
             .builds
             .get(&result.plan_id.to_string())
             .await
@@ -229,28 +242,6 @@ impl<D: Driver> Forge<D> {
         tracing::info!(plan = %status.plan_id, outcome = ?status.outcome, "build reported");
         self.bus
             .publish(subjects::BUILD_STATUS, &status)
-            .await
-            .map_err(retry)?;
-        Ok(())
-    }
-
-    /// Applying is not built into Forge yet: every ApplyRequest is refused, on the bus,
-    /// and nothing changes.
-    async fn refuse_apply(&self, request: ApplyRequest) -> Result<(), HandlerError> {
-        let event = OpsEvent {
-            schema_version: SchemaVersion::CURRENT,
-            plan_id: request.plan_id,
-            digest: request.digest,
-            seq: 1,
-            kind: OpsEventKind::ApplyRefused,
-            step: None,
-            message: "this Forge does not apply changes yet; nothing was changed".into(),
-            driver: self.driver.name().into(),
-            at: Utc::now(),
-        };
-        tracing::warn!(plan = %event.plan_id, "apply refused: not supported by this build");
-        self.bus
-            .publish(subjects::OPS_EVENT, &event)
             .await
             .map_err(retry)?;
         Ok(())

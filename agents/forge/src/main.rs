@@ -28,13 +28,12 @@ async fn main() -> ExitCode {
     infracrew_agent_runtime::main(AgentRole::Forge, cli.agent, |agent, shutdown| async move {
         match cli.driver {
             DriverKind::DryRun => {
-                let driver =
-                    DryRunDriver::open(&agent.bus)
-                        .await
-                        .map_err(|error| WorkError::Consumer {
-                            durable: "forge".into(),
-                            reason: format!("the dry-run driver's bucket: {error}"),
-                        })?;
+                let driver = DryRunDriver::open(&agent.bus).await.map_err(|error| {
+                    WorkError::Dependency {
+                        what: "the dry-run driver's bucket".into(),
+                        reason: error.to_string(),
+                    }
+                })?;
                 infracrew_forge::run(agent, driver, shutdown).await
             }
         }

@@ -37,6 +37,12 @@ pub fn resource_name(environment: &str, service: &str) -> String {
     format!("service/{environment}/{service}")
 }
 
+/// The environment and service a resource name names.
+pub fn parse_resource_name(resource: &str) -> Option<(&str, &str)> {
+    let mut parts = resource.strip_prefix("service/")?.splitn(2, '/');
+    Some((parts.next()?, parts.next()?))
+}
+
 /// Renders every service the plan touches against what `driver` reads as running.
 pub async fn render<D: Driver>(plan: &PlanSpec, driver: &D) -> Result<ChangeSet, RenderError> {
     let mut resources = Vec::with_capacity(plan.desired.len());
