@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use infracrew_e2e::{AgentProcess, crew_bus, messages_on, wait_for};
+use infracrew_e2e::{AgentProcess, crew_bus, messages_on, wait_for, wait_until_drained};
 use infracrew_protocol::{
     DesiredState, GoalRejected, GoalStatement, Intent, PlanId, PlanSpec, RiskLevel, examples,
     subjects,
@@ -30,7 +30,8 @@ async fn a_valid_goal_becomes_the_expected_plan_once() {
     )
     .await
     .unwrap();
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    // Handled, not merely received: the consumer has acknowledged the second copy.
+    wait_until_drained(&bus, "atlas").await;
     let plans_after: Vec<PlanSpec> = messages_on(&bus, subjects::PLAN_PENDING).await;
     assert_eq!(plans_after.len(), 1, "the same goal yields one PlanSpec");
 

@@ -143,3 +143,25 @@ pub async fn wait_for<M: Message>(
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
+
+/// Waits until `durable` on the work stream has nothing pending and nothing unacknowledged:
+/// every message published so far was handled.
+pub async fn wait_until_drained(bus: &Bus, durable: &str) {
+    let stream = bus
+        .jetstream()
+        .get_stream_no_info(streams::WORK)
+        .await
+        .expect("the work stream");
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let info = stream.consumer_info(durable).await.expect("the consumer");
+        if info.num_pending == 0 && info.num_ack_pending == 0 {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{durable} still has work after {PATIENCE:?}: {info:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}

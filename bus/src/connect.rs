@@ -64,7 +64,14 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "h" => number * 3600.0,
         _ => return Err(format!("{text:?} has unit {unit:?}; use ms, s, m or h")),
     };
-    Duration::try_from_secs_f64(seconds).map_err(|error| format!("{text:?}: {error}"))
+    let duration =
+        Duration::try_from_secs_f64(seconds).map_err(|error| format!("{text:?}: {error}"))?;
+    if duration.is_zero() {
+        return Err(format!(
+            "{text:?} is zero; give a duration above 0, like 500ms or 5s"
+        ));
+    }
+    Ok(duration)
 }
 
 /// Why the crew could not use NATS.
@@ -185,5 +192,9 @@ mod tests {
         assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
         assert!(parse_duration("5 parsecs").is_err());
         assert!(parse_duration("-1s").is_err());
+        assert!(
+            parse_duration("0s").unwrap_err().contains("zero"),
+            "a zero interval would panic a ticker"
+        );
     }
 }

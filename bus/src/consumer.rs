@@ -32,6 +32,8 @@ use crate::{Bus, ConsumerSpec, PublishError, Shutdown};
 const PULL_EXPIRES: Duration = Duration::from_secs(1);
 /// Pause before asking again after a failed pull request (the server may be restarting).
 const PULL_RETRY: Duration = Duration::from_millis(250);
+/// Pull failures in a row after which the consumer's existence is checked.
+const GONE_CHECK_AFTER: u32 = 3;
 
 /// A type a consumer decodes its messages into: one message type, or an enum over the
 /// subjects of a consumer that reads several.
@@ -177,13 +179,17 @@ impl WorkStats {
 #[derive(Debug, thiserror::Error)]
 pub enum ConsumeError {
     #[error(
-        "consumer {durable} on stream {stream} is missing or unreadable: {reason}. Provision the bus first"
+        "consumer {durable} on stream {stream} is missing or unreadable: {reason}. Agents provision it at start: restart the agent, or check the server's JetStream state"
     )]
     Bind {
         stream: String,
         durable: String,
         reason: String,
     },
+    #[error(
+        "consumer {durable} on stream {stream} no longer exists (deleted while in use); restart the agent to provision it again"
+    )]
+    Gone { stream: String, durable: String },
     #[error("pulling from consumer {durable} failed: {reason}")]
     Pull { durable: String, reason: String },
     #[error("acknowledging a message failed: {0}")]
@@ -235,7 +241,18 @@ impl Bus {
         // One pull request at a time, for as many messages as there are free handler slots,
         // so nothing is fetched that cannot start at once and shutdown can hand back exactly
         // what was fetched but not started.
+        let mut failures = 0u32;
+        let mut stopped_by: Option<ConsumeError> = None;
         'pulling: while !shutdown.is_cancelled() {
+            // Pull failures are expected while the server restarts; many in a row may mean the
+            // consumer itself is gone, which no retry mends.
+            if failures >= GONE_CHECK_AFTER && self.consumer_is_gone(spec).await {
+                stopped_by = Some(ConsumeError::Gone {
+                    stream: spec.stream.clone(),
+                    durable: spec.durable.clone(),
+                });
+                break;
+            }
             let first_permit = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
@@ -254,7 +271,8 @@ impl Bus {
             {
                 Ok(batch) => batch,
                 Err(error) => {
-                    tracing::warn!(durable = %spec.durable, %error, "pull request failed; retrying");
+                    failures += 1;
+                    tracing::warn!(durable = %spec.durable, %error, failures, "pull request failed; retrying");
                     drop(first_permit);
                     tokio::select! {
                         _ = shutdown.cancelled() => break,
@@ -274,9 +292,13 @@ impl Bus {
                 };
                 let message = match next {
                     None => break,
-                    Some(Ok(message)) => Arc::new(message),
+                    Some(Ok(message)) => {
+                        failures = 0;
+                        Arc::new(message)
+                    }
                     Some(Err(error)) => {
-                        tracing::warn!(durable = %spec.durable, %error, "pull interrupted");
+                        failures += 1;
+                        tracing::warn!(durable = %spec.durable, %error, failures, "pull interrupted");
                         break;
                     }
                 };
@@ -321,7 +343,18 @@ impl Bus {
                 let _ = message.ack_with(AckKind::Nak(None)).await;
             }
         }
-        Ok(())
+        stopped_by.map_or(Ok(()), Err)
+    }
+
+    /// Whether the server says the consumer does not exist (any other answer is not proof).
+    async fn consumer_is_gone(&self, spec: &ConsumerSpec) -> bool {
+        let Ok(stream) = self.jetstream().get_stream_no_info(&spec.stream).await else {
+            return false;
+        };
+        matches!(
+            stream.consumer_info(&spec.durable).await,
+            Err(error) if matches!(error.kind(), async_nats::jetstream::context::ConsumerInfoErrorKind::NotFound)
+        )
     }
 
     /// Dead-letters messages the server stopped redelivering because their handler never
@@ -498,6 +531,12 @@ impl<H> Settle<H> {
         self.stats.in_flight.fetch_add(1, Ordering::Relaxed);
 
         let outcome = match T::decode(&subject, &message.payload) {
+            // This build cannot read its own schema: the message is not at fault, so it must
+            // not be dead-lettered; it waits for a build that can.
+            Err(error @ DecodeError::SchemaUnavailable { .. }) => {
+                tracing::error!(%error, "this build cannot check messages; fix the build");
+                Outcome::Retry(error.to_string())
+            }
             Err(error) => Outcome::Dead {
                 kind: match error {
                     DecodeError::Malformed { .. } => DeadLetterKind::Malformed,
@@ -578,12 +617,13 @@ impl<H> Settle<H> {
         };
         self.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
         if let Err(error) = settled {
-            tracing::error!(%error, "could not settle a message; it will be redelivered");
+            tracing::error!(%error, "could not settle a message; it stays unacknowledged (redelivered, or dead-lettered from the max-deliveries advisory on its last delivery)");
         }
     }
 
     /// Publishes the dead letter first and terminates the original only once that is stored,
-    /// so a failure in between redelivers the message instead of losing it.
+    /// so a failure in between leaves the message to redelivery, or, on its last delivery,
+    /// to the server's max-deliveries advisory, which dead-letters it then.
     async fn dead_letter(
         &self,
         message: &jetstream::Message,

@@ -100,12 +100,11 @@ impl<T: Serialize + DeserializeOwned> Kv<T> {
     /// left out).
     pub async fn history(&self, key: &str) -> Result<Vec<Versioned<T>>, KvError> {
         use futures::StreamExt;
-        let mut entries = match self.store.history(key).await {
-            Ok(entries) => entries,
-            // A key never written has no history to read.
-            Err(error) if error.to_string().contains("not found") => return Ok(Vec::new()),
-            Err(error) => return Err(self.request(error)),
-        };
+        let mut entries = self
+            .store
+            .history(key)
+            .await
+            .map_err(|error| self.request(error))?;
         let mut values = Vec::new();
         while let Some(entry) = entries.next().await {
             let entry = entry.map_err(|error| self.request(error))?;
@@ -171,20 +170,13 @@ impl<T: Serialize + DeserializeOwned> Kv<T> {
         self.store
             .delete_expect_revision(key, Some(revision))
             .await
-            .map_err(|error| {
-                let reason = error.to_string();
-                if reason.contains("wrong last sequence") {
-                    KvError::Conflict {
-                        bucket: self.bucket.clone(),
-                        key: key.to_owned(),
-                        expected: revision,
-                    }
-                } else {
-                    KvError::Request {
-                        bucket: self.bucket.clone(),
-                        reason,
-                    }
-                }
+            .map_err(|error| match error.kind() {
+                UpdateErrorKind::WrongLastRevision => KvError::Conflict {
+                    bucket: self.bucket.clone(),
+                    key: key.to_owned(),
+                    expected: revision,
+                },
+                _ => self.request(error),
             })
     }
 

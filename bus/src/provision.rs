@@ -138,7 +138,7 @@ impl Topology {
             max_messages_per_subject: -1,
             duplicate_window: options.duplicate_window,
             max_message_size: options.max_message_size,
-            num_replicas: options.replicas,
+            num_replicas: options.replicas.max(1),
             allow_direct: true,
             ..Default::default()
         };
@@ -171,7 +171,7 @@ impl Topology {
             bucket: name.to_owned(),
             history,
             storage: StorageType::File,
-            num_replicas: options.replicas,
+            num_replicas: options.replicas.max(1),
             ..Default::default()
         };
         let buckets = vec![
@@ -416,6 +416,27 @@ fn stream_differences(wanted: &stream::Config, found: &stream::Config) -> Vec<Di
         "max_message_size",
         wanted.max_message_size.to_string(),
         found.max_message_size.to_string(),
+    );
+    compare(
+        "discard",
+        format!("{:?}", wanted.discard),
+        format!("{:?}", found.discard),
+    );
+    // `crew status` and `crew dlq` read with direct gets.
+    compare(
+        "allow_direct",
+        wanted.allow_direct.to_string(),
+        found.allow_direct.to_string(),
+    );
+    compare(
+        "max_messages",
+        wanted.max_messages.to_string(),
+        found.max_messages.to_string(),
+    );
+    compare(
+        "max_bytes",
+        wanted.max_bytes.to_string(),
+        found.max_bytes.to_string(),
     );
     compare(
         "max_messages_per_subject",

@@ -118,9 +118,19 @@ impl Bus {
                             size,
                         });
                     }
-                    _ => {
+                    // Only a lost ack or connection is worth another try: the message id makes
+                    // it safe. Anything else (limits, permissions) fails the same way again.
+                    PublishErrorKind::TimedOut | PublishErrorKind::BrokenPipe => {
                         last_reason = error.to_string();
                         tracing::debug!(subject, attempt, %error, "publish not acknowledged; retrying");
+                    }
+                    _ => {
+                        return Err(PublishError::Failed {
+                            kind,
+                            subject: subject.to_owned(),
+                            attempts: attempt,
+                            reason: error.to_string(),
+                        });
                     }
                 },
             }

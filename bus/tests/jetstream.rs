@@ -477,9 +477,9 @@ async fn a_long_handler_keeps_its_message_with_in_progress_acks() {
         let (count, stop) = (count.clone(), stop.clone());
         async move {
             count.fetch_add(1, Ordering::Relaxed);
-            // Three times the ack deadline, reporting progress along the way.
-            for _ in 0..10 {
-                tokio::time::sleep(Duration::from_millis(300)).await;
+            // Three times the ack deadline, reporting progress well inside it.
+            for _ in 0..20 {
+                tokio::time::sleep(Duration::from_millis(150)).await;
                 delivery.in_progress().await.unwrap();
             }
             stop.cancel();
@@ -838,4 +838,75 @@ async fn heartbeats_are_published_on_the_agents_subject() {
     shutdown.cancel();
     task.await.unwrap();
     assert_eq!(seqs, vec![1, 2, 3]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_whose_handler_never_answers_is_dead_lettered_from_the_advisory() {
+    let server = NatsServer::start().unwrap();
+    let bus = crew_bus(&server).await;
+    let spec = test_consumer(
+        &bus,
+        "hang-test",
+        subjects::PLAN_PENDING,
+        2,
+        Duration::from_secs(1),
+    )
+    .await;
+    bus.publish(subjects::PLAN_PENDING, &examples::plan_spec())
+        .await
+        .unwrap();
+
+    let calls = Arc::new(AtomicU64::new(0));
+    let count = calls.clone();
+    // Like a process that dies mid-message: no ack, no nak, on every delivery.
+    let handler = move |_plan: PlanSpec, _delivery: Delivery| {
+        let count = count.clone();
+        async move {
+            count.fetch_add(1, Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            Ok(())
+        }
+    };
+    let shutdown = Shutdown::new();
+    let settings = ConsumerSettings {
+        shutdown_grace: Duration::from_millis(200),
+        ..quick_settings()
+    };
+    let consumer = {
+        let (bus, spec, shutdown) = (bus.clone(), spec.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            bus.consume(&spec, settings, Arc::default(), handler, shutdown)
+                .await
+        })
+    };
+
+    eventually("a dead letter from the advisory", || async {
+        !dead_letters(&bus).await.is_empty()
+    })
+    .await;
+    shutdown.cancel();
+    consumer.await.unwrap().unwrap();
+
+    let letters = dead_letters(&bus).await;
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].kind, DeadLetterKind::MaxDeliveries);
+    assert_eq!(
+        (letters[0].delivered, letters[0].consumer.as_str()),
+        (2, "hang-test")
+    );
+    assert!(
+        letters[0].reason.contains("without an acknowledgement"),
+        "{}",
+        letters[0].reason
+    );
+    assert_eq!(
+        protocol::decode::<PlanSpec>(&letters[0].payload().unwrap()).unwrap(),
+        examples::plan_spec(),
+        "the original message is kept"
+    );
+    assert_eq!(
+        calls.load(Ordering::Relaxed),
+        2,
+        "delivered as often as allowed, then no more"
+    );
 }

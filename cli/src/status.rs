@@ -2,6 +2,7 @@
 
 use std::{process::ExitCode, time::Duration};
 
+use async_nats::jetstream::stream::DirectGetErrorKind;
 use chrono::Utc;
 use infracrew_bus::{Bus, consumers, streams};
 use infracrew_protocol::{AgentRole, Heartbeat, decode, subjects};
@@ -136,13 +137,26 @@ async fn read_agents(bus: &Bus) -> Result<Vec<AgentState>, CliError> {
         })?;
     let mut agents = Vec::new();
     for role in AgentRole::ALL {
-        // No message on the subject yet reads as "never"; the stream itself was found above.
+        // No message on the subject yet reads as "never"; anything else that keeps a
+        // heartbeat from being read is said, so it is not mistaken for a silent agent.
         let last = match stream
             .direct_get_last_for_subject(subjects::heartbeat(role))
             .await
         {
-            Ok(message) => decode::<Heartbeat>(&message.payload).ok(),
-            Err(_) => None,
+            Ok(message) => match decode::<Heartbeat>(&message.payload) {
+                Ok(beat) => Some(beat),
+                Err(error) => {
+                    eprintln!("crew: {role}'s last heartbeat is unreadable: {error}");
+                    None
+                }
+            },
+            Err(error) if matches!(error.kind(), DirectGetErrorKind::NotFound) => None,
+            Err(error) => {
+                return Err(CliError::Read {
+                    what: "heartbeats",
+                    reason: error.to_string(),
+                });
+            }
         };
         agents.push(AgentState { role, last });
     }

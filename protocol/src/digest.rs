@@ -39,7 +39,8 @@ impl PlanDigest {
 
     /// The first 12 hex digits, enough for a person to compare two digests at a glance.
     pub fn short(&self) -> &str {
-        &self.0[7..19]
+        // A digest read from storage may be malformed: never slice past its end.
+        self.0.get(7..19).unwrap_or(&self.0)
     }
 }
 

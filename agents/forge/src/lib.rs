@@ -117,10 +117,11 @@ fn retry(error: impl std::fmt::Display) -> HandlerError {
 
 impl<D: Apply> Forge<D> {
     /// Renders the plan; an empty diff ends as nothing to change, a render failure as
-    /// blocked, anything else goes to Sentinel.
+    /// blocked, anything else goes to Sentinel. The build record is written for every
+    /// outcome, so a late verdict on an earlier rendering never overrides a newer one.
     async fn build(&self, plan: PlanSpec) -> Result<(), HandlerError> {
-        let change = match render(&plan, &self.driver).await {
-            Ok(change) => change,
+        let (change, blocked_by) = match render(&plan, &self.driver).await {
+            Ok(change) => (change, None),
             Err(RenderError::Driver(error)) => return Err(retry(error)),
             Err(error) => {
                 let finding = Finding {
@@ -130,34 +131,14 @@ impl<D: Apply> Forge<D> {
                     enforcement: Enforcement::HardMandatory,
                     message: error.to_string(),
                 };
-                let change = ChangeSet {
+                let empty = ChangeSet {
                     plan_id: plan.plan_id,
                     driver: self.driver.name().into(),
                     resources: Vec::new(),
                 };
-                return self
-                    .report(
-                        &change,
-                        BuildOutcome::Blocked,
-                        vec![finding],
-                        None,
-                        String::new(),
-                    )
-                    .await;
+                (empty, Some(finding))
             }
         };
-        if change.summary().is_empty() {
-            tracing::info!(plan = %plan.plan_id, "nothing to change");
-            return self
-                .report(
-                    &change,
-                    BuildOutcome::NoChange,
-                    Vec::new(),
-                    None,
-                    String::new(),
-                )
-                .await;
-        }
         let digest = change
             .digest()
             .map_err(|error| HandlerError::Reject(error.to_string()))?;
@@ -171,6 +152,29 @@ impl<D: Apply> Forge<D> {
             .put(&plan.plan_id.to_string(), &record)
             .await
             .map_err(retry)?;
+        if let Some(finding) = blocked_by {
+            return self
+                .report(
+                    &change,
+                    BuildOutcome::Blocked,
+                    vec![finding],
+                    None,
+                    String::new(),
+                )
+                .await;
+        }
+        if change.summary().is_empty() {
+            tracing::info!(plan = %plan.plan_id, "nothing to change");
+            return self
+                .report(
+                    &change,
+                    BuildOutcome::NoChange,
+                    Vec::new(),
+                    None,
+                    String::new(),
+                )
+                .await;
+        }
         let request = ValidateRequest {
             schema_version: SchemaVersion::CURRENT,
             plan_id: plan.plan_id,
@@ -194,9 +198,13 @@ impl<D: Apply> Forge<D> {
             .get(&result.plan_id.to_string())
             .await
             .map_err(retry)?;
+        // Every rendering stores its record before Sentinel can answer, so a missing one is a
+        // read that has not caught up (a lagging replica): try again rather than lose the verdict.
         let Some(record) = record.map(|record| record.value) else {
-            tracing::warn!(plan = %result.plan_id, "a validation result for no build in progress; ignored");
-            return Ok(());
+            return Err(HandlerError::Retry(format!(
+                "no build is recorded for plan {} yet",
+                result.plan_id
+            )));
         };
         if record.digest != result.digest {
             tracing::warn!(plan = %result.plan_id, judged = %result.digest, built = %record.digest, "a validation result for an older rendering; ignored");

@@ -130,10 +130,15 @@ pub async fn run(
             ConsumerSettings::default(),
             agent.stats.clone(),
             handler,
-            shutdown,
+            shutdown.clone(),
         )
         .await;
-    let _ = watcher.await;
+    // Consuming can end on an error as well as on shutdown: stop the watcher either way, or
+    // the process would linger with heartbeats and no judging.
+    shutdown.cancel();
+    if let Err(error) = watcher.await {
+        tracing::error!(%error, "the policy watcher failed");
+    }
     outcome.map_err(WorkError::from)
 }
 

@@ -92,8 +92,8 @@ pub struct DeadLetter {
 }
 
 message!(DeadLetter, "dead_letter", |letter| format!(
-    "dead:{}:{}",
-    letter.stream, letter.stream_sequence
+    "dead:{}:{}:{}",
+    letter.stream, letter.consumer, letter.stream_sequence
 ));
 
 impl DeadLetter {

@@ -39,8 +39,8 @@ pub struct ValidationResult {
 }
 
 message!(ValidationResult, "validation_result", |result| format!(
-    "validated:{}:{}",
-    result.plan_id, result.digest
+    "validated:{}:{}:{}",
+    result.plan_id, result.digest, result.policy_set
 ));
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
