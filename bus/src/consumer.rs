@@ -26,7 +26,9 @@ use serde::Deserialize;
 use tokio::{sync::Semaphore, task::JoinSet};
 use tracing::Instrument;
 
-use crate::{Bus, ConsumerSpec, PublishError, Shutdown};
+use crate::{
+    Bus, ConsumerSpec, PublishError, Shutdown, provision::max_deliveries_subject, streams,
+};
 
 /// How long one pull request waits for messages; also the longest shutdown waits for it.
 const PULL_EXPIRES: Duration = Duration::from_secs(1);
@@ -358,20 +360,48 @@ impl Bus {
     }
 
     /// Dead-letters messages the server stopped redelivering because their handler never
-    /// answered (the process died, or the ack deadline passed, on every delivery).
+    /// answered (the process died, or the ack deadline passed, on every delivery). The
+    /// advisories are kept in a stream and read through a durable consumer, so one that came
+    /// while no replica ran is handled when one starts.
     async fn dead_letter_advisories(
         &self,
         spec: &ConsumerSpec,
         shutdown: Shutdown,
     ) -> Option<tokio::task::JoinHandle<()>> {
-        let subject = format!(
-            "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{}.{}",
-            spec.stream, spec.durable
-        );
-        let mut advisories = match self.client().subscribe(subject).await {
-            Ok(subscription) => subscription,
+        let config = jetstream::consumer::pull::Config {
+            durable_name: Some(format!("{}-max-deliveries", spec.durable)),
+            filter_subject: max_deliveries_subject(&spec.stream, &spec.durable),
+            ack_policy: jetstream::consumer::AckPolicy::Explicit,
+            ..Default::default()
+        };
+        let consumer = match self
+            .jetstream()
+            .get_stream_no_info(streams::ADVISORIES)
+            .await
+        {
+            Ok(stream) => {
+                stream
+                    .get_or_create_consumer(
+                        &config.durable_name.clone().unwrap_or_default(),
+                        config,
+                    )
+                    .await
+            }
             Err(error) => {
-                tracing::warn!(%error, "cannot watch max-delivery advisories");
+                tracing::warn!(%error, "no advisories stream: messages whose handler never answers will not be dead-lettered");
+                return None;
+            }
+        };
+        let mut advisories = match consumer {
+            Ok(consumer) => match consumer.messages().await {
+                Ok(messages) => messages,
+                Err(error) => {
+                    tracing::warn!(%error, "cannot read max-deliveries advisories");
+                    return None;
+                }
+            },
+            Err(error) => {
+                tracing::warn!(%error, "cannot bind the max-deliveries advisory consumer");
                 return None;
             }
         };
@@ -382,15 +412,25 @@ impl Bus {
                 let advisory = tokio::select! {
                     _ = shutdown.cancelled() => break,
                     advisory = advisories.next() => match advisory {
-                        Some(advisory) => advisory,
+                        Some(Ok(advisory)) => advisory,
+                        Some(Err(error)) => {
+                            tracing::warn!(%error, "reading advisories interrupted");
+                            continue;
+                        }
                         None => break,
                     },
                 };
-                if let Err(error) = bus
+                match bus
                     .dead_letter_from_advisory(&spec, &advisory.payload)
                     .await
                 {
-                    tracing::error!(%error, "dead-lettering after max deliveries failed");
+                    Ok(()) => {
+                        let _ = advisory.double_ack().await;
+                    }
+                    Err(error) => {
+                        tracing::error!(%error, "dead-lettering after max deliveries failed; retrying");
+                        let _ = advisory.ack_with(AckKind::Nak(Some(PULL_RETRY * 4))).await;
+                    }
                 }
             }
         }))

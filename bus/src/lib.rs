@@ -18,7 +18,7 @@ pub use heartbeat::{HeartbeatSettings, publish_heartbeats};
 pub use kv::{Kv, KvError, Versioned};
 pub use provision::{
     ConsumerSpec, ProvisionError, ProvisionOptions, ProvisionReport, Provisioned, Topology,
-    buckets, consumers, role_subjects, streams,
+    buckets, consumers, max_deliveries_subject, role_subjects, streams,
 };
 pub use publish::{PublishError, Published};
 pub use shutdown::{Shutdown, shutdown_on_signal};

@@ -26,6 +26,9 @@ pub mod streams {
     pub const HEARTBEATS: &str = "CREW_HEARTBEATS";
     /// Dead letters, kept longest.
     pub const DEAD_LETTERS: &str = "CREW_DLQ";
+    /// The server's max-deliveries advisories for the work stream, kept so a message whose
+    /// handler never answered is dead-lettered even when no replica was listening then.
+    pub const ADVISORIES: &str = "CREW_ADVISORIES";
 }
 
 /// Durable consumer names: one per role, shared by that role's replicas.
@@ -155,6 +158,11 @@ impl Topology {
                 vec![subjects::DEAD_LETTERS.to_owned()],
                 options.dead_letter_max_age,
             ),
+            stream(
+                streams::ADVISORIES,
+                vec![max_deliveries_subject(streams::WORK, "*")],
+                options.dead_letter_max_age,
+            ),
         ];
         let consumers = AgentRole::ALL
             .into_iter()
@@ -207,6 +215,11 @@ impl Topology {
         }
         Ok(report)
     }
+}
+
+/// The subject of the server's advisory that `durable` on `stream` gave up on a message.
+pub fn max_deliveries_subject(stream: &str, durable: &str) -> String {
+    format!("$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{stream}.{durable}")
 }
 
 /// The subjects each role reads.

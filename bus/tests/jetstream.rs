@@ -689,8 +689,8 @@ async fn provisioning_twice_is_a_noop_and_conflicts_are_reported_not_recreated()
     let first = topology.provision(&bus).await.unwrap();
     assert_eq!(
         first.created().count(),
-        3 + 4 + 4,
-        "3 streams, 4 buckets, 4 consumers"
+        4 + 4 + 4,
+        "4 streams, 4 buckets, 4 consumers"
     );
     let second = topology.provision(&bus).await.unwrap();
     assert!(second.is_noop(), "{second:?}");
@@ -908,5 +908,72 @@ async fn a_message_whose_handler_never_answers_is_dead_lettered_from_the_advisor
         calls.load(Ordering::Relaxed),
         2,
         "delivered as often as allowed, then no more"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_advisory_that_came_while_no_replica_ran_is_handled_by_the_next() {
+    let server = NatsServer::start().unwrap();
+    let bus = crew_bus(&server).await;
+    let spec = test_consumer(
+        &bus,
+        "gap-test",
+        subjects::PLAN_PENDING,
+        2,
+        Duration::from_secs(1),
+    )
+    .await;
+    bus.publish(subjects::PLAN_PENDING, &examples::plan_spec())
+        .await
+        .unwrap();
+
+    let calls = Arc::new(AtomicU64::new(0));
+    let shutdown = Shutdown::new();
+    let (count, stop) = (calls.clone(), shutdown.clone());
+    // Never answers; the runner stops as soon as the last allowed delivery has begun.
+    let handler = move |_plan: PlanSpec, _delivery: Delivery| {
+        let (count, stop) = (count.clone(), stop.clone());
+        async move {
+            if count.fetch_add(1, Ordering::SeqCst) + 1 == 2 {
+                stop.cancel();
+            }
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            Ok(())
+        }
+    };
+    let settings = ConsumerSettings {
+        shutdown_grace: Duration::from_millis(100),
+        ..quick_settings()
+    };
+    bus.consume(&spec, settings.clone(), Arc::default(), handler, shutdown)
+        .await
+        .unwrap();
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    // Past the ack deadline, with nobody running: the server gives up and advises.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        dead_letters(&bus).await.is_empty(),
+        "nobody has handled the advisory yet"
+    );
+
+    let shutdown = Shutdown::new();
+    let next = {
+        let (bus, spec, shutdown) = (bus.clone(), spec.clone(), shutdown.clone());
+        let handler = |_plan: PlanSpec, _delivery: Delivery| async { Ok(()) };
+        tokio::spawn(async move {
+            bus.consume(&spec, settings, Arc::default(), handler, shutdown)
+                .await
+        })
+    };
+    eventually("the dead letter from the kept advisory", || async {
+        !dead_letters(&bus).await.is_empty()
+    })
+    .await;
+    shutdown.cancel();
+    next.await.unwrap().unwrap();
+    let letters = dead_letters(&bus).await;
+    assert_eq!(
+        (letters.len(), letters[0].kind, letters[0].delivered),
+        (1, DeadLetterKind::MaxDeliveries, 2)
     );
 }

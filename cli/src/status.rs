@@ -37,17 +37,23 @@ pub async fn show(
     as_json: bool,
 ) -> Result<ExitCode, CliError> {
     let deadline = wait.map(|wait| tokio::time::Instant::now() + wait);
-    let agents = loop {
-        let agents = read_agents(bus).await?;
-        let all_fresh = agents.iter().all(|agent| agent.is_fresh(stale_after));
-        match deadline {
-            Some(deadline) if !all_fresh && tokio::time::Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(200)).await;
+    // While waiting, a crew that has not provisioned its streams yet (no agent has started)
+    // is just not ready; after the wait, it is an error worth showing.
+    let (agents, backlogs) = loop {
+        let read =
+            async { Ok::<_, CliError>((read_agents(bus).await?, read_backlogs(bus).await?)) };
+        let waiting = deadline.is_some_and(|deadline| tokio::time::Instant::now() < deadline);
+        match read.await {
+            Ok((agents, backlogs)) => {
+                if !waiting || agents.iter().all(|agent| agent.is_fresh(stale_after)) {
+                    break (agents, backlogs);
+                }
             }
-            _ => break agents,
+            Err(error) if !waiting => return Err(error),
+            Err(_) => {}
         }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    let backlogs = read_backlogs(bus).await?;
     let all_fresh = agents.iter().all(|agent| agent.is_fresh(stale_after));
 
     if as_json {
