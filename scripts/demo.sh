@@ -46,27 +46,41 @@ step "crew status --wait 30s (every agent connected and sending heartbeats)"
 "$bin/crew" status --wait 30s
 
 step "crew submit examples/goals/valid/social-intel-staging.json"
-"$bin/crew" submit "$root/examples/goals/valid/social-intel-staging.json"
+plan=$("$bin/crew" submit --json "$root/examples/goals/valid/social-intel-staging.json" | sed 's/.*"plan_id":"\([^"]*\)".*/\1/')
+echo "plan $plan"
+
+wait_for() {
+  local want=$1
+  for _ in $(seq 150); do
+    state=$("$bin/crew" show --json "$plan" 2>/dev/null | sed -n 's/^  "state": "\([A-Z_]*\)",$/\1/p')
+    [ "$state" = "$want" ] && return 0
+    sleep 0.2
+  done
+  echo "plan $plan did not reach $want (it is ${state:-unknown})"; "$bin/crew" show "$plan"; exit 1
+}
+
+step "Atlas plans it, Forge renders the diff, Sentinel checks the policies: the plan is READY"
+wait_for READY
+"$bin/crew" show "$plan"
+
+step "crew approve $plan --as dave (refused: dave is not an approver in staging)"
+"$bin/crew" approve "$plan" --as dave || true
+
+step "crew approve $plan --as alice"
+"$bin/crew" approve "$plan" --as alice
+wait_for APPLIED
+
+step "crew show $plan"
+"$bin/crew" show "$plan"
 
 step "crew submit examples/goals/invalid/unknown-field.json (refused before anything is sent)"
 if "$bin/crew" submit "$root/examples/goals/invalid/unknown-field.json"; then
   echo "the invalid goal was accepted: that is a bug"; exit 1
 fi
 
-step "crew submit a goal for a service the catalog does not have (Atlas rejects it)"
-unknown="$work/unknown-service.json"
-sed 's/"social-intel"/"social-intell"/' "$root/examples/goals/valid/social-intel-staging.json" >"$unknown"
-"$bin/crew" submit "$unknown"
-
-sleep 2
-step "crew status (Atlas handled both goals; the plan waits on the Conductor's consumer)"
-"$bin/crew" status
-
 cat <<'NOTE'
 
-This build connects the crew, takes goals onto the bus, and Atlas plans them (a PlanSpec on
-crew.plan.pending) or rejects them with the reasons (crew.goal.rejected); Sentinel judges
-changes against the policy pack, and Forge builds and applies plans the Conductor routes and
-approves. The Conductor does not route plans or take approvals yet: the plan above waits
-for it.
+The crew took the goal from plan to policy check to approval to an applied change. Forge ran
+it through the dry-run driver, which records what runs in the crew_dryrun bucket instead of
+starting containers: the container-engine driver is the next step.
 NOTE

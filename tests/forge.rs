@@ -195,6 +195,8 @@ fn plan_record(plan: &PlanSpec, state: PlanState, build: BuildStatus) -> PlanRec
         decision_opened_at: Some(Utc::now()),
         approvals: Vec::new(),
         overrides: Vec::new(),
+        waiting_for_lock: None,
+        lock_token: None,
         history: Vec::new(),
     }
 }

@@ -124,6 +124,19 @@ impl<T: Serialize + DeserializeOwned> Kv<T> {
         Ok(values)
     }
 
+    /// Every key that holds a value.
+    pub async fn keys(&self) -> Result<Vec<String>, KvError> {
+        use futures::TryStreamExt;
+        let keys = self
+            .store
+            .keys()
+            .await
+            .map_err(|error| self.request(error))?;
+        keys.try_collect()
+            .await
+            .map_err(|error| self.request(error))
+    }
+
     /// Writes `value` whatever is there; returns the new revision. For state with one writer;
     /// where writers race, use [`Kv::update`].
     pub async fn put(&self, key: &str, value: &T) -> Result<u64, KvError> {

@@ -51,6 +51,13 @@ pub enum PublishError {
     },
 }
 
+/// The `Nats-Msg-Id` of `message` on `subject`. JetStream de-duplicates per stream, and one
+/// message may go on two subjects (a PlanSpec on `crew.plan.pending`, then on
+/// `crew.plan.routed`), so the subject is part of the id.
+pub fn message_id<M: Message>(subject: &str, message: &M) -> String {
+    format!("{subject}/{}", message.message_id())
+}
+
 impl Bus {
     /// Publishes `message` on `subject` with its cause-derived id as `Nats-Msg-Id`, waits for
     /// the stream's ack, and retries a lost ack (the id makes a retry store nothing twice).
@@ -66,7 +73,7 @@ impl Bus {
         self.publish_bytes(
             subject,
             M::KIND,
-            &message.message_id(),
+            &message_id(subject, message),
             Bytes::from(payload),
         )
         .await

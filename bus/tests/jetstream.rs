@@ -151,7 +151,7 @@ async fn every_message_type_round_trips_through_jetstream() {
                 .headers
                 .get("Nats-Msg-Id")
                 .map(|v| v.as_str().to_owned()),
-            Some(message.message_id())
+            Some(infracrew_bus::message_id(subject, &message))
         );
         assert_eq!(
             stored.headers.get("Infracrew-Kind").map(|v| v.as_str()),

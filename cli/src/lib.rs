@@ -1,13 +1,16 @@
 //! `crew`, the command line of infracrew: check and submit goals, see the crew's state.
 
 mod dead_letters;
+mod decisions;
 mod goals;
+mod plans;
 mod status;
 
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand};
 use infracrew_bus::{Bus, ConnectArgs, ConnectError, parse_duration};
+use infracrew_protocol::DecisionKind;
 
 pub use goals::GoalFileError;
 
@@ -62,6 +65,63 @@ pub enum Command {
         #[command(flatten)]
         bus: ConnectArgs,
     },
+    /// List the plans the Conductor keeps, oldest first.
+    ///
+    /// Example: crew plans
+    Plans {
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        bus: ConnectArgs,
+    },
+    /// Show one plan: state, what it waits for, the diff, findings, approvals and history.
+    ///
+    /// Example: crew show c265859a
+    Show {
+        /// A plan id, or a unique prefix of one.
+        plan: String,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        bus: ConnectArgs,
+    },
+    /// Approve a READY plan, as a person the environment's rules allow.
+    ///
+    /// Refusals print the exact rule (not READY, not an approver, your own plan, ...).
+    ///
+    /// Example: crew approve c265859a --as alice
+    Approve {
+        plan: String,
+        /// Who approves.
+        #[arg(long = "as", value_name = "USER")]
+        who: String,
+        #[command(flatten)]
+        bus: ConnectArgs,
+    },
+    /// Reject a plan, as an allowed approver; the plan ends REJECTED.
+    ///
+    /// Example: crew reject c265859a --as bob --reason "wrong version"
+    Reject {
+        plan: String,
+        #[arg(long = "as", value_name = "USER")]
+        who: String,
+        #[arg(long)]
+        reason: Option<String>,
+        #[command(flatten)]
+        bus: ConnectArgs,
+    },
+    /// Lift a BLOCKED plan's soft-mandatory findings, as a policy owner, with a reason.
+    ///
+    /// Example: crew override c265859a --as erin --reason "one replica during the migration"
+    Override {
+        plan: String,
+        #[arg(long = "as", value_name = "USER")]
+        who: String,
+        #[arg(long)]
+        reason: String,
+        #[command(flatten)]
+        bus: ConnectArgs,
+    },
     /// List dead letters: messages the crew gave up on, with the reason.
     ///
     /// Example: crew dlq --limit 20
@@ -88,6 +148,12 @@ pub enum CliError {
     Publish(#[from] infracrew_bus::PublishError),
     #[error("reading {what} from the bus failed: {reason}")]
     Read { what: &'static str, reason: String },
+    #[error("{0}")]
+    UnknownPlan(String),
+    #[error(
+        "the Conductor did not answer on crew.approval.request ({0}); is it running? (crew status)"
+    )]
+    NoConductor(String),
 }
 
 /// Runs a parsed command; the exit code tells a script how it went.
@@ -109,6 +175,48 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         } => {
             let bus = connect(&bus).await?;
             status::show(&bus, wait, stale_after, json).await
+        }
+        Command::Plans { json, bus } => {
+            plans::list(&connect(&bus).await?, json).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Show { plan, json, bus } => {
+            plans::show(&connect(&bus).await?, &plan, json).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Approve { plan, who, bus } => {
+            decisions::decide(
+                &connect(&bus).await?,
+                &plan,
+                DecisionKind::Approve,
+                &who,
+                None,
+            )
+            .await
+        }
+        Command::Reject {
+            plan,
+            who,
+            reason,
+            bus,
+        } => {
+            decisions::decide(
+                &connect(&bus).await?,
+                &plan,
+                DecisionKind::Reject,
+                &who,
+                reason,
+            )
+            .await
+        }
+        Command::Override {
+            plan,
+            who,
+            reason,
+            bus,
+        } => {
+            let bus = connect(&bus).await?;
+            decisions::decide(&bus, &plan, DecisionKind::Override, &who, Some(reason)).await
         }
         Command::Dlq { limit, json, bus } => {
             let bus = connect(&bus).await?;

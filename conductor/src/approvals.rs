@@ -387,6 +387,8 @@ mod tests {
             decision_opened_at: Some(now()),
             approvals: Vec::new(),
             overrides: Vec::new(),
+            waiting_for_lock: None,
+            lock_token: None,
             history: Vec::new(),
         }
     }

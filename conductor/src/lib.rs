@@ -1,11 +1,74 @@
 //! Conductor, the orchestrator: owns plan states, locks and the approval gate.
 
 pub mod approvals;
+pub mod config;
+pub mod orchestrator;
 
-use infracrew_agent_runtime::{Agent, WorkError, hold_work};
-use infracrew_bus::Shutdown;
+use std::sync::Arc;
 
-/// Runs the Conductor's work until shutdown.
-pub async fn run(agent: Agent, shutdown: Shutdown) -> Result<(), WorkError> {
-    hold_work(agent, shutdown).await
+use infracrew_agent_runtime::{Agent, WorkError};
+use infracrew_bus::{ConsumerSettings, Delivery, Kv, Shutdown, buckets};
+
+use crate::{
+    config::ConductorConfig,
+    orchestrator::{Conductor, ConductorMessage},
+};
+
+async fn bucket<T>(agent: &Agent, name: &str) -> Result<Kv<T>, WorkError> {
+    agent
+        .bus
+        .kv(name)
+        .await
+        .map_err(|error| WorkError::Dependency {
+            what: format!("the {name} bucket"),
+            reason: error.to_string(),
+        })
+}
+
+/// Runs the Conductor until shutdown: its consumer (plans, builds, ops events), the decision
+/// service on `crew.approval.request`, and the sweeper.
+pub async fn run(
+    agent: Agent,
+    config: ConductorConfig,
+    shutdown: Shutdown,
+) -> Result<(), WorkError> {
+    let spec = agent.consumer_spec()?;
+    let conductor = Arc::new(Conductor {
+        bus: agent.bus.clone(),
+        plans: bucket(&agent, buckets::PLANS).await?,
+        locks: bucket(&agent, buckets::LOCKS).await?,
+        config,
+        instance: uuid::Uuid::new_v4().to_string(),
+    });
+    let decisions = tokio::spawn(conductor.clone().serve_decisions(shutdown.clone()));
+    let sweeper = tokio::spawn(conductor.clone().sweep(shutdown.clone()));
+    let handler = {
+        let conductor = conductor.clone();
+        move |message: ConductorMessage, _delivery: Delivery| {
+            let conductor = conductor.clone();
+            async move { conductor.handle(message).await }
+        }
+    };
+    // One message at a time: a plan's events are applied in the order they were published.
+    let settings = ConsumerSettings {
+        concurrency: 1,
+        ..ConsumerSettings::default()
+    };
+    let outcome = agent
+        .bus
+        .consume(
+            &spec,
+            settings,
+            agent.stats.clone(),
+            handler,
+            shutdown.clone(),
+        )
+        .await;
+    shutdown.cancel();
+    for task in [decisions, sweeper] {
+        if let Err(error) = task.await {
+            tracing::error!(%error, "a Conductor task failed");
+        }
+    }
+    outcome.map_err(WorkError::from)
 }

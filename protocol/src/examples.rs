@@ -262,3 +262,40 @@ pub fn goal_rejected() -> GoalRejected {
         rejected_at: at(2),
     }
 }
+
+pub fn decision_request() -> DecisionRequest {
+    DecisionRequest {
+        schema_version: SchemaVersion::CURRENT,
+        request_id: Uuid::from_u128(0x3f00_0000_0000_4000_8000_0000_0000_0003),
+        plan_id: plan_spec().plan_id,
+        kind: DecisionKind::Approve,
+        who: "alice".into(),
+        channel: DecisionChannel::Cli,
+        reason: None,
+    }
+}
+
+pub fn decision_reply() -> DecisionReply {
+    DecisionReply {
+        schema_version: SchemaVersion::CURRENT,
+        plan_id: plan_spec().plan_id,
+        outcome: DecisionOutcome::Refused,
+        message: "dave requested this plan and cannot approve or override it".into(),
+        state: Some(PlanState::Ready),
+    }
+}
+
+pub fn plan_transitioned() -> PlanTransitioned {
+    PlanTransitioned {
+        schema_version: SchemaVersion::CURRENT,
+        plan_id: plan_spec().plan_id,
+        seq: 3,
+        transition: Transition {
+            from: Some(PlanState::Validating),
+            to: PlanState::Ready,
+            by: "forge".into(),
+            why: "validated: 1 to change".into(),
+            at: at(10),
+        },
+    }
+}

@@ -116,6 +116,12 @@ pub struct PlanRecord {
     pub approvals: Vec<Approval>,
     #[serde(default)]
     pub overrides: Vec<Override>,
+    /// The lock key this plan waits for, while another plan holds it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting_for_lock: Option<String>,
+    /// The fencing token of the lock this plan holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lock_token: Option<u64>,
     pub history: Vec<Transition>,
 }
 
@@ -228,6 +234,8 @@ mod tests {
             decision_opened_at: None,
             approvals: Vec::new(),
             overrides: Vec::new(),
+            waiting_for_lock: None,
+            lock_token: None,
             history: Vec::new(),
         };
         record

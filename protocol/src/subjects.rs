@@ -8,6 +8,10 @@ pub const GOAL_SUBMITTED: &str = "crew.goal.submitted";
 pub const GOAL_REJECTED: &str = "crew.goal.rejected";
 /// A new plan: Atlas -> Conductor.
 pub const PLAN_PENDING: &str = "crew.plan.pending";
+/// Every move of a plan's state machine: Conductor -> whoever watches.
+pub const PLAN_STATE: &str = "crew.plan.state";
+/// A person's decision, request-reply on core NATS: crew CLI (and later Slack, GitHub) -> Conductor.
+pub const APPROVAL_REQUEST: &str = "crew.approval.request";
 /// A plan handed to the builder: Conductor -> Forge.
 pub const PLAN_ROUTED: &str = "crew.plan.routed";
 /// A rendered change to judge: Forge -> Sentinel.
@@ -24,10 +28,11 @@ pub const APPLY_REQUEST: &str = "crew.apply.request";
 pub const OPS_EVENT: &str = "crew.ops.event";
 
 /// Every work subject above, which the work stream captures.
-pub const WORK: [&str; 10] = [
+pub const WORK: [&str; 11] = [
     GOAL_SUBMITTED,
     GOAL_REJECTED,
     PLAN_PENDING,
+    PLAN_STATE,
     PLAN_ROUTED,
     VALIDATE_PENDING,
     VALIDATE_RESULT,

@@ -42,6 +42,9 @@ fn all_kinds() -> Vec<Kind> {
         kind(examples::ops_event()),
         kind(examples::heartbeat()),
         kind(examples::dead_letter()),
+        kind(examples::decision_request()),
+        kind(examples::decision_reply()),
+        kind(examples::plan_transitioned()),
     ]
 }
 

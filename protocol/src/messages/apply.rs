@@ -59,6 +59,57 @@ pub enum DecisionOutcome {
     Refused,
 }
 
+/// A person's decision sent to the Conductor (request-reply on `crew.approval.request`);
+/// every channel's decisions meet the same rules there.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct DecisionRequest {
+    pub schema_version: SchemaVersion,
+    pub request_id: Uuid,
+    pub plan_id: PlanId,
+    pub kind: DecisionKind,
+    pub who: String,
+    pub channel: DecisionChannel,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+message!(DecisionRequest, "decision_request", |request| format!(
+    "decide:{}",
+    request.request_id
+));
+
+/// The Conductor's answer to a DecisionRequest: what happened, or the exact rule that refused it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct DecisionReply {
+    pub schema_version: SchemaVersion,
+    pub plan_id: PlanId,
+    pub outcome: DecisionOutcome,
+    pub message: String,
+    /// The plan's state after the decision, when the plan exists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<crate::PlanState>,
+}
+
+message!(DecisionReply, "decision_reply", |reply| format!(
+    "decided:{}:{}",
+    reply.plan_id, reply.message
+));
+
+/// One move of a plan's state machine, as the Conductor publishes it on `crew.plan.state`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct PlanTransitioned {
+    pub schema_version: SchemaVersion,
+    pub plan_id: PlanId,
+    /// Position of this move in the plan's history, from 1.
+    pub seq: u32,
+    pub transition: crate::Transition,
+}
+
+message!(PlanTransitioned, "plan_transitioned", |event| format!(
+    "state:{}:{}",
+    event.plan_id, event.seq
+));
+
 /// The Conductor's instruction to apply an approved plan.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ApplyRequest {

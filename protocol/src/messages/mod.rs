@@ -7,7 +7,10 @@ mod goal;
 mod plan;
 mod validation;
 
-pub use apply::{ApplyRequest, ApprovalDecision, DecisionChannel, DecisionKind, DecisionOutcome};
+pub use apply::{
+    ApplyRequest, ApprovalDecision, DecisionChannel, DecisionKind, DecisionOutcome, DecisionReply,
+    DecisionRequest, PlanTransitioned,
+};
 pub use apply::{OpsEvent, OpsEventKind};
 pub use build::{BuildOutcome, BuildStatus, ChangeAction, ChangeSet, DiffSummary, ResourceChange};
 pub use crew::{AgentRole, DeadLetter, DeadLetterKind, Heartbeat};

@@ -1,0 +1,639 @@
+//! The Conductor's work: each plan's state machine in `crew_plans` (every move with
+//! compare-and-set, published on `crew.plan.state`), one change in flight per environment and
+//! service (`crew_locks`), decisions through the approval rules, and the ApplyRequest.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use infracrew_bus::{Bus, HandlerError, Kv, KvError, Shutdown};
+use infracrew_protocol::{
+    ApplyRequest, Approval, ApprovalDecision, BuildOutcome, BuildStatus, DecisionChannel,
+    DecisionOutcome, DecisionReply, DecisionRequest, DecodeError, FieldError, LockRecord, OpsEvent,
+    OpsEventKind, PlanId, PlanRecord, PlanSpec, PlanState, PlanTransitioned, SchemaVersion,
+    Transition, decode, encode, lock_key, subjects,
+};
+
+use crate::{
+    approvals::{Accepted, Decision},
+    config::ConductorConfig,
+};
+
+/// Who the Conductor's own moves are recorded as.
+const CONDUCTOR: &str = "conductor";
+/// Compare-and-set tries before a busy record is left to redelivery.
+const UPDATE_TRIES: usize = 8;
+
+/// What the Conductor reads from its consumer, by subject.
+#[derive(Debug)]
+pub enum ConductorMessage {
+    Plan(PlanSpec),
+    Build(BuildStatus),
+    Ops(OpsEvent),
+}
+
+impl infracrew_bus::Inbound for ConductorMessage {
+    fn decode(subject: &str, payload: &[u8]) -> Result<Self, DecodeError> {
+        match subject {
+            subjects::PLAN_PENDING => decode(payload).map(ConductorMessage::Plan),
+            subjects::BUILD_STATUS => decode(payload).map(ConductorMessage::Build),
+            subjects::OPS_EVENT => decode(payload).map(ConductorMessage::Ops),
+            other => Err(DecodeError::Invalid {
+                kind: "conductor input",
+                errors: vec![FieldError {
+                    path: String::new(),
+                    message: format!("the Conductor does not read {other}"),
+                }],
+            }),
+        }
+    }
+}
+
+/// The orchestrator shared by the consumer, the decision service and the sweeper.
+#[derive(Debug)]
+pub struct Conductor {
+    pub bus: Bus,
+    pub plans: Kv<PlanRecord>,
+    pub locks: Kv<LockRecord>,
+    pub config: ConductorConfig,
+    /// This process, recorded as a lock's holder.
+    pub instance: String,
+}
+
+fn retry(error: impl std::fmt::Display) -> HandlerError {
+    HandlerError::Retry(error.to_string())
+}
+
+impl Conductor {
+    /// Handles one message from the consumer.
+    pub async fn handle(&self, message: ConductorMessage) -> Result<(), HandlerError> {
+        match message {
+            ConductorMessage::Plan(plan) => self.on_plan(plan).await,
+            ConductorMessage::Build(status) => self.on_build(status).await,
+            ConductorMessage::Ops(event) => self.on_ops(event).await,
+        }
+    }
+
+    /// Reads, changes and writes a plan record with compare-and-set, publishing the moves
+    /// `change` made. `change` returns whether there is anything to write.
+    async fn update(
+        &self,
+        plan_id: PlanId,
+        mut change: impl FnMut(&mut PlanRecord) -> bool,
+    ) -> Result<Option<PlanRecord>, HandlerError> {
+        let key = plan_id.to_string();
+        for _ in 0..UPDATE_TRIES {
+            let Some(current) = self.plans.get(&key).await.map_err(retry)? else {
+                return Ok(None);
+            };
+            let mut record = current.value;
+            let moves_before = record.history.len();
+            if !change(&mut record) {
+                return Ok(Some(record));
+            }
+            match self.plans.update(&key, &record, current.revision).await {
+                Ok(_) => {
+                    self.publish_moves(&record, moves_before).await?;
+                    return Ok(Some(record));
+                }
+                Err(KvError::Conflict { .. }) => continue,
+                Err(error) => return Err(retry(error)),
+            }
+        }
+        Err(HandlerError::Retry(format!(
+            "plan {plan_id} kept changing; trying again later"
+        )))
+    }
+
+    async fn publish_moves(&self, record: &PlanRecord, from: usize) -> Result<(), HandlerError> {
+        for (index, transition) in record.history.iter().enumerate().skip(from) {
+            let event = PlanTransitioned {
+                schema_version: SchemaVersion::CURRENT,
+                plan_id: record.plan.plan_id,
+                seq: index as u32 + 1,
+                transition: transition.clone(),
+            };
+            self.bus
+                .publish(subjects::PLAN_STATE, &event)
+                .await
+                .map_err(retry)?;
+        }
+        Ok(())
+    }
+
+    /// A new plan: recorded as PLANNED, then started if its target is free.
+    async fn on_plan(&self, plan: PlanSpec) -> Result<(), HandlerError> {
+        let playbook = format!(
+            "planned from playbook {} {}",
+            plan.playbook.name, plan.playbook.version
+        );
+        let record = PlanRecord {
+            state: PlanState::Planned,
+            build: None,
+            decision_opened_at: None,
+            approvals: Vec::new(),
+            overrides: Vec::new(),
+            waiting_for_lock: None,
+            lock_token: None,
+            history: vec![
+                Transition {
+                    from: None,
+                    to: PlanState::Submitted,
+                    by: plan.requested_by.clone(),
+                    why: "goal submitted".into(),
+                    at: plan.created_at,
+                },
+                Transition {
+                    from: Some(PlanState::Submitted),
+                    to: PlanState::Planned,
+                    by: "atlas".into(),
+                    why: playbook,
+                    at: plan.created_at,
+                },
+            ],
+            plan,
+        };
+        match self
+            .plans
+            .create(&record.plan.plan_id.to_string(), &record)
+            .await
+        {
+            Ok(_) => self.publish_moves(&record, 0).await?,
+            // A redelivered plan: carry on where the first delivery stopped.
+            Err(KvError::AlreadyExists { .. }) => {}
+            Err(error) => return Err(retry(error)),
+        }
+        self.try_start(record.plan.plan_id).await
+    }
+
+    /// Takes the target's lock and routes the plan to Forge, or records what it waits for.
+    pub async fn try_start(&self, plan_id: PlanId) -> Result<(), HandlerError> {
+        let Some(record) = self.plans.get(&plan_id.to_string()).await.map_err(retry)? else {
+            return Ok(());
+        };
+        if record.value.state != PlanState::Planned {
+            return Ok(());
+        }
+        let key = lock_key(&record.value.plan.environment, &record.value.plan.service);
+        let Some(token) = self.acquire(&key, plan_id).await? else {
+            self.update(plan_id, |record| {
+                let waiting = record.waiting_for_lock.as_deref() != Some(key.as_str());
+                record.waiting_for_lock = Some(key.clone());
+                waiting
+            })
+            .await?;
+            return Ok(());
+        };
+        let routed = self
+            .update(plan_id, |record| {
+                if record.state != PlanState::Planned {
+                    return false;
+                }
+                record.waiting_for_lock = None;
+                record.lock_token = Some(token);
+                record
+                    .move_to(
+                        PlanState::Validating,
+                        CONDUCTOR,
+                        format!("holds the lock on {key}; routed to forge"),
+                        Utc::now(),
+                    )
+                    .is_ok()
+            })
+            .await?;
+        if let Some(record) = routed.filter(|record| record.state == PlanState::Validating) {
+            self.bus
+                .publish(subjects::PLAN_ROUTED, &record.plan)
+                .await
+                .map_err(retry)?;
+            tracing::info!(plan = %plan_id, lock = %key, token, "routed to forge");
+        }
+        Ok(())
+    }
+
+    /// The lock's fencing token if `plan_id` holds it now (taking it when free or abandoned).
+    async fn acquire(&self, key: &str, plan_id: PlanId) -> Result<Option<u64>, HandlerError> {
+        let now = Utc::now();
+        let fresh = |token| LockRecord {
+            plan_id,
+            holder: self.instance.clone(),
+            token,
+            acquired_at: now,
+            renewed_at: now,
+        };
+        let revision = match self.locks.get(key).await.map_err(retry)? {
+            Some(lock) if lock.value.plan_id == plan_id => return Ok(Some(lock.value.token)),
+            Some(lock) if !self.abandoned(&lock.value, now) => return Ok(None),
+            Some(lock) => match self.locks.update(key, &fresh(0), lock.revision).await {
+                Ok(revision) => revision,
+                Err(KvError::Conflict { .. }) => return Ok(None),
+                Err(error) => return Err(retry(error)),
+            },
+            None => match self.locks.create(key, &fresh(0)).await {
+                Ok(revision) => revision,
+                Err(KvError::AlreadyExists { .. }) => return Ok(None),
+                Err(error) => return Err(retry(error)),
+            },
+        };
+        // The revision of the taking write is the fencing token: every later holder's is higher.
+        match self.locks.update(key, &fresh(revision), revision).await {
+            Ok(_) => Ok(Some(revision)),
+            Err(KvError::Conflict { .. }) => Ok(None),
+            Err(error) => Err(retry(error)),
+        }
+    }
+
+    fn abandoned(&self, lock: &LockRecord, now: DateTime<Utc>) -> bool {
+        let lease = chrono::Duration::seconds(self.config.lock_lease_seconds as i64);
+        lock.renewed_at + lease < now
+    }
+
+    /// Releases the plan's lock and starts the plan that waited longest for it.
+    async fn release(&self, record: &PlanRecord) -> Result<(), HandlerError> {
+        let key = lock_key(&record.plan.environment, &record.plan.service);
+        if let Some(lock) = self.locks.get(&key).await.map_err(retry)?
+            && lock.value.plan_id == record.plan.plan_id
+        {
+            match self.locks.delete(&key, lock.revision).await {
+                Ok(()) | Err(KvError::Conflict { .. }) => {}
+                Err(error) => return Err(retry(error)),
+            }
+        }
+        self.start_next(&key).await
+    }
+
+    async fn start_next(&self, key: &str) -> Result<(), HandlerError> {
+        let mut waiting = Vec::new();
+        for plan_key in self.plans.keys().await.map_err(retry)? {
+            if let Some(record) = self.plans.get(&plan_key).await.map_err(retry)?
+                && record.value.state == PlanState::Planned
+                && record.value.waiting_for_lock.as_deref() == Some(key)
+            {
+                waiting.push(record.value);
+            }
+        }
+        // In submission order: the plan that waited longest goes first.
+        if let Some(next) = waiting
+            .into_iter()
+            .min_by_key(|record| (record.plan.created_at, record.plan.plan_id))
+        {
+            self.try_start(next.plan.plan_id).await?;
+        }
+        Ok(())
+    }
+
+    /// Forge's build: READY, BLOCKED or NO_CHANGE, and auto-approval where configured.
+    async fn on_build(&self, status: BuildStatus) -> Result<(), HandlerError> {
+        let now = Utc::now();
+        let rules = &self.config.approvals;
+        let record = self
+            .update(status.plan_id, |record| {
+                if record.state != PlanState::Validating {
+                    return false;
+                }
+                let (next, why) = match status.outcome {
+                    BuildOutcome::Ready => (
+                        PlanState::Ready,
+                        format!("validated: {}", summary_line(&status)),
+                    ),
+                    BuildOutcome::Blocked => (
+                        PlanState::Blocked,
+                        format!("blocked: {}", blocking(&status)),
+                    ),
+                    BuildOutcome::NoChange => (PlanState::NoChange, "nothing to change".to_owned()),
+                };
+                record.build = Some(status.clone());
+                record.decision_opened_at = Some(now);
+                if record.move_to(next, "forge", why, now).is_err() {
+                    return false;
+                }
+                if rules.auto_approves(record) {
+                    record.approvals.push(Approval {
+                        approver: "auto".into(),
+                        channel: DecisionChannel::Auto,
+                        digest: status.digest.clone(),
+                        at: now,
+                    });
+                    let why = format!(
+                        "auto-approved: validation passed and {} approves automatically",
+                        record.plan.environment
+                    );
+                    let _ = record.move_to(PlanState::Approved, CONDUCTOR, why, now);
+                }
+                true
+            })
+            .await?;
+        match record {
+            Some(record) if record.state == PlanState::NoChange => self.release(&record).await,
+            Some(record) if record.state == PlanState::Approved => self.send_apply(&record).await,
+            _ => Ok(()),
+        }
+    }
+
+    /// Forge's steps: APPLYING, then APPLIED, FAILED or ROLLED_BACK; the lock goes with the end.
+    async fn on_ops(&self, event: OpsEvent) -> Result<(), HandlerError> {
+        let now = Utc::now();
+        let record = self
+            .update(event.plan_id, |record| {
+                if record.digest() != Some(&event.digest) || record.state.is_terminal() {
+                    return false;
+                }
+                let end = match event.kind {
+                    OpsEventKind::ApplyDone => PlanState::Applied,
+                    OpsEventKind::ApplyFailed | OpsEventKind::ApplyRefused => PlanState::Failed,
+                    OpsEventKind::RolledBack => PlanState::RolledBack,
+                    OpsEventKind::ApplyStarted => PlanState::Applying,
+                    OpsEventKind::StepStarted
+                    | OpsEventKind::StepSucceeded
+                    | OpsEventKind::StepFailed => return false,
+                };
+                if record.state == PlanState::Approved
+                    && end != PlanState::Applying
+                    && end != PlanState::Failed
+                {
+                    let _ = record.move_to(PlanState::Applying, "forge", "apply started", event.at);
+                }
+                record.state != end
+                    && record
+                        .move_to(end, "forge", event.message.clone(), now)
+                        .is_ok()
+            })
+            .await?;
+        match record {
+            Some(record) if record.state.is_terminal() => self.release(&record).await,
+            _ => Ok(()),
+        }
+    }
+
+    async fn send_apply(&self, record: &PlanRecord) -> Result<(), HandlerError> {
+        let Some(digest) = record.digest().cloned() else {
+            return Ok(());
+        };
+        let now = Utc::now();
+        let request = ApplyRequest {
+            schema_version: SchemaVersion::CURRENT,
+            plan_id: record.plan.plan_id,
+            digest,
+            fencing_token: record.lock_token.unwrap_or_default(),
+            approvers: record
+                .approvals
+                .iter()
+                .map(|approval| approval.approver.clone())
+                .collect(),
+            issued_at: now,
+            expires_at: now
+                + chrono::Duration::seconds(self.config.apply_request_ttl_seconds as i64),
+        };
+        self.bus
+            .publish(subjects::APPLY_REQUEST, &request)
+            .await
+            .map_err(retry)?;
+        Ok(())
+    }
+
+    /// A person's decision, under the approval rules; the reply says what happened or why not.
+    pub async fn decide(&self, request: DecisionRequest) -> DecisionReply {
+        let decision = Decision {
+            kind: request.kind,
+            who: request.who.clone(),
+            channel: request.channel,
+            reason: request.reason.clone(),
+        };
+        let now = Utc::now();
+        let mut verdict = None;
+        let updated = self
+            .update(request.plan_id, |record| {
+                let result = self.config.approvals.decide(record, &decision, now);
+                let write = match &result {
+                    Ok(Accepted::Approved { approvers }) => record
+                        .move_to(
+                            PlanState::Approved,
+                            &decision.who,
+                            format!("approved by {}", approvers.join(", ")),
+                            now,
+                        )
+                        .is_ok(),
+                    Ok(Accepted::Counted { .. }) => {
+                        if record.state == PlanState::Ready {
+                            let _ = record.move_to(
+                                PlanState::AwaitingApproval,
+                                &decision.who,
+                                "first approval counted",
+                                now,
+                            );
+                        }
+                        true
+                    }
+                    Ok(Accepted::Rejected) => {
+                        let why = decision.reason.clone().unwrap_or_else(|| "rejected".into());
+                        record
+                            .move_to(PlanState::Rejected, &decision.who, why, now)
+                            .is_ok()
+                    }
+                    Ok(Accepted::Overridden { rules }) => {
+                        record.decision_opened_at = Some(now);
+                        record
+                            .move_to(
+                                PlanState::Ready,
+                                &decision.who,
+                                format!("overrode {}", rules.join(", ")),
+                                now,
+                            )
+                            .is_ok()
+                    }
+                    Err(_) => false,
+                };
+                verdict = Some(result);
+                write
+            })
+            .await;
+        let reply = |outcome, message: String, state| DecisionReply {
+            schema_version: SchemaVersion::CURRENT,
+            plan_id: request.plan_id,
+            outcome,
+            message,
+            state,
+        };
+        let record = match updated {
+            Ok(Some(record)) => record,
+            Ok(None) => {
+                return reply(
+                    DecisionOutcome::Refused,
+                    format!("there is no plan {}", request.plan_id),
+                    None,
+                );
+            }
+            Err(error) => {
+                return reply(
+                    DecisionOutcome::Refused,
+                    format!("the decision could not be recorded: {error}; try again"),
+                    None,
+                );
+            }
+        };
+        let (outcome, message) = match &verdict {
+            Some(Ok(accepted)) => (DecisionOutcome::Accepted, accepted.to_string()),
+            Some(Err(refusal)) => (DecisionOutcome::Refused, refusal.to_string()),
+            None => (
+                DecisionOutcome::Refused,
+                "the decision was not judged".to_owned(),
+            ),
+        };
+        let audit = ApprovalDecision {
+            schema_version: SchemaVersion::CURRENT,
+            decision_id: request.request_id,
+            plan_id: request.plan_id,
+            digest: record.digest().cloned().unwrap_or_else(|| {
+                infracrew_protocol::PlanDigest::of_value(&serde_json::Value::Null)
+            }),
+            kind: request.kind,
+            approver: request.who.clone(),
+            channel: request.channel,
+            reason: request.reason.clone(),
+            outcome,
+            refusal: (outcome == DecisionOutcome::Refused).then(|| message.clone()),
+            decided_at: now,
+        };
+        if let Err(error) = self.bus.publish(subjects::APPROVAL_DECIDED, &audit).await {
+            tracing::error!(%error, "the decision's audit record was not published");
+        }
+        let followed = match &verdict {
+            Some(Ok(Accepted::Approved { .. })) => self.send_apply(&record).await,
+            Some(Ok(Accepted::Rejected)) => self.release(&record).await,
+            _ => Ok(()),
+        };
+        if let Err(error) = followed {
+            tracing::error!(%error, plan = %request.plan_id, "following up a decision failed; the sweeper will retry");
+        }
+        reply(outcome, message, Some(record.state))
+    }
+
+    /// Answers decisions on `crew.approval.request` until shutdown; replicas share the load.
+    pub async fn serve_decisions(self: Arc<Self>, shutdown: Shutdown) {
+        let mut requests = match self
+            .bus
+            .client()
+            .queue_subscribe(subjects::APPROVAL_REQUEST, "conductor".into())
+            .await
+        {
+            Ok(requests) => requests,
+            Err(error) => {
+                tracing::error!(%error, "cannot take decisions on {}", subjects::APPROVAL_REQUEST);
+                return;
+            }
+        };
+        loop {
+            let message = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                message = requests.next() => match message { Some(message) => message, None => return },
+            };
+            let Some(reply_to) = message.reply.clone() else {
+                continue;
+            };
+            let reply = match decode::<DecisionRequest>(&message.payload) {
+                Ok(request) => self.decide(request).await,
+                Err(error) => DecisionReply {
+                    schema_version: SchemaVersion::CURRENT,
+                    plan_id: PlanId(uuid::Uuid::nil()),
+                    outcome: DecisionOutcome::Refused,
+                    message: format!("the decision request is invalid: {error}"),
+                    state: None,
+                },
+            };
+            if let Ok(bytes) = encode(&reply) {
+                let _ = self.bus.client().publish(reply_to, bytes.into()).await;
+            }
+        }
+    }
+
+    /// Every few seconds: expire plans whose approval window closed, release locks whose plan
+    /// ended, renew the others, and start plans whose lock came free.
+    pub async fn sweep(self: Arc<Self>, shutdown: Shutdown) {
+        let mut ticker =
+            tokio::time::interval(std::time::Duration::from_secs(self.config.sweep_seconds));
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = ticker.tick() => {}
+            }
+            if let Err(error) = self.sweep_once().await {
+                tracing::warn!(%error, "sweep interrupted");
+            }
+        }
+    }
+
+    async fn sweep_once(&self) -> Result<(), HandlerError> {
+        let now = Utc::now();
+        for key in self.plans.keys().await.map_err(retry)? {
+            let Some(record) = self.plans.get(&key).await.map_err(retry)?.map(|r| r.value) else {
+                continue;
+            };
+            let deciding = matches!(
+                record.state,
+                PlanState::Ready | PlanState::AwaitingApproval | PlanState::Blocked
+            );
+            if deciding && let Some(closed) = self.config.approvals.expired_at(&record, now) {
+                let expired = self
+                    .update(record.plan.plan_id, |record| {
+                        record
+                            .move_to(
+                                PlanState::Expired,
+                                CONDUCTOR,
+                                format!("no decision before {closed}"),
+                                now,
+                            )
+                            .is_ok()
+                    })
+                    .await?;
+                if let Some(expired) = expired.filter(|r| r.state == PlanState::Expired) {
+                    self.release(&expired).await?;
+                }
+            } else if record.state == PlanState::Planned {
+                self.try_start(record.plan.plan_id).await?;
+            }
+        }
+        for key in self.locks.keys().await.map_err(retry)? {
+            let Some(lock) = self.locks.get(&key).await.map_err(retry)? else {
+                continue;
+            };
+            let plan = self
+                .plans
+                .get(&lock.value.plan_id.to_string())
+                .await
+                .map_err(retry)?;
+            match plan.map(|p| p.value) {
+                Some(record) if !record.state.is_terminal() => {
+                    let renewed = LockRecord {
+                        renewed_at: now,
+                        ..lock.value
+                    };
+                    let _ = self.locks.update(&key, &renewed, lock.revision).await;
+                }
+                Some(record) => self.release(&record).await?,
+                None => {
+                    let _ = self.locks.delete(&key, lock.revision).await;
+                    self.start_next(&key).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn summary_line(status: &BuildStatus) -> String {
+    let summary = status.summary;
+    format!(
+        "{} to create, {} to change, {} to remove",
+        summary.create, summary.update, summary.delete
+    )
+}
+
+fn blocking(status: &BuildStatus) -> String {
+    let rules: Vec<String> = status
+        .findings
+        .iter()
+        .filter(|finding| finding.enforcement >= infracrew_protocol::Enforcement::SoftMandatory)
+        .map(|finding| format!("{} on {}", finding.rule, finding.resource))
+        .collect();
+    rules.join(", ")
+}

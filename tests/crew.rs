@@ -1,0 +1,225 @@
+//! The whole crew: four agent processes on a real nats-server, driven through the `crew` CLI,
+//! from a goal to an applied change with a person's approval in the middle.
+
+#![allow(clippy::unwrap_used)] // a test that unwraps fails with the error, which is what a test should do
+
+use std::process::{Command, Output};
+
+use infracrew_bus::{Bus, buckets};
+use infracrew_e2e::{AgentProcess, PATIENCE, crew_bus, messages_on};
+use infracrew_protocol::{
+    LockRecord, OpsEvent, OpsEventKind, PlanId, PlanRecord, PlanState, subjects,
+};
+use infracrew_testkit::{NatsServer, binary, workspace_root};
+
+fn crew(server: &NatsServer, args: &[&str]) -> Output {
+    Command::new(binary("crew"))
+        .args(args)
+        .env("NATS_URL", server.url())
+        .current_dir(workspace_root())
+        .output()
+        .unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn start_crew(server: &NatsServer) -> Vec<AgentProcess> {
+    ["atlas", "forge", "sentinel", "conductor"]
+        .iter()
+        .map(|name| AgentProcess::start(name, server, &[]))
+        .collect()
+}
+
+fn submit(server: &NatsServer, goal: &str) -> PlanId {
+    let output = crew(server, &["submit", "--json", goal]);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    report["plan_id"].as_str().unwrap().parse().unwrap()
+}
+
+async fn wait_for_state(
+    bus: &Bus,
+    plan: PlanId,
+    state: PlanState,
+    crew: &[AgentProcess],
+) -> PlanRecord {
+    let plans = bus.kv::<PlanRecord>(buckets::PLANS).await.unwrap();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let record = plans.get(&plan.to_string()).await.unwrap().map(|r| r.value);
+        if let Some(record) = &record
+            && record.state == state
+        {
+            return record.clone();
+        }
+        if tokio::time::Instant::now() > deadline {
+            let logs: Vec<String> = crew
+                .iter()
+                .map(|agent| format!("--- {}\n{}", agent.name, agent.log()))
+                .collect();
+            panic!(
+                "plan {plan} is {:?}, not {state}, after {PATIENCE:?}\n{}",
+                record.map(|r| r.state),
+                logs.join("\n")
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+fn approve(server: &NatsServer, plan: PlanId, who: &str) -> Output {
+    crew(server, &["approve", &plan.to_string()[..8], "--as", who])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_goal_is_approved_by_an_allowed_person_and_applied() {
+    let server = NatsServer::start().unwrap();
+    let bus = crew_bus(&server).await;
+    let agents = start_crew(&server);
+    // Requested by alice, who approves staging: she still may not approve her own plan.
+    let dir = tempfile::tempdir().unwrap();
+    let goal = dir.path().join("by-alice.json");
+    let original = std::fs::read_to_string(
+        workspace_root().join("examples/goals/valid/social-intel-staging.json"),
+    )
+    .unwrap();
+    std::fs::write(&goal, original.replace("\"dave\"", "\"alice\"")).unwrap();
+    let plan = submit(&server, goal.to_str().unwrap());
+    let ready = wait_for_state(&bus, plan, PlanState::Ready, &agents).await;
+    assert!(
+        ready
+            .build
+            .as_ref()
+            .unwrap()
+            .diff_text
+            .contains("+ service/staging/social-intel")
+    );
+
+    for (who, rule) in [
+        (
+            "alice",
+            "alice requested this plan and cannot approve or override it",
+        ),
+        (
+            "carol",
+            "carol may not decide plans in staging; its approvers are alice, bob",
+        ),
+        ("mallory", "mallory may not decide plans in staging"),
+    ] {
+        let refused = approve(&server, plan, who);
+        assert!(!refused.status.success(), "{who} must be refused");
+        assert!(
+            text(&refused.stderr).contains(rule),
+            "{who}: {}",
+            text(&refused.stderr)
+        );
+    }
+    let approved = approve(&server, plan, "bob");
+    assert!(approved.status.success(), "{}", text(&approved.stderr));
+    assert!(
+        text(&approved.stdout).contains("approved by bob"),
+        "{}",
+        text(&approved.stdout)
+    );
+
+    let applied = wait_for_state(&bus, plan, PlanState::Applied, &agents).await;
+    let states: Vec<PlanState> = applied.history.iter().map(|t| t.to).collect();
+    use PlanState::*;
+    assert_eq!(
+        states,
+        [
+            Submitted, Planned, Validating, Ready, Approved, Applying, Applied
+        ]
+    );
+    let events: Vec<OpsEvent> = messages_on(&bus, subjects::OPS_EVENT).await;
+    let kinds: Vec<OpsEventKind> = events
+        .iter()
+        .filter(|e| e.plan_id == plan)
+        .map(|e| e.kind)
+        .collect();
+    use OpsEventKind::*;
+    assert_eq!(kinds, [ApplyStarted, StepStarted, StepSucceeded, ApplyDone]);
+    let locks = bus.kv::<LockRecord>(buckets::LOCKS).await.unwrap();
+    assert!(
+        locks.get("staging.social-intel").await.unwrap().is_none(),
+        "the lock was released"
+    );
+
+    let again = approve(&server, plan, "alice");
+    assert!(
+        text(&again.stderr).contains("the plan is already APPLIED"),
+        "{}",
+        text(&again.stderr)
+    );
+    let shown = crew(&server, &["show", &plan.to_string()]);
+    assert!(
+        text(&shown.stdout).contains("APPLIED"),
+        "{}",
+        text(&shown.stdout)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_plan_for_the_same_target_waits_for_the_lock_and_follows() {
+    let server = NatsServer::start().unwrap();
+    let bus = crew_bus(&server).await;
+    let agents = start_crew(&server);
+    let dir = tempfile::tempdir().unwrap();
+    let second_goal = dir.path().join("second.json");
+    let original = std::fs::read_to_string(
+        workspace_root().join("examples/goals/valid/social-intel-staging.json"),
+    )
+    .unwrap();
+    std::fs::write(&second_goal, original.replace("1.4.0", "1.5.0")).unwrap();
+
+    let first = submit(&server, "examples/goals/valid/social-intel-staging.json");
+    wait_for_state(&bus, first, PlanState::Ready, &agents).await;
+    let second = submit(&server, second_goal.to_str().unwrap());
+    let waiting = wait_for_state(&bus, second, PlanState::Planned, &agents).await;
+    // Give the Conductor the time to try, then check it is waiting rather than routed.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let waiting_now = bus
+        .kv::<PlanRecord>(buckets::PLANS)
+        .await
+        .unwrap()
+        .get(&second.to_string())
+        .await
+        .unwrap()
+        .unwrap()
+        .value;
+    assert_eq!(waiting_now.state, PlanState::Planned, "{waiting:?}");
+    assert_eq!(
+        waiting_now.waiting_for_lock.as_deref(),
+        Some("staging.social-intel")
+    );
+    let shown = crew(&server, &["show", &second.to_string()]);
+    assert!(
+        text(&shown.stdout).contains(&format!(
+            "waits for the lock on staging.social-intel, held by plan {first}"
+        )),
+        "{}",
+        text(&shown.stdout)
+    );
+
+    assert!(approve(&server, first, "bob").status.success());
+    let first_done = wait_for_state(&bus, first, PlanState::Applied, &agents).await;
+    let ready = wait_for_state(&bus, second, PlanState::Ready, &agents).await;
+    assert!(
+        ready
+            .build
+            .as_ref()
+            .unwrap()
+            .diff_text
+            .contains("1.4.0 -> infracrew/social-intel:1.5.0"),
+        "{}",
+        ready.build.as_ref().unwrap().diff_text
+    );
+    assert!(approve(&server, second, "alice").status.success());
+    let second_done = wait_for_state(&bus, second, PlanState::Applied, &agents).await;
+    assert!(
+        first_done.history.last().unwrap().at <= second_done.history[2].at,
+        "applied in submission order"
+    );
+}
