@@ -223,3 +223,146 @@ async fn a_second_plan_for_the_same_target_waits_for_the_lock_and_follows() {
         "applied in submission order"
     );
 }
+
+/// A goal file in `dir` from `json`.
+fn goal_file(dir: &tempfile::TempDir, name: &str, json: serde_json::Value) -> String {
+    let path = dir.path().join(name);
+    std::fs::write(&path, json.to_string()).unwrap();
+    path.to_str().unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejections_blocks_overrides_and_prod_approvals_follow_the_rules() {
+    let server = NatsServer::start().unwrap();
+    let bus = crew_bus(&server).await;
+    let agents = start_crew(&server);
+    let dir = tempfile::tempdir().unwrap();
+
+    // An unknown service: rejected by Atlas, with the valid choices, and the CLI says so.
+    let unknown = goal_file(
+        &dir,
+        "unknown.json",
+        serde_json::json!({
+            "intent": "deploy", "service": "social-intell", "environment": "staging",
+            "version": "1.4.0", "requested_by": "dave"
+        }),
+    );
+    let rejected = crew(&server, &["submit", "--wait", &unknown]);
+    assert_eq!(
+        rejected.status.code(),
+        Some(1),
+        "{}",
+        text(&rejected.stdout)
+    );
+    let stdout = text(&rejected.stdout);
+    assert!(stdout.contains("at /service: social-intell is not in the service catalog (valid: alfred-bot, financial-tax, legal-compliance, mission-control, social-intel)"), "{stdout}");
+
+    // One replica in prod breaks a soft-mandatory policy: BLOCKED, exit 2, and no approval.
+    let thin = goal_file(
+        &dir,
+        "thin.json",
+        serde_json::json!({
+            "intent": "deploy", "service": "alfred-bot", "environment": "prod",
+            "version": "2.0.0", "replicas": 1, "requested_by": "dave"
+        }),
+    );
+    let blocked = crew(&server, &["submit", "--wait", &thin]);
+    assert_eq!(
+        blocked.status.code(),
+        Some(2),
+        "{}{}",
+        text(&blocked.stdout),
+        text(&blocked.stderr)
+    );
+    assert!(
+        text(&blocked.stdout).contains("prod_min_replicas"),
+        "{}",
+        text(&blocked.stdout)
+    );
+    let plans = crew(&server, &["plans", "--json"]);
+    let listed: serde_json::Value = serde_json::from_slice(&plans.stdout).unwrap();
+    let plan: PlanId = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["service"] == "alfred-bot")
+        .unwrap()["plan_id"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let refused = approve(&server, plan, "alice");
+    assert!(
+        text(&refused.stderr).contains("only a READY plan can be approved; this plan is BLOCKED (blocked by prod_min_replicas on service/prod/alfred-bot)"),
+        "{}",
+        text(&refused.stderr)
+    );
+
+    // erin owns the policies: her override, with a reason, makes it READY.
+    let overridden = crew(
+        &server,
+        &[
+            "override",
+            &plan.to_string(),
+            "--as",
+            "erin",
+            "--reason",
+            "one replica during the migration",
+        ],
+    );
+    assert!(overridden.status.success(), "{}", text(&overridden.stderr));
+    wait_for_state(&bus, plan, PlanState::Ready, &agents).await;
+
+    // Prod needs two distinct approvers; the same one twice does not count.
+    let first = approve(&server, plan, "alice");
+    assert!(
+        text(&first.stdout).contains("1 more needed"),
+        "{}",
+        text(&first.stdout)
+    );
+    let repeat = approve(&server, plan, "alice");
+    assert!(
+        text(&repeat.stderr).contains("alice has already approved this change"),
+        "{}",
+        text(&repeat.stderr)
+    );
+    let second = approve(&server, plan, "bob");
+    assert!(
+        text(&second.stdout).contains("approved by alice, bob"),
+        "{}",
+        text(&second.stdout)
+    );
+    let applied = wait_for_state(&bus, plan, PlanState::Applied, &agents).await;
+    assert_eq!(applied.overrides[0].owner, "erin");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_goal_submitted_twice_makes_one_plan() {
+    let server = NatsServer::start().unwrap();
+    let bus = crew_bus(&server).await;
+    let agents = start_crew(&server);
+    let goal = "examples/goals/valid/social-intel-staging.json";
+    let first = crew(&server, &["submit", "--wait", goal]);
+    assert!(first.status.success(), "{}", text(&first.stderr));
+    assert!(
+        text(&first.stdout).contains("ready: approve with crew approve"),
+        "{}",
+        text(&first.stdout)
+    );
+    let second = crew(&server, &["submit", "--wait", goal]);
+    assert!(
+        text(&second.stdout).contains("was submitted before"),
+        "{}",
+        text(&second.stdout)
+    );
+    assert!(
+        second.status.success(),
+        "the second submission follows the same plan: {}",
+        text(&second.stdout)
+    );
+    let plans = crew(&server, &["plans", "--json"]);
+    let listed: serde_json::Value = serde_json::from_slice(&plans.stdout).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+    drop(agents);
+    drop(bus);
+}

@@ -3,10 +3,15 @@
 use std::{
     path::{Path, PathBuf},
     process::ExitCode,
+    time::Duration,
 };
 
-use infracrew_bus::Bus;
-use infracrew_protocol::{DecodeError, GoalStatement, PlanId, decode, subjects};
+use futures::StreamExt;
+use infracrew_bus::{Bus, Kv, buckets};
+use infracrew_protocol::{
+    DecodeError, GoalRejected, GoalStatement, PlanId, PlanRecord, PlanState, PlanTransitioned,
+    Transition, decode, subjects,
+};
 use serde_json::json;
 
 use crate::CliError;
@@ -54,11 +59,29 @@ pub fn validate(files: &[PathBuf]) -> ExitCode {
     }
 }
 
-/// Publishes the goal (with its id filled in) and says where it was stored.
-pub async fn submit(bus: &Bus, goal: GoalStatement, as_json: bool) -> Result<(), CliError> {
+/// Publishes the goal (with its id filled in) and says where it was stored; with `wait`,
+/// follows the plan until it needs a person, is blocked or rejected, or ends.
+pub async fn submit(
+    bus: &Bus,
+    goal: GoalStatement,
+    as_json: bool,
+    wait: Option<Duration>,
+) -> Result<ExitCode, CliError> {
     let goal = goal.with_id();
     let goal_id = goal.id();
     let plan_id = PlanId::for_goal(goal_id);
+    // Subscribed before publishing, so no stage is missed.
+    let follow_error = |error: async_nats::SubscribeError| CliError::Follow(error.to_string());
+    let mut moves = bus
+        .client()
+        .subscribe(subjects::PLAN_STATE)
+        .await
+        .map_err(follow_error)?;
+    let mut rejections = bus
+        .client()
+        .subscribe(subjects::GOAL_REJECTED)
+        .await
+        .map_err(follow_error)?;
     let published = bus.publish(subjects::GOAL_SUBMITTED, &goal).await?;
     if as_json {
         let report = json!({
@@ -83,7 +106,130 @@ pub async fn submit(bus: &Bus, goal: GoalStatement, as_json: bool) -> Result<(),
         println!("  {}", describe(&goal));
         println!("  plan id: {plan_id}");
     }
-    Ok(())
+    let Some(timeout) = wait else {
+        return Ok(ExitCode::SUCCESS);
+    };
+
+    let plans: Kv<PlanRecord> = bus
+        .kv(buckets::PLANS)
+        .await
+        .map_err(|e| CliError::Follow(e.to_string()))?;
+    // A goal submitted before may be well along already.
+    let mut shown = 0;
+    if let Some(record) = plans
+        .get(&plan_id.to_string())
+        .await
+        .map_err(|e| CliError::Follow(e.to_string()))?
+    {
+        for transition in &record.value.history {
+            show_move(transition, as_json);
+        }
+        shown = record.value.history.len();
+        if let Some(code) = settled(record.value.state, &plan_id, &plans, as_json).await {
+            return Ok(code);
+        }
+    }
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep_until(deadline) => {
+                eprintln!("crew: plan {plan_id} did not settle within {timeout:?}; follow it with crew show {plan_id}");
+                return Ok(ExitCode::from(3));
+            }
+            message = moves.next() => {
+                let Some(message) = message else { return Err(CliError::Follow("the connection closed".into())) };
+                let Ok(event) = decode::<PlanTransitioned>(&message.payload) else { continue };
+                if event.plan_id != plan_id || (event.seq as usize) <= shown {
+                    continue;
+                }
+                shown = event.seq as usize;
+                show_move(&event.transition, as_json);
+                if let Some(code) = settled(event.transition.to, &plan_id, &plans, as_json).await {
+                    return Ok(code);
+                }
+            }
+            message = rejections.next() => {
+                let Some(message) = message else { return Err(CliError::Follow("the connection closed".into())) };
+                let Ok(rejected) = decode::<GoalRejected>(&message.payload) else { continue };
+                if rejected.goal_id != goal_id {
+                    continue;
+                }
+                if as_json {
+                    println!("{}", json!({"plan_id": plan_id, "state": "REJECTED", "reasons": rejected.reasons}));
+                } else {
+                    println!("rejected: the goal cannot be planned");
+                    for reason in &rejected.reasons {
+                        let choices = if reason.choices.is_empty() { String::new() } else { format!(" (valid: {})", reason.choices.join(", ")) };
+                        println!("  at {}: {}{choices}", reason.field, reason.message);
+                    }
+                }
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+    }
+}
+
+fn show_move(transition: &Transition, as_json: bool) {
+    if as_json {
+        println!(
+            "{}",
+            json!({"state": transition.to, "by": transition.by, "why": transition.why, "at": transition.at})
+        );
+    } else {
+        println!(
+            "  {}  {:<18} by {:<10} {}",
+            transition.at.format("%H:%M:%S"),
+            transition.to.to_string(),
+            transition.by,
+            transition.why
+        );
+    }
+}
+
+/// The exit code once the plan needs a person, is blocked, or ends; `None` while it moves.
+async fn settled(
+    state: PlanState,
+    plan_id: &PlanId,
+    plans: &Kv<PlanRecord>,
+    as_json: bool,
+) -> Option<ExitCode> {
+    let code = match state {
+        PlanState::Ready | PlanState::AwaitingApproval => {
+            if !as_json {
+                println!("ready: approve with crew approve {plan_id} --as <approver>");
+            }
+            ExitCode::SUCCESS
+        }
+        PlanState::NoChange | PlanState::Applied => ExitCode::SUCCESS,
+        PlanState::Blocked => {
+            if !as_json && let Ok(Some(record)) = plans.get(&plan_id.to_string()).await {
+                for finding in record.value.build.iter().flat_map(|build| &build.findings) {
+                    println!(
+                        "  {:?} {}/{} on {}: {}",
+                        finding.enforcement,
+                        finding.policy,
+                        finding.rule,
+                        finding.resource,
+                        finding.message
+                    );
+                }
+            }
+            ExitCode::from(2)
+        }
+        PlanState::Rejected
+        | PlanState::Expired
+        | PlanState::Failed
+        | PlanState::RolledBack
+        | PlanState::Superseded => ExitCode::FAILURE,
+        PlanState::Submitted
+        | PlanState::Planned
+        | PlanState::Validating
+        | PlanState::Approved
+        | PlanState::Applying => {
+            return None;
+        }
+    };
+    Some(code)
 }
 
 /// One line saying what a goal asks for.

@@ -41,6 +41,13 @@ pub enum Command {
     Submit {
         /// The goal file (JSON).
         file: PathBuf,
+        /// Follow the plan, printing each stage, until it waits for a decision, is blocked or
+        /// rejected, or ends; exits non-zero when it was rejected, blocked or failed.
+        #[arg(long)]
+        wait: bool,
+        /// How long --wait follows the plan.
+        #[arg(long, default_value = "2m", value_parser = parse_duration)]
+        timeout: Duration,
         /// Print the result as JSON.
         #[arg(long)]
         json: bool,
@@ -150,6 +157,8 @@ pub enum CliError {
     Read { what: &'static str, reason: String },
     #[error("{0}")]
     UnknownPlan(String),
+    #[error("watching the plan failed: {0}")]
+    Follow(String),
     #[error(
         "the Conductor did not answer on crew.approval.request ({0}); is it running? (crew status)"
     )]
@@ -160,12 +169,18 @@ pub enum CliError {
 pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
     match cli.command {
         Command::Validate { files } => Ok(goals::validate(&files)),
-        Command::Submit { file, json, bus } => {
+        Command::Submit {
+            file,
+            wait,
+            timeout,
+            json,
+            bus,
+        } => {
             let goal = goals::read(&file)?;
             let bus = connect(&bus).await?;
-            goals::submit(&bus, goal, json).await?;
+            let code = goals::submit(&bus, goal, json, wait.then_some(timeout)).await?;
             bus.drain().await;
-            Ok(ExitCode::SUCCESS)
+            Ok(code)
         }
         Command::Status {
             wait,
