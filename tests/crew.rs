@@ -366,3 +366,101 @@ async fn the_same_goal_submitted_twice_makes_one_plan() {
     drop(agents);
     drop(bus);
 }
+
+/// The demo configuration with a short approval window and dev auto-approving.
+fn fast_config(dir: &tempfile::TempDir) -> String {
+    let demo = std::fs::read_to_string(workspace_root().join("config/demo.toml")).unwrap();
+    let config = demo
+        .replace("approval_window_seconds = 3600\nauto_approve = false", "approval_window_seconds = 3600\nauto_approve = true")
+        .replace("[approvals.environments.staging]\napprovers = [\"alice\", \"bob\"]\nrequired_approvals = 1\napproval_window_seconds = 3600", "[approvals.environments.staging]\napprovers = [\"alice\", \"bob\"]\nrequired_approvals = 1\napproval_window_seconds = 1")
+;
+    // Top-level keys go before the first table.
+    let config = format!("sweep_seconds = 1\n{config}");
+    let path = dir.path().join("conductor.toml");
+    std::fs::write(&path, config).unwrap();
+    path.to_str().unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn approvals_expire_and_dev_auto_approves_when_configured() {
+    let server = NatsServer::start().unwrap();
+    let bus = crew_bus(&server).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = fast_config(&dir);
+    let agents: Vec<AgentProcess> = vec![
+        AgentProcess::start("atlas", &server, &[]),
+        AgentProcess::start("forge", &server, &[]),
+        AgentProcess::start("sentinel", &server, &[]),
+        AgentProcess::start("conductor", &server, &["--config", &config]),
+    ];
+
+    let staging = submit(&server, "examples/goals/valid/social-intel-staging.json");
+    wait_for_state(&bus, staging, PlanState::Ready, &agents).await;
+    let expired = wait_for_state(&bus, staging, PlanState::Expired, &agents).await;
+    assert!(
+        expired
+            .history
+            .last()
+            .unwrap()
+            .why
+            .starts_with("no decision before"),
+        "{:?}",
+        expired.history
+    );
+    let late = approve(&server, staging, "alice");
+    assert!(
+        text(&late.stderr).contains("the plan is already EXPIRED"),
+        "{}",
+        text(&late.stderr)
+    );
+
+    let dev = goal_file(
+        &dir,
+        "dev.json",
+        serde_json::json!({
+            "intent": "deploy", "service": "alfred-bot", "environment": "dev",
+            "version": "2.0.0", "requested_by": "dave"
+        }),
+    );
+    let plan = submit(&server, &dev);
+    let applied = wait_for_state(&bus, plan, PlanState::Applied, &agents).await;
+    let approval = &applied.approvals[0];
+    assert_eq!(
+        (approval.approver.as_str(), approval.channel),
+        ("auto", infracrew_protocol::DecisionChannel::Auto)
+    );
+    assert!(
+        applied
+            .history
+            .iter()
+            .any(|t| t.why.starts_with("auto-approved")),
+        "recorded as such: {:?}",
+        applied.history
+    );
+}
+
+#[test]
+fn a_bad_conductor_configuration_stops_it_with_the_key_and_reason() {
+    let server = NatsServer::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let demo = std::fs::read_to_string(workspace_root().join("config/demo.toml")).unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        demo.replacen("required_approvals = 2", "required_approvals = \"two\"", 1),
+    )
+    .unwrap();
+    let mut conductor =
+        AgentProcess::start("conductor", &server, &["--config", path.to_str().unwrap()]);
+    assert_eq!(
+        conductor.wait(std::time::Duration::from_secs(10)),
+        Some(78),
+        "{}",
+        conductor.log()
+    );
+    let log = conductor.log();
+    assert!(
+        log.contains("bad.toml: at /approvals/environments/prod/required_approvals"),
+        "{log}"
+    );
+}

@@ -161,7 +161,7 @@ impl fmt::Display for LoadError {
 
 /// Every problem found while loading, so one run shows them all.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{} in the playbooks:\n{}", plural(.0.len()), .0.iter().map(|e| format!("  {e}")).collect::<Vec<_>>().join("\n"))]
+#[error("{} found:\n{}", plural(.0.len()), .0.iter().map(|e| format!("  {e}")).collect::<Vec<_>>().join("\n"))]
 pub struct LoadErrors(pub Vec<LoadError>);
 
 fn plural(count: usize) -> String {
