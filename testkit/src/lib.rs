@@ -1,5 +1,5 @@
-//! Test harness: a real `nats-server` with JetStream on a free loopback port and a temporary
-//! store, stopped (and its store removed) when dropped.
+//! A real `nats-server` with JetStream on a free loopback port and a temporary store, for the
+//! tests and for `crew up`: stopped (and its store removed) when dropped.
 //!
 //! The binary is `$NATS_SERVER_BIN`, else the one `make deps` installs in `.tools/`, else
 //! `nats-server` on `PATH`. It must be 2.10 or newer.
