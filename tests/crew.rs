@@ -159,6 +159,41 @@ async fn a_goal_is_approved_by_an_allowed_person_and_applied() {
         "{}",
         text(&shown.stdout)
     );
+
+    // The moves replayed from the stream, one readable line each, in order.
+    let mut watch = Command::new(binary("crew"))
+        .args(["watch", "crew.plan.state", "--from-seq", "1"])
+        .env("NATS_URL", server.url())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let reader = std::io::BufRead::lines(std::io::BufReader::new(watch.stdout.take().unwrap()));
+    let mut seen = Vec::new();
+    for line in reader.map_while(Result::ok) {
+        let done = line.contains("APPLIED by forge");
+        seen.push(line);
+        if done {
+            break;
+        }
+    }
+    let _ = watch.kill();
+    let _ = watch.wait();
+    let order = [
+        "SUBMITTED by",
+        "PLANNED -> VALIDATING by conductor",
+        "VALIDATING -> READY by forge",
+        "READY -> APPROVED by bob",
+        "APPROVED -> APPLYING",
+        "APPLYING -> APPLIED by forge",
+    ];
+    let mut lines = seen.iter();
+    for expected in order {
+        assert!(
+            lines.any(|line| line.contains(expected)),
+            "{expected} missing or out of order in:\n{}",
+            seen.join("\n")
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

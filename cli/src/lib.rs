@@ -6,6 +6,7 @@ mod goals;
 mod plans;
 mod status;
 mod up;
+mod watch;
 
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
@@ -152,6 +153,28 @@ pub enum Command {
         )]
         config: PathBuf,
     },
+    /// Tail the crew's subjects, one readable line per message.
+    ///
+    /// From now by default (every crew subject, heartbeats included); --since or --from-seq
+    /// replays the work stream from a time or a sequence first.
+    ///
+    /// Example: crew watch 'crew.plan.>' --since 2026-11-23T09:00:00Z
+    Watch {
+        /// A subject filter.
+        #[arg(default_value = "crew.>")]
+        filter: String,
+        /// Replay the work stream from this time (RFC 3339).
+        #[arg(long, conflicts_with = "from_seq")]
+        since: Option<chrono::DateTime<chrono::Utc>>,
+        /// Replay the work stream from this stream sequence.
+        #[arg(long)]
+        from_seq: Option<u64>,
+        /// One JSON object per message.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        bus: ConnectArgs,
+    },
     /// List dead letters: messages the crew gave up on, with the reason.
     ///
     /// Example: crew dlq --limit 20
@@ -271,6 +294,21 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 driver,
             })
             .await
+        }
+        Command::Watch {
+            filter,
+            since,
+            from_seq,
+            json,
+            bus,
+        } => {
+            let from = match (since, from_seq) {
+                (Some(time), _) => watch::From::Time(time),
+                (None, Some(sequence)) => watch::From::Sequence(sequence),
+                (None, None) => watch::From::Now,
+            };
+            watch::watch(&connect(&bus).await?, &filter, from, json).await?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::Dlq { limit, json, bus } => {
             let bus = connect(&bus).await?;
