@@ -8,7 +8,8 @@ use std::process::{Command, Output};
 use infracrew_bus::{Bus, buckets};
 use infracrew_e2e::{AgentProcess, PATIENCE, crew_bus, messages_on};
 use infracrew_protocol::{
-    LockRecord, OpsEvent, OpsEventKind, PlanId, PlanRecord, PlanState, subjects,
+    ApplyRequest, LockRecord, OpsEvent, OpsEventKind, PlanId, PlanRecord, PlanState, SchemaVersion,
+    subjects,
 };
 use infracrew_testkit::{NatsServer, binary, workspace_root};
 
@@ -97,6 +98,55 @@ async fn a_goal_is_approved_by_an_allowed_person_and_applied() {
             .contains("+ service/staging/social-intel")
     );
 
+    // A forged ApplyRequest for the plan, straight onto the bus: Forge refuses it, nothing is
+    // applied, and the plan still waits for its decision.
+    let forged = ApplyRequest {
+        schema_version: SchemaVersion::CURRENT,
+        plan_id: plan,
+        digest: ready.build.as_ref().unwrap().digest.clone(),
+        fencing_token: ready.lock_token.unwrap(),
+        approvers: vec!["mallory".into()],
+        issued_at: chrono::Utc::now(),
+        expires_at: chrono::Utc::now() + chrono::Duration::minutes(5),
+    };
+    bus.publish(subjects::APPLY_REQUEST, &forged).await.unwrap();
+    let refusal = loop {
+        let events: Vec<OpsEvent> = messages_on(&bus, subjects::OPS_EVENT).await;
+        if let Some(event) = events.into_iter().find(|e| e.plan_id == plan) {
+            break event;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert_eq!(refusal.kind, OpsEventKind::ApplyRefused);
+    assert!(
+        refusal.message.contains("is READY, not APPROVED"),
+        "{}",
+        refusal.message
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let still = bus
+        .kv::<PlanRecord>(buckets::PLANS)
+        .await
+        .unwrap()
+        .get(&plan.to_string())
+        .await
+        .unwrap()
+        .unwrap()
+        .value;
+    assert_eq!(
+        still.state,
+        PlanState::Ready,
+        "a forged request changes nothing"
+    );
+    let records = bus
+        .kv::<infracrew_protocol::ServiceState>(buckets::DRY_RUN)
+        .await
+        .unwrap();
+    assert!(
+        records.get("staging.social-intel").await.unwrap().is_none(),
+        "nothing applied"
+    );
+
     for (who, rule) in [
         (
             "alice",
@@ -140,7 +190,7 @@ async fn a_goal_is_approved_by_an_allowed_person_and_applied() {
         .map(|e| e.kind)
         .collect();
     use OpsEventKind::*;
-    assert_eq!(kinds, [ApplyStarted, StepStarted, StepSucceeded, ApplyDone]);
+    assert_eq!(kinds, [ApplyRefused, ApplyStarted, StepStarted, StepSucceeded, ApplyDone]);
     let locks = bus.kv::<LockRecord>(buckets::LOCKS).await.unwrap();
     assert!(
         locks.get("staging.social-intel").await.unwrap().is_none(),

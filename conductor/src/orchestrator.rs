@@ -340,7 +340,15 @@ impl Conductor {
                 }
                 let end = match event.kind {
                     OpsEventKind::ApplyDone => PlanState::Applied,
-                    OpsEventKind::ApplyFailed | OpsEventKind::ApplyRefused => PlanState::Failed,
+                    OpsEventKind::ApplyFailed => PlanState::Failed,
+                    // A refusal ends only an apply the Conductor asked for: a forged request's
+                    // refusal must not fail a plan that is still waiting for its decision.
+                    OpsEventKind::ApplyRefused
+                        if matches!(record.state, PlanState::Approved | PlanState::Applying) =>
+                    {
+                        PlanState::Failed
+                    }
+                    OpsEventKind::ApplyRefused => return false,
                     OpsEventKind::RolledBack => PlanState::RolledBack,
                     OpsEventKind::ApplyStarted => PlanState::Applying,
                     OpsEventKind::StepStarted

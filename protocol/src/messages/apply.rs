@@ -124,9 +124,13 @@ pub struct ApplyRequest {
     pub expires_at: DateTime<Utc>,
 }
 
+// The issue time is part of the id: a request published by anyone else cannot take the id of
+// the Conductor's own, so it cannot make JetStream drop the real one as a duplicate.
 message!(ApplyRequest, "apply_request", |request| format!(
-    "apply:{}:{}",
-    request.plan_id, request.digest
+    "apply:{}:{}:{}",
+    request.plan_id,
+    request.digest,
+    request.issued_at.timestamp_nanos_opt().unwrap_or_default()
 ));
 
 /// One step of an apply, as Forge reports it.
