@@ -190,7 +190,16 @@ async fn a_goal_is_approved_by_an_allowed_person_and_applied() {
         .map(|e| e.kind)
         .collect();
     use OpsEventKind::*;
-    assert_eq!(kinds, [ApplyRefused, ApplyStarted, StepStarted, StepSucceeded, ApplyDone]);
+    assert_eq!(
+        kinds,
+        [
+            ApplyRefused,
+            ApplyStarted,
+            StepStarted,
+            StepSucceeded,
+            ApplyDone
+        ]
+    );
     let locks = bus.kv::<LockRecord>(buckets::LOCKS).await.unwrap();
     assert!(
         locks.get("staging.social-intel").await.unwrap().is_none(),
@@ -548,4 +557,36 @@ fn a_bad_conductor_configuration_stops_it_with_the_key_and_reason() {
         log.contains("bad.toml: at /approvals/environments/prod/required_approvals"),
         "{log}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_whose_holder_died_is_taken_over_with_a_new_fencing_token() {
+    let server = NatsServer::start().unwrap();
+    let bus = crew_bus(&server).await;
+    // A lock left by a plan whose Conductor died long ago, never renewed since.
+    let locks = bus.kv::<LockRecord>(buckets::LOCKS).await.unwrap();
+    let long_ago = chrono::DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
+        .unwrap()
+        .with_timezone(&chrono::Utc);
+    let stale = LockRecord {
+        plan_id: PlanId(uuid::Uuid::nil()),
+        holder: "a-dead-conductor".into(),
+        token: 1,
+        acquired_at: long_ago,
+        renewed_at: long_ago,
+    };
+    locks.put("staging.social-intel", &stale).await.unwrap();
+
+    let agents = start_crew(&server);
+    let plan = submit(&server, "examples/goals/valid/social-intel-staging.json");
+    let ready = wait_for_state(&bus, plan, PlanState::Ready, &agents).await;
+    let lock = locks
+        .get("staging.social-intel")
+        .await
+        .unwrap()
+        .unwrap()
+        .value;
+    assert_eq!(lock.plan_id, plan, "the abandoned lock was taken over");
+    assert!(lock.token > stale.token, "with a newer fencing token");
+    assert_eq!(ready.lock_token, Some(lock.token));
 }

@@ -39,8 +39,92 @@ mod defaults {
     }
 }
 
+/// Settings given on the command line or in the environment, over the file's.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Overrides {
+    pub lock_lease_seconds: Option<u64>,
+    pub apply_request_ttl_seconds: Option<u64>,
+    pub sweep_seconds: Option<u64>,
+    /// Environments that approve validated plans without a person.
+    pub auto_approve: Option<Vec<String>>,
+}
+
 impl ConductorConfig {
     pub fn load(file: &Path) -> Result<Self, LoadErrors> {
         load_toml(file)
+    }
+
+    /// Applies `overrides`; an auto-approve environment the rules do not know is an error.
+    pub fn with_overrides(mut self, overrides: Overrides) -> Result<Self, String> {
+        for (setting, value) in [
+            (&mut self.lock_lease_seconds, overrides.lock_lease_seconds),
+            (
+                &mut self.apply_request_ttl_seconds,
+                overrides.apply_request_ttl_seconds,
+            ),
+            (&mut self.sweep_seconds, overrides.sweep_seconds),
+        ] {
+            if let Some(value) = value {
+                *setting = value;
+            }
+        }
+        if let Some(environments) = overrides.auto_approve {
+            for environment in &environments {
+                if !self.approvals.environments.contains_key(environment) {
+                    let known: Vec<&str> = self
+                        .approvals
+                        .environments
+                        .keys()
+                        .map(String::as_str)
+                        .collect();
+                    return Err(format!(
+                        "auto-approve names environment {environment}, which has no approval rules (they are: {})",
+                        known.join(", ")
+                    ));
+                }
+            }
+            for (environment, rules) in &mut self.approvals.environments {
+                rules.auto_approve = environments.contains(environment);
+            }
+        }
+        Ok(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+
+    fn demo() -> ConductorConfig {
+        ConductorConfig::load(
+            &PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../config/demo.toml"),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn overrides_replace_the_file_settings() {
+        let config = demo()
+            .with_overrides(Overrides {
+                sweep_seconds: Some(2),
+                auto_approve: Some(vec!["dev".into()]),
+                ..Overrides::default()
+            })
+            .unwrap();
+        assert_eq!((config.sweep_seconds, config.lock_lease_seconds), (2, 30));
+        assert!(config.approvals.environments["dev"].auto_approve);
+        assert!(!config.approvals.environments["prod"].auto_approve);
+        let error = demo()
+            .with_overrides(Overrides {
+                auto_approve: Some(vec!["qa".into()]),
+                ..Overrides::default()
+            })
+            .unwrap_err();
+        assert_eq!(
+            error,
+            "auto-approve names environment qa, which has no approval rules (they are: dev, prod, staging)"
+        );
     }
 }
