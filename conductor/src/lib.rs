@@ -7,23 +7,12 @@ pub mod orchestrator;
 use std::sync::Arc;
 
 use infracrew_agent_runtime::{Agent, WorkError};
-use infracrew_bus::{ConsumerSettings, Delivery, Kv, Shutdown, buckets};
+use infracrew_bus::{ConsumerSettings, Delivery, Shutdown, buckets};
 
 use crate::{
     config::ConductorConfig,
     orchestrator::{Conductor, ConductorMessage},
 };
-
-async fn bucket<T>(agent: &Agent, name: &str) -> Result<Kv<T>, WorkError> {
-    agent
-        .bus
-        .kv(name)
-        .await
-        .map_err(|error| WorkError::Dependency {
-            what: format!("the {name} bucket"),
-            reason: error.to_string(),
-        })
-}
 
 /// Runs the Conductor until shutdown: its consumer (plans, builds, ops events), the decision
 /// service on `crew.approval.request`, and the sweeper.
@@ -35,8 +24,8 @@ pub async fn run(
     let spec = agent.consumer_spec()?;
     let conductor = Arc::new(Conductor {
         bus: agent.bus.clone(),
-        plans: bucket(&agent, buckets::PLANS).await?,
-        locks: bucket(&agent, buckets::LOCKS).await?,
+        plans: agent.bucket(buckets::PLANS).await?,
+        locks: agent.bucket(buckets::LOCKS).await?,
         config,
         instance: uuid::Uuid::new_v4().to_string(),
     });

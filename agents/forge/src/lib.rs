@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use chrono::Utc;
 use infracrew_agent_runtime::{Agent, WorkError};
-use infracrew_bus::{Bus, ConsumerSettings, Delivery, HandlerError, Kv, Shutdown, buckets};
+use infracrew_bus::{Bus, ConsumerSettings, Delivery, HandlerError, Shutdown, buckets};
 use infracrew_protocol::{
     ApplyRequest, BuildOutcome, BuildStatus, ChangeSet, DecodeError, Enforcement, FieldError,
     Finding, PlanDigest, PlanSpec, SchemaVersion, ValidateRequest, ValidationResult, Verdict,
@@ -64,20 +64,13 @@ struct Forge<D> {
     records: Records,
 }
 
-async fn bucket<T>(bus: &Bus, name: &str) -> Result<Kv<T>, WorkError> {
-    bus.kv(name).await.map_err(|error| WorkError::Dependency {
-        what: format!("the {name} bucket"),
-        reason: error.to_string(),
-    })
-}
-
 /// Runs Forge with `driver` until shutdown.
 pub async fn run<D: Apply>(agent: Agent, driver: D, shutdown: Shutdown) -> Result<(), WorkError> {
     let spec = agent.consumer_spec()?;
     let records = Records {
-        plans: bucket(&agent.bus, buckets::PLANS).await?,
-        locks: bucket(&agent.bus, buckets::LOCKS).await?,
-        builds: bucket(&agent.bus, buckets::BUILDS).await?,
+        plans: agent.bucket(buckets::PLANS).await?,
+        locks: agent.bucket(buckets::LOCKS).await?,
+        builds: agent.bucket(buckets::BUILDS).await?,
     };
     let forge = Arc::new(Forge {
         bus: agent.bus.clone(),

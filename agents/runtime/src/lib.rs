@@ -6,7 +6,7 @@ pub mod logging;
 use std::{future::Future, process::ExitCode, sync::Arc, time::Duration};
 
 use infracrew_bus::{
-    Bus, ConnectArgs, ConnectError, ConsumerSpec, HeartbeatSettings, ProvisionError,
+    Bus, ConnectArgs, ConnectError, ConsumerSpec, HeartbeatSettings, Kv, ProvisionError,
     ProvisionOptions, Shutdown, Topology, WorkStats, consumers, parse_duration, publish_heartbeats,
     role_subjects, shutdown_on_signal,
 };
@@ -116,6 +116,17 @@ impl Agent {
             stats: Arc::default(),
             heartbeat,
         })
+    }
+
+    /// Opens a provisioned KV bucket the agent depends on.
+    pub async fn bucket<T>(&self, name: &str) -> Result<Kv<T>, WorkError> {
+        self.bus
+            .kv(name)
+            .await
+            .map_err(|error| WorkError::Dependency {
+                what: format!("the {name} bucket"),
+                reason: error.to_string(),
+            })
     }
 
     /// The durable consumer this agent's role reads its work through.
