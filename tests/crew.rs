@@ -590,3 +590,49 @@ async fn a_lock_whose_holder_died_is_taken_over_with_a_new_fencing_token() {
     assert!(lock.token > stale.token, "with a newer fencing token");
     assert_eq!(ready.lock_token, Some(lock.token));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_approved_plan_whose_apply_request_was_lost_is_applied_by_the_sweeper() {
+    let server = NatsServer::start().unwrap();
+    let bus = crew_bus(&server).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = fast_config(&dir);
+    let agents: Vec<AgentProcess> = vec![
+        AgentProcess::start("atlas", &server, &[]),
+        AgentProcess::start("forge", &server, &[]),
+        AgentProcess::start("sentinel", &server, &[]),
+        AgentProcess::start("conductor", &server, &["--config", &config]),
+    ];
+    let goal = goal_file(
+        &dir,
+        "prod.json",
+        serde_json::json!({
+            "intent": "deploy", "service": "mission-control", "environment": "prod",
+            "version": "3.1.0", "requested_by": "dave"
+        }),
+    );
+    let plan = submit(&server, &goal);
+    wait_for_state(&bus, plan, PlanState::Ready, &agents).await;
+
+    // What a Conductor that died right after recording the approvals leaves behind: an
+    // APPROVED record, and no ApplyRequest on the bus.
+    let plans = bus.kv::<PlanRecord>(buckets::PLANS).await.unwrap();
+    let current = plans.get(&plan.to_string()).await.unwrap().unwrap();
+    let mut record = current.value;
+    let an_hour_ago = chrono::Utc::now() - chrono::Duration::hours(1);
+    record
+        .move_to(
+            PlanState::Approved,
+            "alice",
+            "approved by alice, bob",
+            an_hour_ago,
+        )
+        .unwrap();
+    plans
+        .update(&plan.to_string(), &record, current.revision)
+        .await
+        .unwrap();
+
+    let applied = wait_for_state(&bus, plan, PlanState::Applied, &agents).await;
+    assert_eq!(applied.history.last().unwrap().by, "forge");
+}

@@ -598,6 +598,11 @@ impl Conductor {
                 }
             } else if record.state == PlanState::Planned {
                 self.try_start(record.plan.plan_id).await?;
+            } else if record.state == PlanState::Approved && self.apply_overdue(&record, now) {
+                // Approved, yet Forge never started: the request was lost (a Conductor died
+                // between the decision and the request). Applies are idempotent, so send again.
+                tracing::warn!(plan = %record.plan.plan_id, "approved but not started; sending the ApplyRequest again");
+                self.send_apply(&record).await?;
             }
         }
         for key in self.locks.keys().await.map_err(retry)? {
@@ -625,6 +630,17 @@ impl Conductor {
             }
         }
         Ok(())
+    }
+}
+
+impl Conductor {
+    /// Whether an APPROVED plan has waited for Forge longer than a sweep or two should take.
+    fn apply_overdue(&self, record: &PlanRecord, now: DateTime<Utc>) -> bool {
+        let patience = chrono::Duration::seconds((self.config.sweep_seconds * 3).max(10) as i64);
+        record
+            .history
+            .last()
+            .is_some_and(|last| last.at + patience < now)
     }
 }
 
