@@ -27,10 +27,17 @@ fn text(bytes: &[u8]) -> String {
 }
 
 fn start_crew(server: &NatsServer) -> Vec<AgentProcess> {
-    ["atlas", "forge", "sentinel", "conductor"]
+    start_crew_with(server, &[])
+}
+
+/// The four agents, the Conductor with `conductor_args`.
+fn start_crew_with(server: &NatsServer, conductor_args: &[&str]) -> Vec<AgentProcess> {
+    let mut agents: Vec<AgentProcess> = ["atlas", "forge", "sentinel"]
         .iter()
         .map(|name| AgentProcess::start(name, server, &[]))
-        .collect()
+        .collect();
+    agents.push(AgentProcess::start("conductor", server, conductor_args));
+    agents
 }
 
 fn submit(server: &NatsServer, goal: &str) -> PlanId {
@@ -481,12 +488,7 @@ async fn approvals_expire_and_dev_auto_approves_when_configured() {
     let bus = crew_bus(&server).await;
     let dir = tempfile::tempdir().unwrap();
     let config = fast_config(&dir);
-    let agents: Vec<AgentProcess> = vec![
-        AgentProcess::start("atlas", &server, &[]),
-        AgentProcess::start("forge", &server, &[]),
-        AgentProcess::start("sentinel", &server, &[]),
-        AgentProcess::start("conductor", &server, &["--config", &config]),
-    ];
+    let agents = start_crew_with(&server, &["--config", &config]);
 
     let staging = submit(&server, "examples/goals/valid/social-intel-staging.json");
     wait_for_state(&bus, staging, PlanState::Ready, &agents).await;
@@ -597,12 +599,7 @@ async fn an_approved_plan_whose_apply_request_was_lost_is_applied_by_the_sweeper
     let bus = crew_bus(&server).await;
     let dir = tempfile::tempdir().unwrap();
     let config = fast_config(&dir);
-    let agents: Vec<AgentProcess> = vec![
-        AgentProcess::start("atlas", &server, &[]),
-        AgentProcess::start("forge", &server, &[]),
-        AgentProcess::start("sentinel", &server, &[]),
-        AgentProcess::start("conductor", &server, &["--config", &config]),
-    ];
+    let agents = start_crew_with(&server, &["--config", &config]);
     let goal = goal_file(
         &dir,
         "prod.json",

@@ -80,18 +80,7 @@ impl<T: Serialize + DeserializeOwned> Kv<T> {
             .await
             .map_err(|error| self.request(error))?;
         match entry {
-            Some(entry) if entry.operation == Operation::Put => {
-                let value =
-                    serde_json::from_slice(&entry.value).map_err(|error| KvError::Decode {
-                        bucket: self.bucket.clone(),
-                        key: key.to_owned(),
-                        reason: error.to_string(),
-                    })?;
-                Ok(Some(Versioned {
-                    value,
-                    revision: entry.revision,
-                }))
-            }
+            Some(entry) if entry.operation == Operation::Put => self.decode(key, &entry).map(Some),
             _ => Ok(None),
         }
     }
@@ -109,16 +98,7 @@ impl<T: Serialize + DeserializeOwned> Kv<T> {
         while let Some(entry) = entries.next().await {
             let entry = entry.map_err(|error| self.request(error))?;
             if entry.operation == Operation::Put {
-                let value =
-                    serde_json::from_slice(&entry.value).map_err(|error| KvError::Decode {
-                        bucket: self.bucket.clone(),
-                        key: key.to_owned(),
-                        reason: error.to_string(),
-                    })?;
-                values.push(Versioned {
-                    value,
-                    revision: entry.revision,
-                });
+                values.push(self.decode(key, &entry)?);
             }
         }
         Ok(values)
@@ -191,6 +171,18 @@ impl<T: Serialize + DeserializeOwned> Kv<T> {
                 },
                 _ => self.request(error),
             })
+    }
+
+    fn decode(&self, key: &str, entry: &kv::Entry) -> Result<Versioned<T>, KvError> {
+        let value = serde_json::from_slice(&entry.value).map_err(|error| KvError::Decode {
+            bucket: self.bucket.clone(),
+            key: key.to_owned(),
+            reason: error.to_string(),
+        })?;
+        Ok(Versioned {
+            value,
+            revision: entry.revision,
+        })
     }
 
     fn encode(&self, key: &str, value: &T) -> Result<Bytes, KvError> {

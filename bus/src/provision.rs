@@ -387,76 +387,35 @@ fn is_stream_not_found(kind: GetStreamErrorKind) -> bool {
 }
 
 fn stream_differences(wanted: &stream::Config, found: &stream::Config) -> Vec<Difference> {
-    let mut differences = Vec::new();
-    let mut compare = |field: &'static str, wanted: String, found: String| {
-        if wanted != found {
-            differences.push(Difference {
-                field,
-                wanted,
-                found,
-            });
-        }
-    };
     let subjects =
-        |config: &stream::Config| format!("{:?}", config.subjects.iter().collect::<BTreeSet<_>>());
-    compare("subjects", subjects(wanted), subjects(found));
-    compare(
-        "storage",
-        format!("{:?}", wanted.storage),
-        format!("{:?}", found.storage),
-    );
-    compare(
-        "retention",
-        format!("{:?}", wanted.retention),
-        format!("{:?}", found.retention),
-    );
-    compare(
-        "max_age",
-        format!("{:?}", wanted.max_age),
-        format!("{:?}", found.max_age),
-    );
-    compare(
+        |config: &stream::Config| config.subjects.iter().cloned().collect::<BTreeSet<_>>();
+    let mut differences = Differences::default();
+    differences.check("subjects", &subjects(wanted), &subjects(found));
+    differences.check("storage", &wanted.storage, &found.storage);
+    differences.check("retention", &wanted.retention, &found.retention);
+    differences.check("max_age", &wanted.max_age, &found.max_age);
+    differences.check(
         "duplicate_window",
-        format!("{:?}", wanted.duplicate_window),
-        format!("{:?}", found.duplicate_window),
+        &wanted.duplicate_window,
+        &found.duplicate_window,
     );
-    compare(
-        "num_replicas",
-        wanted.num_replicas.to_string(),
-        found.num_replicas.to_string(),
-    );
-    compare(
+    differences.check("num_replicas", &wanted.num_replicas, &found.num_replicas);
+    differences.check(
         "max_message_size",
-        wanted.max_message_size.to_string(),
-        found.max_message_size.to_string(),
+        &wanted.max_message_size,
+        &found.max_message_size,
     );
-    compare(
-        "discard",
-        format!("{:?}", wanted.discard),
-        format!("{:?}", found.discard),
-    );
+    differences.check("discard", &wanted.discard, &found.discard);
     // `crew status` and `crew dlq` read with direct gets.
-    compare(
-        "allow_direct",
-        wanted.allow_direct.to_string(),
-        found.allow_direct.to_string(),
-    );
-    compare(
-        "max_messages",
-        wanted.max_messages.to_string(),
-        found.max_messages.to_string(),
-    );
-    compare(
-        "max_bytes",
-        wanted.max_bytes.to_string(),
-        found.max_bytes.to_string(),
-    );
-    compare(
+    differences.check("allow_direct", &wanted.allow_direct, &found.allow_direct);
+    differences.check("max_messages", &wanted.max_messages, &found.max_messages);
+    differences.check("max_bytes", &wanted.max_bytes, &found.max_bytes);
+    differences.check(
         "max_messages_per_subject",
-        wanted.max_messages_per_subject.to_string(),
-        found.max_messages_per_subject.to_string(),
+        &wanted.max_messages_per_subject,
+        &found.max_messages_per_subject,
     );
-    differences
+    differences.0
 }
 
 async fn ensure_bucket(
@@ -505,29 +464,15 @@ async fn ensure_bucket(
 }
 
 fn bucket_differences(wanted: &kv::Config, found: &stream::Config) -> Vec<Difference> {
-    let mut differences = Vec::new();
-    if wanted.history != found.max_messages_per_subject {
-        differences.push(Difference {
-            field: "history",
-            wanted: wanted.history.to_string(),
-            found: found.max_messages_per_subject.to_string(),
-        });
-    }
-    if wanted.num_replicas.max(1) != found.num_replicas {
-        differences.push(Difference {
-            field: "num_replicas",
-            wanted: wanted.num_replicas.max(1).to_string(),
-            found: found.num_replicas.to_string(),
-        });
-    }
-    if wanted.storage != found.storage {
-        differences.push(Difference {
-            field: "storage",
-            wanted: format!("{:?}", wanted.storage),
-            found: format!("{:?}", found.storage),
-        });
-    }
-    differences
+    let mut differences = Differences::default();
+    differences.check("history", &wanted.history, &found.max_messages_per_subject);
+    differences.check(
+        "num_replicas",
+        &wanted.num_replicas.max(1),
+        &found.num_replicas,
+    );
+    differences.check("storage", &wanted.storage, &found.storage);
+    differences.0
 }
 
 async fn ensure_consumer(
@@ -579,55 +524,50 @@ fn consumer_differences(
     wanted: &pull::Config,
     found: &jetstream::consumer::Config,
 ) -> Vec<Difference> {
-    let mut differences = Vec::new();
-    let mut compare = |field: &'static str, wanted: String, found: String| {
-        if wanted != found {
-            differences.push(Difference {
-                field,
-                wanted,
-                found,
-            });
-        }
-    };
     // The server keeps a single filter in `filter_subject`, several in `filter_subjects`.
-    let filters = |subject: &String, subjects: &Vec<String>| {
-        let set: BTreeSet<&String> = subjects
+    let filters = |subject: &String, subjects: &Vec<String>| -> BTreeSet<String> {
+        subjects
             .iter()
             .chain(Some(subject).filter(|s| !s.is_empty()))
-            .collect();
-        format!("{set:?}")
+            .cloned()
+            .collect()
     };
-    compare(
+    let mut differences = Differences::default();
+    differences.check(
         "filter_subjects",
-        filters(&wanted.filter_subject, &wanted.filter_subjects),
-        filters(&found.filter_subject, &found.filter_subjects),
+        &filters(&wanted.filter_subject, &wanted.filter_subjects),
+        &filters(&found.filter_subject, &found.filter_subjects),
     );
-    compare(
-        "ack_policy",
-        format!("{:?}", wanted.ack_policy),
-        format!("{:?}", found.ack_policy),
-    );
-    compare(
-        "ack_wait",
-        format!("{:?}", wanted.ack_wait),
-        format!("{:?}", found.ack_wait),
-    );
-    compare(
-        "max_deliver",
-        wanted.max_deliver.to_string(),
-        found.max_deliver.to_string(),
-    );
-    compare(
+    differences.check("ack_policy", &wanted.ack_policy, &found.ack_policy);
+    differences.check("ack_wait", &wanted.ack_wait, &found.ack_wait);
+    differences.check("max_deliver", &wanted.max_deliver, &found.max_deliver);
+    differences.check(
         "max_ack_pending",
-        wanted.max_ack_pending.to_string(),
-        found.max_ack_pending.to_string(),
+        &wanted.max_ack_pending,
+        &found.max_ack_pending,
     );
-    compare(
+    differences.check(
         "deliver_policy",
-        format!("{:?}", wanted.deliver_policy),
-        format!("{:?}", found.deliver_policy),
+        &wanted.deliver_policy,
+        &found.deliver_policy,
     );
-    differences
+    differences.0
+}
+
+/// Collects each setting whose existing value is not the wanted one.
+#[derive(Default)]
+struct Differences(Vec<Difference>);
+
+impl Differences {
+    fn check<T: PartialEq + fmt::Debug>(&mut self, field: &'static str, wanted: &T, found: &T) {
+        if wanted != found {
+            self.0.push(Difference {
+                field,
+                wanted: format!("{wanted:?}"),
+                found: format!("{found:?}"),
+            });
+        }
+    }
 }
 
 fn check(

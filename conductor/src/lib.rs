@@ -21,7 +21,6 @@ pub async fn run(
     config: ConductorConfig,
     shutdown: Shutdown,
 ) -> Result<(), WorkError> {
-    let spec = agent.consumer_spec()?;
     let conductor = Arc::new(Conductor {
         bus: agent.bus.clone(),
         plans: agent.bucket(buckets::PLANS).await?,
@@ -43,21 +42,12 @@ pub async fn run(
         concurrency: 1,
         ..ConsumerSettings::default()
     };
-    let outcome = agent
-        .bus
-        .consume(
-            &spec,
-            settings,
-            agent.stats.clone(),
-            handler,
-            shutdown.clone(),
-        )
-        .await;
+    let outcome = agent.consume(settings, handler, shutdown.clone()).await;
     shutdown.cancel();
     for task in [decisions, sweeper] {
         if let Err(error) = task.await {
             tracing::error!(%error, "a Conductor task failed");
         }
     }
-    outcome.map_err(WorkError::from)
+    outcome
 }

@@ -12,7 +12,6 @@ use infracrew_protocol::{GoalRejected, GoalStatement, PlanId, SchemaVersion, sub
 /// planned on `crew.goal.rejected`. Both are derived from the goal, so a redelivered goal
 /// publishes the same message, which JetStream stores once.
 pub async fn run(agent: Agent, playbooks: Playbooks, shutdown: Shutdown) -> Result<(), WorkError> {
-    let spec = agent.consumer_spec()?;
     let bus = agent.bus.clone();
     let playbooks = std::sync::Arc::new(playbooks);
     let handler = move |goal: GoalStatement, _delivery: Delivery| {
@@ -44,14 +43,7 @@ pub async fn run(agent: Agent, playbooks: Playbooks, shutdown: Shutdown) -> Resu
         }
     };
     agent
-        .bus
-        .consume(
-            &spec,
-            ConsumerSettings::default(),
-            agent.stats.clone(),
-            handler,
-            shutdown,
-        )
+        .consume(ConsumerSettings::default(), handler, shutdown)
         .await?;
     Ok(())
 }

@@ -66,7 +66,6 @@ struct Forge<D> {
 
 /// Runs Forge with `driver` until shutdown.
 pub async fn run<D: Apply>(agent: Agent, driver: D, shutdown: Shutdown) -> Result<(), WorkError> {
-    let spec = agent.consumer_spec()?;
     let records = Records {
         plans: agent.bucket(buckets::PLANS).await?,
         locks: agent.bucket(buckets::LOCKS).await?,
@@ -92,14 +91,7 @@ pub async fn run<D: Apply>(agent: Agent, driver: D, shutdown: Shutdown) -> Resul
         }
     };
     agent
-        .bus
-        .consume(
-            &spec,
-            ConsumerSettings::default(),
-            agent.stats.clone(),
-            handler,
-            shutdown,
-        )
+        .consume(ConsumerSettings::default(), handler, shutdown)
         .await?;
     Ok(())
 }

@@ -6,9 +6,9 @@ pub mod logging;
 use std::{future::Future, process::ExitCode, sync::Arc, time::Duration};
 
 use infracrew_bus::{
-    Bus, ConnectArgs, ConnectError, ConsumerSpec, HeartbeatSettings, Kv, ProvisionError,
-    ProvisionOptions, Shutdown, Topology, WorkStats, consumers, parse_duration, publish_heartbeats,
-    role_subjects, shutdown_on_signal,
+    Bus, ConnectArgs, ConnectError, ConsumerSettings, ConsumerSpec, Handler, HeartbeatSettings,
+    Inbound, Kv, ProvisionError, ProvisionOptions, Shutdown, Topology, WorkStats, consumers,
+    parse_duration, publish_heartbeats, role_subjects, shutdown_on_signal,
 };
 use infracrew_protocol::AgentRole;
 
@@ -127,6 +127,25 @@ impl Agent {
                 what: format!("the {name} bucket"),
                 reason: error.to_string(),
             })
+    }
+
+    /// Reads this role's work through its durable consumer until shutdown, counted in the
+    /// statistics its heartbeats report.
+    pub async fn consume<T, H>(
+        &self,
+        settings: ConsumerSettings,
+        handler: H,
+        shutdown: Shutdown,
+    ) -> Result<(), WorkError>
+    where
+        T: Inbound,
+        H: Handler<T>,
+    {
+        let spec = self.consumer_spec()?;
+        self.bus
+            .consume(&spec, settings, self.stats.clone(), handler, shutdown)
+            .await?;
+        Ok(())
     }
 
     /// The durable consumer this agent's role reads its work through.

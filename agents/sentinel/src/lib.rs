@@ -80,7 +80,6 @@ pub async fn run(
     loaded: Loaded,
     shutdown: Shutdown,
 ) -> Result<(), WorkError> {
-    let spec = agent.consumer_spec()?;
     tracing::info!(
         policy_set = loaded.policies.version(),
         rules = loaded.policies.rules().len(),
@@ -124,14 +123,7 @@ pub async fn run(
         }
     };
     let outcome = agent
-        .bus
-        .consume(
-            &spec,
-            ConsumerSettings::default(),
-            agent.stats.clone(),
-            handler,
-            shutdown.clone(),
-        )
+        .consume(ConsumerSettings::default(), handler, shutdown.clone())
         .await;
     // Consuming can end on an error as well as on shutdown: stop the watcher either way, or
     // the process would linger with heartbeats and no judging.
@@ -139,7 +131,7 @@ pub async fn run(
     if let Err(error) = watcher.await {
         tracing::error!(%error, "the policy watcher failed");
     }
-    outcome.map_err(WorkError::from)
+    outcome
 }
 
 /// Polls the policies folder; compiles a changed set and swaps it in, or logs why not.
