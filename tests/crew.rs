@@ -3,83 +3,18 @@
 
 #![allow(clippy::unwrap_used)] // a test that unwraps fails with the error, which is what a test should do
 
-use std::process::{Command, Output};
+use std::process::Command;
 
-use infracrew_bus::{Bus, buckets};
-use infracrew_e2e::{AgentProcess, PATIENCE, crew_bus, messages_on};
+use infracrew_bus::buckets;
+use infracrew_e2e::{
+    AgentProcess, approve, crew, crew_bus, messages_on, start_crew, start_crew_with, submit, text,
+    wait_for_state,
+};
 use infracrew_protocol::{
     ApplyRequest, LockRecord, OpsEvent, OpsEventKind, PlanId, PlanRecord, PlanState, SchemaVersion,
     subjects,
 };
 use infracrew_testkit::{NatsServer, binary, workspace_root};
-
-fn crew(server: &NatsServer, args: &[&str]) -> Output {
-    Command::new(binary("crew"))
-        .args(args)
-        .env("NATS_URL", server.url())
-        .current_dir(workspace_root())
-        .output()
-        .unwrap()
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-fn start_crew(server: &NatsServer) -> Vec<AgentProcess> {
-    start_crew_with(server, &[])
-}
-
-/// The four agents, the Conductor with `conductor_args`.
-fn start_crew_with(server: &NatsServer, conductor_args: &[&str]) -> Vec<AgentProcess> {
-    let mut agents: Vec<AgentProcess> = ["atlas", "forge", "sentinel"]
-        .iter()
-        .map(|name| AgentProcess::start(name, server, &[]))
-        .collect();
-    agents.push(AgentProcess::start("conductor", server, conductor_args));
-    agents
-}
-
-fn submit(server: &NatsServer, goal: &str) -> PlanId {
-    let output = crew(server, &["submit", "--json", goal]);
-    assert!(output.status.success(), "{}", text(&output.stderr));
-    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
-    report["plan_id"].as_str().unwrap().parse().unwrap()
-}
-
-async fn wait_for_state(
-    bus: &Bus,
-    plan: PlanId,
-    state: PlanState,
-    crew: &[AgentProcess],
-) -> PlanRecord {
-    let plans = bus.kv::<PlanRecord>(buckets::PLANS).await.unwrap();
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        let record = plans.get(&plan.to_string()).await.unwrap().map(|r| r.value);
-        if let Some(record) = &record
-            && record.state == state
-        {
-            return record.clone();
-        }
-        if tokio::time::Instant::now() > deadline {
-            let logs: Vec<String> = crew
-                .iter()
-                .map(|agent| format!("--- {}\n{}", agent.name, agent.log()))
-                .collect();
-            panic!(
-                "plan {plan} is {:?}, not {state}, after {PATIENCE:?}\n{}",
-                record.map(|r| r.state),
-                logs.join("\n")
-            );
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-}
-
-fn approve(server: &NatsServer, plan: PlanId, who: &str) -> Output {
-    crew(server, &["approve", &plan.to_string()[..8], "--as", who])
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_goal_is_approved_by_an_allowed_person_and_applied() {

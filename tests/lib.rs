@@ -4,12 +4,12 @@
 use std::{
     fs::File,
     path::PathBuf,
-    process::{Child, Command, Stdio},
+    process::{Child, Command, Output, Stdio},
     time::Duration,
 };
 
-use infracrew_bus::{Bus, ConnectArgs, ProvisionOptions, Topology, streams};
-use infracrew_protocol::{Message, decode};
+use infracrew_bus::{Bus, ConnectArgs, ProvisionOptions, Topology, buckets, streams};
+use infracrew_protocol::{Message, PlanId, PlanRecord, PlanState, decode};
 use infracrew_testkit::{NatsServer, binary, workspace_root};
 
 /// How long an end-to-end wait may take before the test fails.
@@ -74,6 +74,14 @@ impl AgentProcess {
             std::thread::sleep(Duration::from_millis(20));
         }
         None
+    }
+}
+
+impl AgentProcess {
+    /// Kills the process with SIGKILL, as a crash would, and reaps it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -164,4 +172,100 @@ pub async fn wait_until_drained(bus: &Bus, durable: &str) {
         );
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
+}
+
+/// Runs `crew` with `args` against `server`.
+pub fn crew(server: &NatsServer, args: &[&str]) -> Output {
+    Command::new(binary("crew"))
+        .args(args)
+        .env("NATS_URL", server.url())
+        .current_dir(workspace_root())
+        .output()
+        .expect("the crew binary runs (cargo build --workspace --bins)")
+}
+
+/// Output bytes as text, for failure messages.
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// The four agents with their defaults (Forge on the dry-run driver).
+pub fn start_crew(server: &NatsServer) -> Vec<AgentProcess> {
+    start_crew_with(server, &[])
+}
+
+/// The four agents, the Conductor with `conductor_args`.
+pub fn start_crew_with(server: &NatsServer, conductor_args: &[&str]) -> Vec<AgentProcess> {
+    let mut agents: Vec<AgentProcess> = ["atlas", "forge", "sentinel"]
+        .iter()
+        .map(|name| AgentProcess::start(name, server, &[]))
+        .collect();
+    agents.push(AgentProcess::start("conductor", server, conductor_args));
+    agents
+}
+
+/// Submits a goal file through `crew submit` and returns its plan id.
+pub fn submit(server: &NatsServer, goal: &str) -> PlanId {
+    let output = crew(server, &["submit", "--json", goal]);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let report: serde_json::Value =
+        serde_json::from_slice(&output.stdout).expect("crew submit --json prints JSON");
+    report["plan_id"]
+        .as_str()
+        .and_then(|id| id.parse().ok())
+        .expect("crew submit --json names the plan id")
+}
+
+/// Waits (up to [`PATIENCE`]) until the plan's record is in `state`.
+pub async fn wait_for_state(
+    bus: &Bus,
+    plan: PlanId,
+    state: PlanState,
+    crew: &[AgentProcess],
+) -> PlanRecord {
+    wait_for_state_within(bus, plan, state, crew, PATIENCE).await
+}
+
+/// Waits until the plan's record is in `state`; on timeout, fails with every agent's log.
+pub async fn wait_for_state_within(
+    bus: &Bus,
+    plan: PlanId,
+    state: PlanState,
+    crew: &[AgentProcess],
+    patience: Duration,
+) -> PlanRecord {
+    let plans = bus
+        .kv::<PlanRecord>(buckets::PLANS)
+        .await
+        .expect("the plans bucket");
+    let deadline = tokio::time::Instant::now() + patience;
+    loop {
+        let record = plans
+            .get(&plan.to_string())
+            .await
+            .expect("reading the plan's record")
+            .map(|r| r.value);
+        if let Some(record) = &record
+            && record.state == state
+        {
+            return record.clone();
+        }
+        if tokio::time::Instant::now() > deadline {
+            let logs: Vec<String> = crew
+                .iter()
+                .map(|agent| format!("--- {}\n{}", agent.name, agent.log()))
+                .collect();
+            panic!(
+                "plan {plan} is {:?}, not {state}, after {patience:?}\n{}",
+                record.map(|r| r.state),
+                logs.join("\n")
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// Approves `plan` through `crew approve --as who`.
+pub fn approve(server: &NatsServer, plan: PlanId, who: &str) -> Output {
+    crew(server, &["approve", &plan.to_string()[..8], "--as", who])
 }

@@ -134,14 +134,18 @@ pub enum Command {
     /// Start a whole local crew: nats-server with JetStream (unless --nats-url or NATS_URL
     /// names one) and the four agents, their logs prefixed; Ctrl-C stops everything.
     ///
-    /// Example: crew up --driver dry-run
+    /// Examples: crew up --driver dry-run; crew up --driver container (the engine DOCKER_HOST
+    /// names, or Docker's or Podman's usual socket); crew up --environment-driver dev=container
     Up {
         /// A running NATS to use instead of starting nats-server.
         #[arg(long, env = "NATS_URL")]
         nats_url: Option<String>,
-        /// The driver Forge uses in every environment.
-        #[arg(long, default_value = "dry-run", value_parser = ["dry-run"])]
+        /// The driver Forge uses in every environment not named in --environment-driver.
+        #[arg(long, default_value = "dry-run", value_parser = ["dry-run", "container"])]
         driver: String,
+        /// The driver of one environment, as ENV=DRIVER (repeatable).
+        #[arg(long = "environment-driver")]
+        environment_drivers: Vec<String>,
         /// The folder with the catalog, playbooks and policies.
         #[arg(long, env = "INFRACREW_PLAYBOOKS", default_value = "playbooks")]
         playbooks: PathBuf,
@@ -284,6 +288,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Up {
             nats_url,
             driver,
+            environment_drivers,
             playbooks,
             config,
         } => {
@@ -292,6 +297,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 playbooks,
                 config,
                 driver,
+                environment_drivers,
             })
             .await
         }

@@ -28,6 +28,8 @@ pub struct UpOptions {
     pub playbooks: PathBuf,
     pub config: PathBuf,
     pub driver: String,
+    /// `ENV=DRIVER` each, handed to Forge.
+    pub environment_drivers: Vec<String>,
 }
 
 pub async fn up(options: UpOptions) -> Result<ExitCode, CliError> {
@@ -62,6 +64,12 @@ pub async fn up(options: UpOptions) -> Result<ExitCode, CliError> {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
+        if !options.environment_drivers.is_empty() {
+            command.env(
+                "INFRACREW_ENVIRONMENT_DRIVERS",
+                options.environment_drivers.join(","),
+            );
+        }
         let mut child = command.spawn().map_err(|error| {
             CliError::Up(format!(
                 "cannot start {}: {error}",

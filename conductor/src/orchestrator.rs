@@ -352,6 +352,7 @@ impl Conductor {
                     OpsEventKind::RolledBack => PlanState::RolledBack,
                     OpsEventKind::ApplyStarted => PlanState::Applying,
                     OpsEventKind::StepStarted
+                    | OpsEventKind::StepProgress
                     | OpsEventKind::StepSucceeded
                     | OpsEventKind::StepFailed => return false,
                 };

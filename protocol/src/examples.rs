@@ -201,6 +201,7 @@ pub fn ops_event() -> OpsEvent {
         plan_id: plan_spec().plan_id,
         digest: digest(),
         seq: 2,
+        attempt: 1,
         kind: OpsEventKind::StepSucceeded,
         step: Some("start replica 1 of 2".into()),
         message: "replica 1 of 2 is ready".into(),

@@ -15,6 +15,9 @@ use std::{
 
 use tempfile::TempDir;
 
+pub mod engine;
+pub mod images;
+
 /// How long a server may take to start before the harness gives up.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -34,6 +37,8 @@ pub enum HarnessError {
     },
     #[error("nats-server did not become ready within {timeout:?}; its log:\n{log}")]
     NotReady { timeout: Duration, log: String },
+    #[error("{0}")]
+    EngineNotReady(String),
     #[error("test harness I/O: {0}")]
     Io(#[from] std::io::Error),
 }

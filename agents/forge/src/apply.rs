@@ -2,14 +2,25 @@
 //! APPROVED with the request's digest and the target's lock carries its fencing token,
 //! whoever sent the request; every refusal and every step is an OpsEvent.
 
+use std::{future::Future, time::Duration};
+
 use chrono::Utc;
-use infracrew_bus::{Bus, Kv};
+use infracrew_bus::{Bus, Delivery, Kv};
 use infracrew_protocol::{
-    ApplyRequest, ChangeAction, LockRecord, OpsEvent, OpsEventKind, PlanRecord, PlanState,
-    SchemaVersion, ServiceState, lock_key, subjects,
+    ApplyRequest, ChangeAction, DesiredState, LockRecord, OpsEvent, OpsEventKind, PlanRecord,
+    PlanSpec, PlanState, SchemaVersion, ServiceState, Strategy, lock_key, subjects,
 };
 
-use crate::{BuildRecord, driver::Apply, render::parse_resource_name};
+use crate::{
+    BuildRecord,
+    driver::{Apply, ApplyContext, Progress},
+    drivers::DriverMap,
+    render::{parse_resource_name, resource_name},
+};
+
+/// How often a long apply tells JetStream it is still working on its ApplyRequest, well inside
+/// the consumer's 30 s ack wait.
+const KEEPALIVE: Duration = Duration::from_secs(5);
 
 /// The buckets the apply checks against.
 #[derive(Debug, Clone)]
@@ -32,6 +43,7 @@ struct Steps<'a> {
     bus: &'a Bus,
     request: &'a ApplyRequest,
     driver: &'static str,
+    attempt: u32,
     seq: u32,
 }
 
@@ -54,6 +66,7 @@ impl Steps<'_> {
             plan_id: self.request.plan_id,
             digest: self.request.digest.clone(),
             seq,
+            attempt: self.attempt,
             kind,
             step,
             message,
@@ -72,17 +85,67 @@ fn transient(error: impl std::fmt::Display) -> ApplyError {
     ApplyError::Transient(error.to_string())
 }
 
+/// Runs one driver call while publishing its progress lines as events of `step` and keeping
+/// the ApplyRequest's delivery alive.
+async fn with_progress<F, T>(
+    steps: &mut Steps<'_>,
+    step: &str,
+    delivery: &Delivery,
+    work: impl FnOnce(Progress) -> F,
+) -> Result<T, ApplyError>
+where
+    F: Future<Output = T>,
+{
+    let (progress, mut lines) = Progress::channel();
+    let work = work(progress);
+    tokio::pin!(work);
+    let mut keepalive = tokio::time::interval(KEEPALIVE);
+    keepalive.tick().await;
+    loop {
+        tokio::select! {
+            output = &mut work => {
+                while let Ok(line) = lines.try_recv() {
+                    steps.event(OpsEventKind::StepProgress, Some(step.to_owned()), line).await?;
+                }
+                return Ok(output);
+            }
+            Some(line) = lines.recv() => {
+                steps.event(OpsEventKind::StepProgress, Some(step.to_owned()), line).await?;
+            }
+            _ = keepalive.tick() => {
+                if let Err(error) = delivery.in_progress().await {
+                    tracing::warn!(plan = %steps.request.plan_id, %error, "could not extend the apply's ack deadline");
+                }
+            }
+        }
+    }
+}
+
+/// How the plan asks for `environment`/`service` to be rolled out.
+fn strategy(plan: &PlanSpec, environment: &str, service: &str) -> Strategy {
+    plan.desired
+        .iter()
+        .find(|desired| desired.environment == environment && desired.service == service)
+        .and_then(|desired| match &desired.state {
+            DesiredState::Running(spec) => Some(spec.strategy),
+            _ => None,
+        })
+        .unwrap_or(Strategy::Rolling)
+}
+
 /// Checks the gate, then applies, verifies, and rolls back what it applied on a failure.
 pub async fn apply<D: Apply>(
     bus: &Bus,
-    driver: &D,
+    drivers: &DriverMap<D>,
     records: &Records,
     request: &ApplyRequest,
+    delivery: &Delivery,
 ) -> Result<(), ApplyError> {
     let mut steps = Steps {
         bus,
         request,
-        driver: driver.name(),
+        driver: "none",
+        attempt: u32::try_from(delivery.delivered()).unwrap_or(u32::MAX),
         seq: 0,
     };
     let build = match check_gate(records, request).await? {
@@ -99,6 +162,11 @@ pub async fn apply<D: Apply>(
         }
     };
     let change = &build.change;
+    let driver = drivers.get(&build.plan.environment);
+    steps.driver = driver.name();
+    if steps.attempt > 1 {
+        tracing::info!(plan = %request.plan_id, attempt = steps.attempt, "picking up an apply that did not finish; converging from what runs");
+    }
     steps
         .event(
             OpsEventKind::ApplyStarted,
@@ -134,20 +202,38 @@ pub async fn apply<D: Apply>(
                 format!("{:?} {}", resource.action, resource.resource).to_lowercase(),
             )
             .await?;
-        let outcome = match driver.apply(environment, service, after.as_ref()).await {
-            Ok(()) => driver.verify(environment, service, after.as_ref()).await,
-            Err(error) => Err(error),
-        };
+        let strategy = strategy(&build.plan, environment, service);
+        let outcome = with_progress(&mut steps, &step, delivery, |progress| async move {
+            let context = ApplyContext {
+                plan_id: request.plan_id,
+                strategy,
+                progress,
+            };
+            driver
+                .apply(environment, service, after.as_ref(), &context)
+                .await?;
+            driver.verify(environment, service, after.as_ref()).await
+        })
+        .await?;
         if let Err(error) = outcome {
             steps
                 .event(OpsEventKind::StepFailed, Some(step), error.to_string())
                 .await?;
             applied.push((environment, service, before));
             for (environment, service, before) in applied.iter().rev() {
-                driver
-                    .apply(environment, service, before.as_ref())
-                    .await
-                    .map_err(transient)?;
+                let step = format!("roll back {}", resource_name(environment, service));
+                with_progress(&mut steps, &step, delivery, |progress| async move {
+                    let context = ApplyContext {
+                        plan_id: request.plan_id,
+                        strategy: Strategy::Rolling,
+                        progress,
+                    };
+                    driver
+                        .apply(environment, service, before.as_ref(), &context)
+                        .await
+                })
+                .await?
+                .map_err(transient)?;
             }
             return steps
                 .event(

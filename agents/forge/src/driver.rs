@@ -2,7 +2,8 @@
 
 use std::future::Future;
 
-use infracrew_protocol::ServiceState;
+use infracrew_protocol::{PlanId, ServiceState, Strategy};
+use tokio::sync::mpsc;
 
 /// Why a driver could not do what was asked.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -33,15 +34,52 @@ pub trait Driver: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Option<ServiceState>, DriverError>> + Send;
 }
 
+/// What an apply is for and how to carry it out.
+#[derive(Debug, Clone)]
+pub struct ApplyContext {
+    /// The approved plan the change belongs to; drivers tag what they create with it.
+    pub plan_id: PlanId,
+    pub strategy: Strategy,
+    pub progress: Progress,
+}
+
+/// Where a driver reports progress inside a step; Forge publishes each line as an OpsEvent.
+#[derive(Debug, Clone)]
+pub struct Progress(Option<mpsc::UnboundedSender<String>>);
+
+impl Progress {
+    /// A reporter and the receiving end of its lines.
+    pub fn channel() -> (Self, mpsc::UnboundedReceiver<String>) {
+        let (sender, receiver) = mpsc::unbounded_channel();
+        (Progress(Some(sender)), receiver)
+    }
+
+    /// A reporter nobody listens to.
+    pub fn silent() -> Self {
+        Progress(None)
+    }
+
+    pub fn report(&self, line: impl Into<String>) {
+        let line = line.into();
+        tracing::info!(progress = %line);
+        if let Some(sender) = &self.0 {
+            // The receiver is gone only when the apply it reports on has ended.
+            let _ = sender.send(line);
+        }
+    }
+}
+
 /// Applying, for drivers that change a target.
 pub trait Apply: Driver {
     /// Makes `service` in `environment` run as `state`, or removes it when `state` is `None`.
-    /// Applying the same state again changes nothing, so a redelivered apply is safe.
+    /// Applying converges from whatever runs, so a redelivered apply (after a crash, say)
+    /// finishes the work instead of repeating it.
     fn apply(
         &self,
         environment: &str,
         service: &str,
         state: Option<&ServiceState>,
+        context: &ApplyContext,
     ) -> impl Future<Output = Result<(), DriverError>> + Send;
 
     /// Checks that the target runs `state` (healthy, for drivers that can tell).

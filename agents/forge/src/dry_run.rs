@@ -4,7 +4,7 @@
 use infracrew_bus::{Bus, Kv, KvError, buckets};
 use infracrew_protocol::ServiceState;
 
-use crate::driver::{Apply, Driver, DriverError};
+use crate::driver::{Apply, ApplyContext, Driver, DriverError};
 
 /// Plan-only mode and the benchmark target.
 #[derive(Debug, Clone)]
@@ -80,6 +80,7 @@ impl Apply for DryRunDriver {
         environment: &str,
         service: &str,
         state: Option<&ServiceState>,
+        _context: &ApplyContext,
     ) -> Result<(), DriverError> {
         let key = Self::key(environment, service);
         match state {

@@ -3,7 +3,9 @@
 //! applies approved plans step by step.
 
 pub mod apply;
+pub mod container;
 pub mod driver;
+pub mod drivers;
 pub mod dry_run;
 pub mod render;
 
@@ -22,6 +24,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     apply::Records,
     driver::Apply,
+    drivers::DriverMap,
     render::{RenderError, diff_text, render},
 };
 
@@ -60,12 +63,16 @@ pub struct BuildRecord {
 
 struct Forge<D> {
     bus: Bus,
-    driver: D,
+    drivers: DriverMap<D>,
     records: Records,
 }
 
-/// Runs Forge with `driver` until shutdown.
-pub async fn run<D: Apply>(agent: Agent, driver: D, shutdown: Shutdown) -> Result<(), WorkError> {
+/// Runs Forge with a driver per environment until shutdown.
+pub async fn run<D: Apply>(
+    agent: Agent,
+    drivers: DriverMap<D>,
+    shutdown: Shutdown,
+) -> Result<(), WorkError> {
     let records = Records {
         plans: agent.bucket(buckets::PLANS).await?,
         locks: agent.bucket(buckets::LOCKS).await?,
@@ -73,20 +80,24 @@ pub async fn run<D: Apply>(agent: Agent, driver: D, shutdown: Shutdown) -> Resul
     };
     let forge = Arc::new(Forge {
         bus: agent.bus.clone(),
-        driver,
+        drivers,
         records,
     });
-    let handler = move |message: ForgeMessage, _delivery: Delivery| {
+    let handler = move |message: ForgeMessage, delivery: Delivery| {
         let forge = forge.clone();
         async move {
             match message {
                 ForgeMessage::Plan(plan) => forge.build(plan).await,
                 ForgeMessage::Validated(result) => forge.conclude(result).await,
-                ForgeMessage::Apply(request) => {
-                    apply::apply(&forge.bus, &forge.driver, &forge.records, &request)
-                        .await
-                        .map_err(|error| HandlerError::Retry(error.to_string()))
-                }
+                ForgeMessage::Apply(request) => apply::apply(
+                    &forge.bus,
+                    &forge.drivers,
+                    &forge.records,
+                    &request,
+                    &delivery,
+                )
+                .await
+                .map_err(|error| HandlerError::Retry(error.to_string())),
             }
         }
     };
@@ -105,7 +116,8 @@ impl<D: Apply> Forge<D> {
     /// blocked, anything else goes to Sentinel. The build record is written for every
     /// outcome, so a late verdict on an earlier rendering never overrides a newer one.
     async fn build(&self, plan: PlanSpec) -> Result<(), HandlerError> {
-        let (change, blocked_by) = match render(&plan, &self.driver).await {
+        let driver = self.drivers.get(&plan.environment);
+        let (change, blocked_by) = match render(&plan, driver).await {
             Ok(change) => (change, None),
             Err(RenderError::Driver(error)) => return Err(retry(error)),
             Err(error) => {
@@ -118,7 +130,7 @@ impl<D: Apply> Forge<D> {
                 };
                 let empty = ChangeSet {
                     plan_id: plan.plan_id,
-                    driver: self.driver.name().into(),
+                    driver: driver.name().into(),
                     resources: Vec::new(),
                 };
                 (empty, Some(finding))

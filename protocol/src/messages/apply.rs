@@ -139,8 +139,12 @@ pub struct OpsEvent {
     pub schema_version: SchemaVersion,
     pub plan_id: PlanId,
     pub digest: PlanDigest,
-    /// Position of this event in the plan's apply, from 1; with the plan id it names the event.
+    /// Position of this event in its attempt, from 1.
     pub seq: u32,
+    /// The delivery of the ApplyRequest this event belongs to, from 1: an apply picked up again
+    /// after a crash numbers its events afresh without colliding with the first attempt's.
+    #[serde(default = "first_attempt")]
+    pub attempt: u32,
     pub kind: OpsEventKind,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub step: Option<String>,
@@ -150,15 +154,21 @@ pub struct OpsEvent {
 }
 
 message!(OpsEvent, "ops_event", |event| format!(
-    "ops:{}:{}:{}",
-    event.plan_id, event.digest, event.seq
+    "ops:{}:{}:{}:{}",
+    event.plan_id, event.digest, event.attempt, event.seq
 ));
+
+fn first_attempt() -> u32 {
+    1
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum OpsEventKind {
     ApplyStarted,
     StepStarted,
+    /// Progress inside a step: checking the image, starting replica n of m, healthy, ...
+    StepProgress,
     StepSucceeded,
     StepFailed,
     ApplyDone,

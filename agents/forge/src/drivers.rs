@@ -1,0 +1,235 @@
+//! Which driver serves which environment: dev on the container engine and prod on the dry-run
+//! driver, say, from one Forge.
+
+use std::collections::BTreeMap;
+
+use infracrew_protocol::ServiceState;
+
+use crate::{
+    container::ContainerDriver,
+    driver::{Apply, ApplyContext, Driver, DriverError},
+    dry_run::DryRunDriver,
+};
+
+/// Every driver Forge can run, behind one type.
+#[derive(Debug, Clone)]
+pub enum AnyDriver {
+    // Boxed: the two differ a lot in size.
+    DryRun(Box<DryRunDriver>),
+    Container(Box<ContainerDriver>),
+}
+
+impl Driver for AnyDriver {
+    fn name(&self) -> &'static str {
+        match self {
+            AnyDriver::DryRun(driver) => driver.name(),
+            AnyDriver::Container(driver) => driver.name(),
+        }
+    }
+
+    async fn current(
+        &self,
+        environment: &str,
+        service: &str,
+    ) -> Result<Option<ServiceState>, DriverError> {
+        match self {
+            AnyDriver::DryRun(driver) => driver.current(environment, service).await,
+            AnyDriver::Container(driver) => driver.current(environment, service).await,
+        }
+    }
+
+    async fn previous(
+        &self,
+        environment: &str,
+        service: &str,
+    ) -> Result<Option<ServiceState>, DriverError> {
+        match self {
+            AnyDriver::DryRun(driver) => driver.previous(environment, service).await,
+            AnyDriver::Container(driver) => driver.previous(environment, service).await,
+        }
+    }
+}
+
+impl Apply for AnyDriver {
+    async fn apply(
+        &self,
+        environment: &str,
+        service: &str,
+        state: Option<&ServiceState>,
+        context: &ApplyContext,
+    ) -> Result<(), DriverError> {
+        match self {
+            AnyDriver::DryRun(driver) => driver.apply(environment, service, state, context).await,
+            AnyDriver::Container(driver) => {
+                driver.apply(environment, service, state, context).await
+            }
+        }
+    }
+
+    async fn verify(
+        &self,
+        environment: &str,
+        service: &str,
+        state: Option<&ServiceState>,
+    ) -> Result<(), DriverError> {
+        match self {
+            AnyDriver::DryRun(driver) => driver.verify(environment, service, state).await,
+            AnyDriver::Container(driver) => driver.verify(environment, service, state).await,
+        }
+    }
+}
+
+/// The driver of each environment, and the one for environments not named.
+#[derive(Debug, Clone)]
+pub struct DriverMap<D> {
+    default: D,
+    by_environment: BTreeMap<String, D>,
+}
+
+impl<D> DriverMap<D> {
+    /// `default` for every environment.
+    pub fn new(default: D) -> Self {
+        DriverMap {
+            default,
+            by_environment: BTreeMap::new(),
+        }
+    }
+
+    /// `driver` for `environment`.
+    pub fn with(mut self, environment: impl Into<String>, driver: D) -> Self {
+        self.by_environment.insert(environment.into(), driver);
+        self
+    }
+
+    pub fn get(&self, environment: &str) -> &D {
+        self.by_environment
+            .get(environment)
+            .unwrap_or(&self.default)
+    }
+}
+
+/// A driver Forge can run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DriverKind {
+    /// Records what runs in a KV bucket: real diffs, applies only recorded.
+    DryRun,
+    /// Containers on a Docker Engine API (Docker, or Podman's compatible service).
+    Container,
+}
+
+/// `ENV=DRIVER`, as `--environment-driver` takes it.
+pub fn parse_environment_driver(text: &str) -> Result<(String, DriverKind), String> {
+    use clap::ValueEnum as _;
+    let (environment, driver) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?} is not ENVIRONMENT=DRIVER, for example dev=container"))?;
+    let driver = DriverKind::from_str(driver, true).map_err(|_| {
+        format!("{driver:?} is not a driver; the drivers are dry-run and container")
+    })?;
+    if environment.is_empty() {
+        return Err(format!("{text:?} names no environment"));
+    }
+    Ok((environment.to_owned(), driver))
+}
+
+/// Forge's driver flags.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DriverArgs {
+    /// The driver of every environment not named in --environment-driver.
+    #[arg(long, env = "INFRACREW_DRIVER", value_enum, default_value_t = DriverKind::DryRun)]
+    pub driver: DriverKind,
+    /// The driver of one environment, as ENV=DRIVER (repeatable; the variable takes a
+    /// comma-separated list), for example dev=container.
+    #[arg(
+        long = "environment-driver",
+        env = "INFRACREW_ENVIRONMENT_DRIVERS",
+        value_delimiter = ',',
+        value_parser = parse_environment_driver
+    )]
+    pub by_environment: Vec<(String, DriverKind)>,
+    /// How long a new replica may take to answer its readiness path before the rollout is
+    /// rolled back (container driver).
+    #[arg(long, env = "INFRACREW_HEALTH_TIMEOUT", default_value = "60s", value_parser = infracrew_bus::parse_duration)]
+    pub health_timeout: std::time::Duration,
+    /// How long a replica taken out of the edge may finish its connections before it is
+    /// removed (container driver).
+    #[arg(long, env = "INFRACREW_DRAIN", default_value = "1s", value_parser = infracrew_bus::parse_duration)]
+    pub drain: std::time::Duration,
+    /// The image of the edge that fronts every service (container driver); built from
+    /// --busybox when the engine does not have it.
+    #[arg(long, env = "INFRACREW_EDGE_IMAGE", default_value = "infracrew/edge:1")]
+    pub edge_image: String,
+    /// The container engine's address; without it, DOCKER_HOST or else the usual sockets
+    /// (Docker's, then Podman's).
+    #[arg(long, env = "DOCKER_HOST")]
+    pub docker_host: Option<String>,
+    /// A static busybox binary, for building the edge image.
+    #[arg(long, env = "INFRACREW_BUSYBOX", default_value = "/bin/busybox")]
+    pub busybox: std::path::PathBuf,
+}
+
+/// Why a driver could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("the dry-run driver's bucket: {0}")]
+    DryRun(#[from] infracrew_bus::KvError),
+    #[error("the container driver: {0}")]
+    Container(#[from] crate::container::ConnectError),
+}
+
+impl DriverArgs {
+    /// Opens each driver the flags name, once, and maps the environments to them.
+    pub async fn open(&self, bus: &infracrew_bus::Bus) -> Result<DriverMap<AnyDriver>, OpenError> {
+        let mut opened: BTreeMap<&'static str, AnyDriver> = BTreeMap::new();
+        let mut map = DriverMap::new(self.opened(bus, self.driver, &mut opened).await?);
+        for (environment, kind) in &self.by_environment {
+            let driver = self.opened(bus, *kind, &mut opened).await?;
+            map = map.with(environment.clone(), driver);
+        }
+        Ok(map)
+    }
+
+    async fn opened(
+        &self,
+        bus: &infracrew_bus::Bus,
+        kind: DriverKind,
+        opened: &mut BTreeMap<&'static str, AnyDriver>,
+    ) -> Result<AnyDriver, OpenError> {
+        let name = kind_name(kind);
+        if let Some(driver) = opened.get(name) {
+            return Ok(driver.clone());
+        }
+        let driver = match kind {
+            DriverKind::DryRun => AnyDriver::DryRun(Box::new(DryRunDriver::open(bus).await?)),
+            DriverKind::Container => {
+                let settings = crate::container::ContainerSettings {
+                    docker_host: self.docker_host.clone(),
+                    health_timeout: self.health_timeout,
+                    drain: self.drain,
+                    edge_image: self.edge_image.clone(),
+                    busybox: self.busybox.clone(),
+                    ..Default::default()
+                };
+                AnyDriver::Container(Box::new(ContainerDriver::connect(settings).await?))
+            }
+        };
+        opened.insert(name, driver.clone());
+        Ok(driver)
+    }
+
+    /// Which driver serves what, for the start-up log.
+    pub fn describe(&self) -> String {
+        let mut text = format!("{} by default", kind_name(self.driver));
+        for (environment, kind) in &self.by_environment {
+            text.push_str(&format!(", {} in {environment}", kind_name(*kind)));
+        }
+        text
+    }
+}
+
+fn kind_name(kind: DriverKind) -> &'static str {
+    match kind {
+        DriverKind::DryRun => DryRunDriver::NAME,
+        DriverKind::Container => ContainerDriver::NAME,
+    }
+}
