@@ -233,3 +233,32 @@ fn kind_name(kind: DriverKind) -> &'static str {
         DriverKind::Container => ContainerDriver::NAME,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_environment_gets_its_driver_and_the_rest_the_default() {
+        let map = DriverMap::new("dry-run").with("dev", "container");
+        assert_eq!(*map.get("dev"), "container");
+        assert_eq!(*map.get("prod"), "dry-run");
+    }
+
+    #[test]
+    fn environment_driver_flags_name_what_is_wrong() {
+        assert_eq!(
+            parse_environment_driver("dev=container"),
+            Ok(("dev".to_owned(), DriverKind::Container))
+        );
+        assert_eq!(
+            parse_environment_driver("dev"),
+            Err("\"dev\" is not ENVIRONMENT=DRIVER, for example dev=container".to_owned())
+        );
+        assert_eq!(
+            parse_environment_driver("dev=k8s"),
+            Err("\"k8s\" is not a driver; the drivers are dry-run and container".to_owned())
+        );
+        assert!(parse_environment_driver("=container").is_err());
+    }
+}
