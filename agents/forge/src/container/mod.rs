@@ -106,6 +106,16 @@ impl ContainerDriver {
         &self.docker
     }
 
+    async fn observe(
+        &self,
+        environment: &str,
+        service: &str,
+    ) -> Result<observe::Observed, DriverError> {
+        observe::observe(&self.docker, environment, service)
+            .await
+            .map_err(Self::failed)
+    }
+
     fn failed(reason: impl Into<String>) -> DriverError {
         DriverError {
             driver: Self::NAME,
@@ -124,9 +134,7 @@ impl Driver for ContainerDriver {
         environment: &str,
         service: &str,
     ) -> Result<Option<ServiceState>, DriverError> {
-        let observed = observe::observe(&self.docker, environment, service)
-            .await
-            .map_err(Self::failed)?;
+        let observed = self.observe(environment, service).await?;
         Ok(observed.current())
     }
 
@@ -135,9 +143,7 @@ impl Driver for ContainerDriver {
         environment: &str,
         service: &str,
     ) -> Result<Option<ServiceState>, DriverError> {
-        let observed = observe::observe(&self.docker, environment, service)
-            .await
-            .map_err(Self::failed)?;
+        let observed = self.observe(environment, service).await?;
         Ok(observed.previous())
     }
 }
@@ -167,9 +173,7 @@ impl Apply for ContainerDriver {
         service: &str,
         state: Option<&ServiceState>,
     ) -> Result<(), DriverError> {
-        let observed = observe::observe(&self.docker, environment, service)
-            .await
-            .map_err(Self::failed)?;
+        let observed = self.observe(environment, service).await?;
         let current = observed.current();
         if current.as_ref() != state {
             return Err(Self::failed(format!(
