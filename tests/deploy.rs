@@ -159,31 +159,33 @@ impl Fixture {
 
     /// The names of this environment's containers, running or not.
     async fn containers(&self) -> Vec<String> {
-        let filters = std::collections::HashMap::from([(
-            "label",
-            vec![format!("infracrew.environment={}", self.environment)],
-        )]);
-        let options = ListContainersOptionsBuilder::default()
-            .all(true)
-            .filters(&filters)
-            .build();
-        let mut names: Vec<String> = self
-            .driver
-            .docker()
-            .list_containers(Some(options))
-            .await
-            .unwrap()
-            .into_iter()
-            .flat_map(|container| container.names.unwrap_or_default())
-            .map(|name| name.trim_start_matches('/').to_owned())
-            .collect();
-        names.sort();
-        names
+        let environment = format!("infracrew.environment={}", self.environment);
+        labelled(&self.driver, &[environment]).await
     }
 
     fn get(&self, path: &str) -> Result<(u16, String), String> {
         http_get(self.published_port, path)
     }
+}
+
+/// The names of the containers carrying every one of `labels` (`key=value`), running or not.
+async fn labelled(driver: &ContainerDriver, labels: &[String]) -> Vec<String> {
+    let filters = std::collections::HashMap::from([("label", labels.to_vec())]);
+    let options = ListContainersOptionsBuilder::default()
+        .all(true)
+        .filters(&filters)
+        .build();
+    let mut names: Vec<String> = driver
+        .docker()
+        .list_containers(Some(options))
+        .await
+        .unwrap()
+        .into_iter()
+        .flat_map(|container| container.names.unwrap_or_default())
+        .map(|name| name.trim_start_matches('/').to_owned())
+        .collect();
+    names.sort();
+    names
 }
 
 fn free_port() -> u16 {
@@ -498,26 +500,13 @@ fn deploy_goal(dir: &tempfile::TempDir, service: &str, version: &str) -> String 
 async fn prepare(service: &str, sample: SampleService) -> ContainerDriver {
     let driver = test_driver().await;
     build_sample(driver.docker(), &sample).await.unwrap();
-    let filters = std::collections::HashMap::from([(
-        "label",
-        vec![
-            "infracrew.environment=dev".to_owned(),
-            format!("infracrew.service={service}"),
-        ],
-    )]);
-    let options = ListContainersOptionsBuilder::default()
-        .all(true)
-        .filters(&filters)
-        .build();
-    for container in driver
-        .docker()
-        .list_containers(Some(options))
-        .await
-        .unwrap()
-    {
+    let labels = [
+        "infracrew.environment=dev".to_owned(),
+        format!("infracrew.service={service}"),
+    ];
+    for name in labelled(&driver, &labels).await {
         let options = RemoveContainerOptionsBuilder::default().force(true).build();
-        let id = container.id.unwrap_or_default();
-        let _ = driver.docker().remove_container(&id, Some(options)).await;
+        let _ = driver.docker().remove_container(&name, Some(options)).await;
     }
     driver
 }
@@ -608,25 +597,11 @@ async fn a_forge_killed_mid_rollout_converges_when_restarted_without_duplicates(
     let current = driver.current("dev", service).await.unwrap().unwrap();
     assert_eq!(current.replicas, 2);
     assert_eq!(current.image, "infracrew/legal-compliance:7.0.0");
-    let names = {
-        let filters = std::collections::HashMap::from([(
-            "label",
-            vec![
-                format!("infracrew.service={service}"),
-                "infracrew.environment=dev".to_owned(),
-            ],
-        )]);
-        let options = ListContainersOptionsBuilder::default()
-            .all(true)
-            .filters(&filters)
-            .build();
-        driver
-            .docker()
-            .list_containers(Some(options))
-            .await
-            .unwrap()
-            .len()
-    };
+    let labels = [
+        "infracrew.environment=dev".to_owned(),
+        format!("infracrew.service={service}"),
+    ];
+    let names = labelled(&driver, &labels).await.len();
     assert_eq!(names, 3, "two replicas and the edge, no duplicates");
     assert_eq!(http_get(9002, "/").unwrap(), (200, "7.0.0".to_owned()));
     let events = messages_on::<OpsEvent>(&bus, subjects::OPS_EVENT).await;

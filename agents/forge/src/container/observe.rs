@@ -183,34 +183,78 @@ pub async fn observe(
             });
             continue;
         }
-        let state = replica_state(&labels, &inspected);
-        observed.replicas.push(Replica {
-            name: inspected
-                .name
-                .clone()
-                .unwrap_or_default()
-                .trim_start_matches('/')
-                .to_owned(),
-            running,
-            ip: inspected
-                .network_settings
-                .as_ref()
-                .and_then(|settings| settings.networks.as_ref())
-                .and_then(|networks| networks.get(&network_name(environment)))
-                .and_then(|network| network.ip_address.clone())
-                .filter(|ip| !ip.is_empty()),
-            slot: labels.get(SLOT).and_then(|s| s.parse().ok()).unwrap_or(0),
-            created: summary.created.unwrap_or_default(),
-            revision: revision(&state),
-            state,
-            previous: labels
-                .get(PREVIOUS)
-                .and_then(|json| serde_json::from_str(json).ok()),
-            id,
-        });
+        let created = summary.created.unwrap_or_default();
+        observed
+            .replicas
+            .push(replica(environment, id, created, &labels, &inspected));
     }
     observed.replicas.sort_by_key(|replica| replica.slot);
     Ok(observed)
+}
+
+/// A replica from its engine record: `labels` are the container's, `created` its creation time.
+fn replica(
+    environment: &str,
+    id: String,
+    created: i64,
+    labels: &HashMap<String, String>,
+    inspected: &ContainerInspectResponse,
+) -> Replica {
+    let running = inspected
+        .state
+        .as_ref()
+        .and_then(|state| state.running)
+        .unwrap_or(false);
+    let state = replica_state(labels, inspected);
+    Replica {
+        name: inspected
+            .name
+            .clone()
+            .unwrap_or_default()
+            .trim_start_matches('/')
+            .to_owned(),
+        running,
+        ip: inspected
+            .network_settings
+            .as_ref()
+            .and_then(|settings| settings.networks.as_ref())
+            .and_then(|networks| networks.get(&network_name(environment)))
+            .and_then(|network| network.ip_address.clone())
+            .filter(|ip| !ip.is_empty()),
+        slot: labels.get(SLOT).and_then(|s| s.parse().ok()).unwrap_or(0),
+        created,
+        revision: revision(&state),
+        state,
+        previous: labels
+            .get(PREVIOUS)
+            .and_then(|json| serde_json::from_str(json).ok()),
+        id,
+    }
+}
+
+/// A replica Forge has just started, read with one inspection.
+pub async fn started_replica(
+    docker: &Docker,
+    environment: &str,
+    id: &str,
+) -> Result<Replica, String> {
+    let inspected = docker
+        .inspect_container(id, None)
+        .await
+        .map_err(|error| format!("inspecting container {id}: {error}"))?;
+    let labels = inspected
+        .config
+        .as_ref()
+        .and_then(|config| config.labels.clone())
+        .unwrap_or_default();
+    let created = chrono::Utc::now().timestamp();
+    Ok(replica(
+        environment,
+        id.to_owned(),
+        created,
+        &labels,
+        &inspected,
+    ))
 }
 
 /// One replica's state from what the engine reports; what the engine cannot tell (the health

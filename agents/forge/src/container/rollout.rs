@@ -110,8 +110,9 @@ impl Rollout<'_> {
         }
         // Fewer replicas wanted than run: the highest slots go, out of the edge first.
         kept.sort_by_key(|replica| replica.slot);
-        while kept.len() > desired.replicas as usize {
-            let extra = kept.pop().expect("more kept than wanted, so not empty");
+        while kept.len() > desired.replicas as usize
+            && let Some(extra) = kept.pop()
+        {
             self.report(format!("removing replica {} (scaling down)", extra.name));
             self.route(&edge, &kept.iter().collect::<Vec<_>>(), desired.port)
                 .await?;
@@ -119,9 +120,13 @@ impl Rollout<'_> {
         }
         self.route(&edge, &kept.iter().collect::<Vec<_>>(), desired.port)
             .await?;
+        // The old replicas left are out of the edge now: they drain together.
+        if !old.is_empty() {
+            tokio::time::sleep(self.settings.drain).await;
+        }
         for replica in old.drain(..) {
             self.report(format!("removing old replica {}", replica.name));
-            self.drain_and_remove(&replica).await?;
+            self.remove(&replica.id).await?;
         }
         self.report(format!(
             "{} replica(s) of {} ready behind port {}",
@@ -374,14 +379,8 @@ impl Rollout<'_> {
             }),
             ..Default::default()
         };
-        self.create_and_start(&name, body).await?;
-        let observed = observe::observe(self.docker, self.environment, self.service).await?;
-        let replica = observed
-            .replicas
-            .into_iter()
-            .find(|replica| replica.name == name)
-            .ok_or_else(|| format!("{name} vanished right after it started"))?;
-        Ok(replica)
+        let id = self.create_and_start(&name, body).await?;
+        observe::started_replica(self.docker, self.environment, &id).await
     }
 
     /// Creates `name` (replacing a leftover of the same name) and starts it.
