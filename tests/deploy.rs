@@ -18,7 +18,8 @@ use std::{
 
 use bollard::query_parameters::{ListContainersOptionsBuilder, RemoveContainerOptionsBuilder};
 use infracrew_e2e::{
-    AgentProcess, approve, crew_bus, messages_on, submit, wait_for_state, wait_for_state_within,
+    AgentProcess, approve, crew_bus, free_port, messages_on, submit, wait_for_state,
+    wait_for_state_within,
 };
 use infracrew_forge::{
     container::{ContainerDriver, ContainerSettings},
@@ -186,13 +187,6 @@ async fn labelled(driver: &ContainerDriver, labels: &[String]) -> Vec<String> {
         .collect();
     names.sort();
     names
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|address| address.port())
-        .expect("a free port")
 }
 
 /// A plain HTTP/1.0 GET on loopback: the status and the body.

@@ -27,6 +27,16 @@ pub struct AgentProcess {
 impl AgentProcess {
     /// Starts `name` against `server` with extra arguments and a fast heartbeat.
     pub fn start(name: &str, server: &NatsServer, args: &[&str]) -> Self {
+        Self::start_with_env(name, server, args, &[])
+    }
+
+    /// Starts `name` with extra arguments and environment variables.
+    pub fn start_with_env(
+        name: &str,
+        server: &NatsServer,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
         let dir = tempfile::tempdir().expect("a temporary folder");
         let log = dir.path().join(format!("{name}.log"));
         let file = File::create(&log).expect("a log file");
@@ -35,6 +45,7 @@ impl AgentProcess {
             .env("NATS_URL", server.url())
             .env("INFRACREW_HEARTBEAT_INTERVAL", "200ms")
             .env("INFRACREW_PLAYBOOKS", workspace_root().join("playbooks"))
+            .envs(env.iter().copied())
             .current_dir(workspace_root())
             .stdin(Stdio::null())
             .stdout(file.try_clone().expect("a log file"))
@@ -268,4 +279,12 @@ pub async fn wait_for_state_within(
 /// Approves `plan` through `crew approve --as who`.
 pub fn approve(server: &NatsServer, plan: PlanId, who: &str) -> Output {
     crew(server, &["approve", &plan.to_string()[..8], "--as", who])
+}
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|address| address.port())
+        .expect("a free port")
 }

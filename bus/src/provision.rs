@@ -39,6 +39,11 @@ pub mod consumers {
     pub fn for_role(role: AgentRole) -> &'static str {
         role.as_str()
     }
+
+    /// The Conductor's second consumer: plan moves and ops events for the review channels,
+    /// read one at a time and in order, apart from the plan work so a slow Slack never
+    /// holds a plan up.
+    pub const REVIEWS: &str = "conductor-reviews";
 }
 
 /// Key-Value bucket names.
@@ -52,6 +57,8 @@ pub mod buckets {
     /// What the dry-run driver records as running, by `<environment>.<service>`; its history
     /// holds the previous revisions.
     pub const DRY_RUN: &str = "crew_dryrun";
+    /// Where each plan's review was posted outside the crew (Slack), by plan id.
+    pub const REVIEWS: &str = "crew_reviews";
 }
 
 /// Settings of the crew's bus; the defaults suit one server.
@@ -174,6 +181,19 @@ impl Topology {
                 max_deliver: options.max_deliver,
                 max_ack_pending: options.max_ack_pending,
             })
+            .chain(std::iter::once(ConsumerSpec {
+                stream: streams::WORK.to_owned(),
+                durable: consumers::REVIEWS.to_owned(),
+                filter_subjects: vec![
+                    subjects::PLAN_STATE.to_owned(),
+                    subjects::OPS_EVENT.to_owned(),
+                ],
+                ack_wait: options.ack_wait,
+                max_deliver: options.max_deliver,
+                // One message out at a time: a review's posts reach Slack in the order of the
+                // plan's moves, also after a retry.
+                max_ack_pending: 1,
+            }))
             .collect();
         let bucket = |name: &str, history: i64| kv::Config {
             bucket: name.to_owned(),
@@ -187,6 +207,7 @@ impl Topology {
             bucket(buckets::LOCKS, 1),
             bucket(buckets::BUILDS, 1),
             bucket(buckets::DRY_RUN, 16),
+            bucket(buckets::REVIEWS, 1),
         ];
         Topology {
             streams,

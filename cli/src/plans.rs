@@ -1,7 +1,7 @@
 //! `crew plans` and `crew show`: the plan records the Conductor keeps.
 
 use infracrew_bus::{Bus, Kv, buckets};
-use infracrew_protocol::{LockRecord, PlanId, PlanRecord, lock_key};
+use infracrew_protocol::{LockRecord, PlanId, PlanRecord, PlanRefError, ReviewRecord, lock_key};
 use serde_json::json;
 
 use crate::CliError;
@@ -30,22 +30,14 @@ pub async fn resolve_plan(bus: &Bus, text: &str) -> Result<PlanId, CliError> {
     if let Ok(id) = text.parse::<PlanId>() {
         return Ok(id);
     }
-    let matching: Vec<PlanId> = records(bus)
-        .await?
-        .into_iter()
-        .map(|record| record.plan.plan_id)
-        .filter(|id| id.to_string().starts_with(text))
-        .collect();
-    match matching.as_slice() {
-        [one] => Ok(*one),
-        [] => Err(CliError::UnknownPlan(format!(
-            "no plan id starts with {text:?} (crew plans lists them)"
-        ))),
-        many => Err(CliError::UnknownPlan(format!(
-            "{text:?} names {} plans; give more of the id",
-            many.len()
-        ))),
-    }
+    let plans: Kv<PlanRecord> = bus.kv(buckets::PLANS).await.map_err(read_error)?;
+    let keys = plans.keys().await.map_err(read_error)?;
+    PlanId::resolve(text, keys.iter().map(String::as_str)).map_err(|error| match error {
+        PlanRefError::NoMatch(_) => {
+            CliError::UnknownPlan(format!("{error} (crew plans lists them)"))
+        }
+        PlanRefError::Ambiguous { .. } => CliError::UnknownPlan(error.to_string()),
+    })
 }
 
 pub async fn list(bus: &Bus, as_json: bool) -> Result<(), CliError> {
@@ -171,6 +163,23 @@ pub async fn show(bus: &Bus, plan: &str, as_json: bool) -> Result<(), CliError> 
             lifted.rules.join(", "),
             lifted.reason
         );
+    }
+    let reviews: Kv<ReviewRecord> = bus.kv(buckets::REVIEWS).await.map_err(read_error)?;
+    if let Some(review) = reviews
+        .get(&plan_id.to_string())
+        .await
+        .map_err(read_error)?
+        .map(|r| r.value)
+    {
+        if let Some(message) = &review.slack {
+            println!(
+                "\n  slack review: message {} in channel {}",
+                message.ts, message.channel
+            );
+        }
+        if let Some(error) = &review.slack_error {
+            println!("\n  slack review NOT POSTED: {error}");
+        }
     }
     println!("\n  history");
     for step in &record.history {

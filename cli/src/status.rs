@@ -179,8 +179,11 @@ async fn read_backlogs(bus: &Bus) -> Result<Vec<(String, u64, usize, usize)>, Cl
             reason: error.to_string(),
         })?;
     let mut backlogs = Vec::new();
-    for role in AgentRole::ALL {
-        let name = consumers::for_role(role);
+    let durables = AgentRole::ALL
+        .into_iter()
+        .map(consumers::for_role)
+        .chain([consumers::REVIEWS]);
+    for name in durables {
         let info = stream
             .consumer_info(name)
             .await

@@ -15,7 +15,8 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EnvironmentRules {
-    /// People who may approve or reject plans here.
+    /// People who may approve or reject plans here: identities, or `@group` for everyone in
+    /// one of the rules' groups.
     pub approvers: BTreeSet<String>,
     /// Distinct approvals a plan needs.
     #[schemars(range(min = 1))]
@@ -41,6 +42,9 @@ impl EnvironmentRules {
 #[serde(deny_unknown_fields)]
 pub struct ApprovalRules {
     pub environments: BTreeMap<String, EnvironmentRules>,
+    /// Named groups of identities (an on-call rota, a team) that allow lists name as `@name`.
+    #[serde(default)]
+    pub groups: BTreeMap<String, BTreeSet<String>>,
 }
 
 /// A person's decision on a plan, from any channel.
@@ -132,6 +136,59 @@ fn blocking_note(blocking: &[String]) -> String {
 }
 
 impl ApprovalRules {
+    /// Every `@group` an allow list names is defined.
+    pub fn check(&self) -> Result<(), String> {
+        for (environment, rules) in &self.environments {
+            for name in &rules.approvers {
+                if let Some(group) = name.strip_prefix('@')
+                    && !self.groups.contains_key(group)
+                {
+                    let known: Vec<&str> = self.groups.keys().map(String::as_str).collect();
+                    return Err(format!(
+                        "approvals.environments.{environment}.approvers names group @{group}, which approvals.groups does not define (it defines: {})",
+                        if known.is_empty() {
+                            "none".to_owned()
+                        } else {
+                            known.join(", ")
+                        }
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether `who` is on `rules`' allow list, by name or through a group.
+    fn allows(&self, rules: &EnvironmentRules, who: &str) -> bool {
+        rules
+            .approvers
+            .iter()
+            .any(|name| match name.strip_prefix('@') {
+                Some(group) => self
+                    .groups
+                    .get(group)
+                    .is_some_and(|members| members.contains(who)),
+                None => name == who,
+            })
+    }
+
+    fn is_approver(
+        &self,
+        rules: &EnvironmentRules,
+        environment: &str,
+        who: &str,
+    ) -> Result<(), Refusal> {
+        if self.allows(rules, who) {
+            Ok(())
+        } else {
+            Err(Refusal::NotAnApprover {
+                who: who.to_owned(),
+                environment: environment.to_owned(),
+                allowed: rules.approvers.iter().cloned().collect(),
+            })
+        }
+    }
+
     /// Judges `decision` on `record` at `now`. On acceptance, the record carries the
     /// approval or override; the caller moves the state and stores it with compare-and-set.
     pub fn decide(
@@ -156,9 +213,13 @@ impl ApprovalRules {
             });
         }
         match decision.kind {
-            DecisionKind::Approve => approve(record, rules, decision, digest, now),
+            DecisionKind::Approve => {
+                check_approvable(record)?;
+                self.is_approver(rules, environment, &decision.who)?;
+                approve(record, rules, decision, digest, now)
+            }
             DecisionKind::Reject => {
-                is_approver(rules, environment, &decision.who)?;
+                self.is_approver(rules, environment, &decision.who)?;
                 Ok(Accepted::Rejected)
             }
             DecisionKind::Override => override_findings(record, rules, decision, digest, now),
@@ -173,6 +234,19 @@ impl ApprovalRules {
                 .environments
                 .get(&record.plan.environment)
                 .is_some_and(|rules| rules.auto_approve)
+    }
+
+    /// How many more distinct approvals of the current change `record` needs, when its
+    /// environment has rules.
+    pub fn approvals_needed(&self, record: &PlanRecord) -> Option<u32> {
+        let rules = self.environments.get(&record.plan.environment)?;
+        let digest = record.digest();
+        let have = record
+            .approvals
+            .iter()
+            .filter(|approval| Some(&approval.digest) == digest)
+            .count() as u32;
+        Some(rules.required_approvals.saturating_sub(have))
     }
 
     /// When the plan's approval window closed, if it has.
@@ -193,25 +267,8 @@ fn window_closed(
     (now >= closes).then_some(closes)
 }
 
-fn is_approver(rules: &EnvironmentRules, environment: &str, who: &str) -> Result<(), Refusal> {
-    if rules.approvers.contains(who) {
-        Ok(())
-    } else {
-        Err(Refusal::NotAnApprover {
-            who: who.to_owned(),
-            environment: environment.to_owned(),
-            allowed: rules.approvers.iter().cloned().collect(),
-        })
-    }
-}
-
-fn approve(
-    record: &mut PlanRecord,
-    rules: &EnvironmentRules,
-    decision: &Decision,
-    digest: PlanDigest,
-    now: DateTime<Utc>,
-) -> Result<Accepted, Refusal> {
+/// Only a READY plan (or one with some of its approvals) takes approvals.
+fn check_approvable(record: &PlanRecord) -> Result<(), Refusal> {
     if !matches!(record.state, PlanState::Ready | PlanState::AwaitingApproval) {
         let blocking = record
             .build
@@ -225,7 +282,17 @@ fn approve(
             blocking,
         });
     }
-    is_approver(rules, &record.plan.environment, &decision.who)?;
+    Ok(())
+}
+
+/// Counts an allowed approver's approval of the current digest.
+fn approve(
+    record: &mut PlanRecord,
+    rules: &EnvironmentRules,
+    decision: &Decision,
+    digest: PlanDigest,
+    now: DateTime<Utc>,
+) -> Result<Accepted, Refusal> {
     if decision.who == record.plan.requested_by {
         return Err(Refusal::OwnPlan(decision.who.clone()));
     }
@@ -360,6 +427,7 @@ mod tests {
                 ("prod".to_owned(), environment(&["alice", "bob"], 2, false)),
             ]
             .into(),
+            groups: BTreeMap::new(),
         }
     }
 
@@ -596,6 +664,47 @@ mod tests {
         assert!(rules.auto_approves(&record("dev", PlanState::Ready, vec![])));
         assert!(!rules.auto_approves(&record("dev", PlanState::Blocked, vec![])));
         assert!(!rules.auto_approves(&record("staging", PlanState::Ready, vec![])));
+    }
+
+    #[test]
+    fn an_allow_list_may_name_a_group() {
+        let mut rules = rules();
+        rules.groups.insert(
+            "sre".into(),
+            ["frank".to_owned(), "grace".to_owned()].into(),
+        );
+        let staging = rules.environments.get_mut("staging").unwrap();
+        staging.approvers.insert("@sre".into());
+        assert_eq!(rules.check(), Ok(()));
+        let mut plan = record("staging", PlanState::Ready, vec![]);
+        assert!(
+            rules
+                .decide(&mut plan, &decision(DecisionKind::Approve, "grace"), now())
+                .is_ok()
+        );
+        let mut plan = record("staging", PlanState::Ready, vec![]);
+        assert_eq!(
+            rules
+                .decide(
+                    &mut plan,
+                    &decision(DecisionKind::Approve, "mallory"),
+                    now()
+                )
+                .unwrap_err()
+                .to_string(),
+            "mallory may not decide plans in staging; its approvers are @sre, alice, bob"
+        );
+
+        rules
+            .environments
+            .get_mut("prod")
+            .unwrap()
+            .approvers
+            .insert("@dba".into());
+        assert_eq!(
+            rules.check(),
+            Err("approvals.environments.prod.approvers names group @dba, which approvals.groups does not define (it defines: sre)".into())
+        );
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! The Conductor's configuration file: approval rules per environment, and its timings.
 
-use std::path::Path;
+use std::{collections::BTreeMap, path::Path};
 
 use infracrew_playbooks::{LoadErrors, load_toml};
 use schemars::JsonSchema;
@@ -25,6 +25,45 @@ pub struct ConductorConfig {
     #[serde(default = "defaults::sweep_seconds")]
     #[schemars(range(min = 1))]
     pub sweep_seconds: u64,
+    /// Plan reviews in Slack; without this section the Conductor posts nowhere and takes
+    /// decisions from the CLI only. Its secrets come from the environment, never the file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slack: Option<SlackConfig>,
+}
+
+/// How the Conductor talks to Slack.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SlackConfig {
+    /// The review channel: a name such as `#infra-reviews`, or a channel id.
+    #[serde(default = "defaults::slack_channel")]
+    pub channel: String,
+    /// The Web API's base address (tests point it at a simulator).
+    #[serde(default = "defaults::slack_api_url")]
+    pub api_url: String,
+    /// How Slack delivers slash commands and button presses: `http` (Slack POSTs to the
+    /// Conductor's endpoint, which must be reachable from Slack) or `socket` (Socket Mode: the
+    /// Conductor dials out, for installations without a public address).
+    #[serde(default)]
+    pub mode: SlackMode,
+    /// Slack user ids (`U…`) and the approver identity each one is; a person keeps one
+    /// identity across Slack, GitHub and the CLI, so their approval counts once.
+    #[serde(default)]
+    pub users: BTreeMap<String, String>,
+    /// Diff lines shown in a review message; a longer diff is cut, with the command that
+    /// shows it whole.
+    #[serde(default = "defaults::slack_diff_lines")]
+    #[schemars(range(min = 1))]
+    pub diff_lines: usize,
+}
+
+/// How Slack reaches the Conductor.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum SlackMode {
+    #[default]
+    Http,
+    Socket,
 }
 
 mod defaults {
@@ -36,6 +75,15 @@ mod defaults {
     }
     pub fn sweep_seconds() -> u64 {
         5
+    }
+    pub fn slack_channel() -> String {
+        "#infra-reviews".to_owned()
+    }
+    pub fn slack_api_url() -> String {
+        "https://slack.com/api".to_owned()
+    }
+    pub fn slack_diff_lines() -> usize {
+        30
     }
 }
 
@@ -50,8 +98,15 @@ pub struct Overrides {
 }
 
 impl ConductorConfig {
-    pub fn load(file: &Path) -> Result<Self, LoadErrors> {
-        load_toml(file)
+    /// Reads and checks the file: its schema, then what a schema cannot say (every group an
+    /// allow list names exists).
+    pub fn load(file: &Path) -> Result<Self, String> {
+        let config: Self = load_toml(file).map_err(|errors: LoadErrors| errors.to_string())?;
+        config
+            .approvals
+            .check()
+            .map_err(|reason| format!("{}: {reason}", file.display()))?;
+        Ok(config)
     }
 
     /// Applies `overrides`; an auto-approve environment the rules do not know is an error.
@@ -102,6 +157,18 @@ mod tests {
             &PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../config/demo.toml"),
         )
         .unwrap()
+    }
+
+    #[test]
+    fn the_slack_example_loads_with_its_defaults() {
+        let config = ConductorConfig::load(
+            &PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../config/slack.example.toml"),
+        )
+        .unwrap();
+        let slack = config.slack.unwrap();
+        assert_eq!(slack.api_url, "https://slack.com/api");
+        assert_eq!(slack.mode, SlackMode::Http);
+        assert_eq!(slack.users["U01ALICE000"], "alice");
     }
 
     #[test]

@@ -1,8 +1,12 @@
-use std::{path::PathBuf, process::ExitCode};
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 
 use clap::Parser;
 use infracrew_agent_runtime::AgentArgs;
-use infracrew_conductor::config::{ConductorConfig, Overrides};
+use infracrew_conductor::{
+    RunOptions,
+    config::{ConductorConfig, Overrides},
+    slack::{SlackSecrets, SlackSetup},
+};
 use infracrew_protocol::AgentRole;
 
 /// Conductor, the crew's orchestrator: plan states, locks and the approval gate.
@@ -28,6 +32,22 @@ struct Cli {
     /// Over the file: the environments that approve validated plans automatically (comma-separated).
     #[arg(long, env = "INFRACREW_AUTO_APPROVE", value_delimiter = ',')]
     auto_approve: Option<Vec<String>>,
+    /// Where the HTTP endpoint listens (Slack's slash commands and buttons).
+    #[arg(
+        long,
+        env = "INFRACREW_CONDUCTOR_LISTEN",
+        default_value = "127.0.0.1:8780"
+    )]
+    listen: SocketAddr,
+    /// The Slack app's bot token (xoxb-…), used when the configuration has a [slack] section.
+    #[arg(long, env = "SLACK_BOT_TOKEN", hide_env_values = true)]
+    slack_bot_token: Option<String>,
+    /// The Slack app's signing secret, which verifies slash commands and button presses.
+    #[arg(long, env = "SLACK_SIGNING_SECRET", hide_env_values = true)]
+    slack_signing_secret: Option<String>,
+    /// The Slack app-level token (xapp-…) for Socket Mode.
+    #[arg(long, env = "SLACK_APP_TOKEN", hide_env_values = true)]
+    slack_app_token: Option<String>,
     #[command(flatten)]
     agent: AgentArgs,
 }
@@ -43,21 +63,34 @@ async fn main() -> ExitCode {
             .auto_approve
             .map(|envs| envs.into_iter().filter(|e| !e.is_empty()).collect()),
     };
-    let config = match ConductorConfig::load(&cli.config) {
-        Ok(config) => match config.with_overrides(overrides) {
-            Ok(config) => config,
-            Err(reason) => {
-                eprintln!("conductor: cannot start: {reason}");
-                return ExitCode::from(78); // EX_CONFIG
-            }
-        },
-        Err(errors) => {
-            eprintln!("conductor: cannot start: {errors}");
+    let secrets = SlackSecrets {
+        bot_token: cli.slack_bot_token,
+        signing_secret: cli.slack_signing_secret,
+        app_token: cli.slack_app_token,
+    };
+    let setup = ConductorConfig::load(&cli.config)
+        .and_then(|config| config.with_overrides(overrides))
+        .and_then(|config| {
+            let slack = config
+                .slack
+                .clone()
+                .map(|slack| SlackSetup::new(slack, secrets))
+                .transpose()?;
+            Ok((config, slack))
+        });
+    let (config, slack) = match setup {
+        Ok(setup) => setup,
+        Err(reason) => {
+            eprintln!("conductor: cannot start: {reason}");
             return ExitCode::from(78); // EX_CONFIG
         }
     };
+    let options = RunOptions {
+        slack,
+        listen: cli.listen,
+    };
     infracrew_agent_runtime::main(AgentRole::Conductor, cli.agent, |agent, shutdown| {
-        infracrew_conductor::run(agent, config, shutdown)
+        infracrew_conductor::run(agent, config, options, shutdown)
     })
     .await
 }

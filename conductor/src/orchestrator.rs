@@ -400,6 +400,28 @@ impl Conductor {
         Ok(())
     }
 
+    /// The plan that `text` names: a whole id or a unique prefix of one.
+    pub async fn resolve_plan(&self, text: &str) -> Result<PlanId, String> {
+        if let Ok(plan_id) = text.trim().parse() {
+            return Ok(plan_id);
+        }
+        let keys = self
+            .plans
+            .keys()
+            .await
+            .map_err(|error| format!("the plans cannot be read now ({error}); try again"))?;
+        PlanId::resolve(text, keys.iter().map(String::as_str)).map_err(|error| error.to_string())
+    }
+
+    /// The plan's record, if there is one.
+    pub async fn plan(&self, plan_id: PlanId) -> Result<Option<PlanRecord>, String> {
+        self.plans
+            .get(&plan_id.to_string())
+            .await
+            .map(|record| record.map(|r| r.value))
+            .map_err(|error| format!("the plan cannot be read now ({error}); try again"))
+    }
+
     /// A person's decision, under the approval rules; the reply says what happened or why not.
     pub async fn decide(&self, request: DecisionRequest) -> DecisionReply {
         let decision = Decision {

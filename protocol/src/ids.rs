@@ -64,6 +64,42 @@ macro_rules! uuid_text {
 uuid_text!(GoalId);
 uuid_text!(PlanId);
 
+/// Why a text names no single plan.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlanRefError {
+    #[error("no plan id starts with {0:?}")]
+    NoMatch(String),
+    #[error("{text:?} names {count} plans; give more of the id")]
+    Ambiguous { text: String, count: usize },
+}
+
+impl PlanId {
+    /// The plan among `known` that `text` names: a whole id, or a unique prefix of one (people
+    /// type the first eight characters that `crew plans` shows).
+    pub fn resolve<'a>(
+        text: &str,
+        known: impl IntoIterator<Item = &'a str>,
+    ) -> Result<PlanId, PlanRefError> {
+        let text = text.trim();
+        if let Ok(id) = text.parse::<PlanId>() {
+            return Ok(id);
+        }
+        let matching: Vec<PlanId> = known
+            .into_iter()
+            .filter(|id| !text.is_empty() && id.starts_with(text))
+            .filter_map(|id| id.parse().ok())
+            .collect();
+        match matching.as_slice() {
+            [one] => Ok(*one),
+            [] => Err(PlanRefError::NoMatch(text.to_owned())),
+            many => Err(PlanRefError::Ambiguous {
+                text: text.to_owned(),
+                count: many.len(),
+            }),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -76,5 +112,28 @@ mod tests {
         assert_eq!(PlanId::for_goal(goal), PlanId::for_goal(goal));
         assert_ne!(PlanId::for_goal(goal).0, goal.0);
         assert_eq!(goal.to_string().parse::<GoalId>().unwrap(), goal);
+    }
+
+    #[test]
+    fn a_plan_is_named_by_its_id_or_a_unique_prefix() {
+        let ids = [
+            "0f6c1a52-7e44-4c51-9d0b-2f1ad3a7c001",
+            "0f6c9999-7e44-4c51-9d0b-2f1ad3a7c002",
+        ];
+        let first: PlanId = ids[0].parse().unwrap();
+        assert_eq!(PlanId::resolve(ids[0], ids), Ok(first));
+        assert_eq!(PlanId::resolve(" 0f6c1a ", ids), Ok(first));
+        assert_eq!(
+            PlanId::resolve("0f6c", ids).unwrap_err().to_string(),
+            "\"0f6c\" names 2 plans; give more of the id"
+        );
+        assert_eq!(
+            PlanId::resolve("", ids),
+            Err(PlanRefError::NoMatch(String::new()))
+        );
+        assert_eq!(
+            PlanId::resolve("zz", ids).unwrap_err().to_string(),
+            "no plan id starts with \"zz\""
+        );
     }
 }

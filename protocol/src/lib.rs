@@ -16,9 +16,10 @@ pub use codec::{
     DecodeError, FieldError, Message, check_document, decode, decode_value, encode, schema_for,
 };
 pub use digest::{PlanDigest, canonical_json};
-pub use ids::{GoalId, PlanId};
+pub use ids::{GoalId, PlanId, PlanRefError};
 pub use messages::*;
 pub use record::{
-    Approval, IllegalTransition, LockRecord, Override, PlanRecord, PlanState, Transition, lock_key,
+    Approval, IllegalTransition, LockRecord, Override, PlanRecord, PlanState, ReviewRecord,
+    SlackMessageRef, Transition, lock_key,
 };
 pub use version::{SchemaVersion, UnsupportedVersion};

@@ -175,6 +175,27 @@ pub fn lock_key(environment: &str, service: &str) -> String {
     format!("{environment}.{service}")
 }
 
+/// Where a plan is reviewed outside the crew (`crew_reviews`, key: the plan id): the Conductor
+/// writes it as it posts, and `crew show` reads it, so a review that could not be posted is
+/// visible with its reason.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ReviewRecord {
+    /// The plan's Slack message, once posted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slack: Option<SlackMessageRef>,
+    /// Why the last Slack post failed for good (a setting to fix), cleared by the next success.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slack_error: Option<String>,
+}
+
+/// A posted Slack message: the channel id and the timestamp that name it for updates and
+/// thread replies.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct SlackMessageRef {
+    pub channel: String,
+    pub ts: String,
+}
+
 /// A move the plan state machine does not allow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("a plan cannot move from {from} to {to}")]

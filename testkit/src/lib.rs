@@ -17,6 +17,7 @@ use tempfile::TempDir;
 
 pub mod engine;
 pub mod images;
+pub mod slack;
 
 /// How long a server may take to start before the harness gives up.
 const START_TIMEOUT: Duration = Duration::from_secs(20);

@@ -141,16 +141,31 @@ impl Agent {
         T: Inbound,
         H: Handler<T>,
     {
-        let spec = self.consumer_spec()?;
+        self.consume_from(consumers::for_role(self.role), settings, handler, shutdown)
+            .await
+    }
+
+    /// Reads one of the crew's durable consumers (the role's own, or one it keeps beside it)
+    /// until shutdown.
+    pub async fn consume_from<T, H>(
+        &self,
+        durable: &str,
+        settings: ConsumerSettings,
+        handler: H,
+        shutdown: Shutdown,
+    ) -> Result<(), WorkError>
+    where
+        T: Inbound,
+        H: Handler<T>,
+    {
+        let spec = self.spec_of(durable)?;
         self.bus
             .consume(&spec, settings, self.stats.clone(), handler, shutdown)
             .await?;
         Ok(())
     }
 
-    /// The durable consumer this agent's role reads its work through.
-    pub fn consumer_spec(&self) -> Result<ConsumerSpec, WorkError> {
-        let durable = consumers::for_role(self.role);
+    fn spec_of(&self, durable: &str) -> Result<ConsumerSpec, WorkError> {
         self.topology
             .consumer(durable)
             .cloned()
@@ -185,13 +200,7 @@ impl Agent {
 /// taking any message: for a role whose handling is not built yet, so its work stays queued.
 pub async fn hold_work(agent: Agent, shutdown: Shutdown) -> Result<(), WorkError> {
     let durable = consumers::for_role(agent.role);
-    let spec = agent
-        .topology
-        .consumer(durable)
-        .ok_or_else(|| WorkError::Consumer {
-            durable: durable.to_owned(),
-            reason: "not in the crew's topology".into(),
-        })?;
+    let spec = agent.spec_of(durable)?;
     let stream = agent
         .bus
         .jetstream()
