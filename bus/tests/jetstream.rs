@@ -689,8 +689,8 @@ async fn provisioning_twice_is_a_noop_and_conflicts_are_reported_not_recreated()
     let first = topology.provision(&bus).await.unwrap();
     assert_eq!(
         first.created().count(),
-        4 + 4 + 4,
-        "4 streams, 4 buckets, 4 consumers"
+        4 + 5 + 5,
+        "4 streams, 5 buckets, 5 consumers"
     );
     let second = topology.provision(&bus).await.unwrap();
     assert!(second.is_noop(), "{second:?}");
