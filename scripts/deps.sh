@@ -51,6 +51,10 @@ fi
 # tests and the demo, are images built FROM scratch around it (nothing can be pulled here).
 apt_install busybox-static curl
 
+# Prometheus and promtool: the metrics tests scrape real agents with the repository's
+# configuration, and the alert rules are checked with `promtool test rules`.
+apt_install prometheus
+
 # A container engine: Docker where one answers, otherwise Podman's Docker-compatible service,
 # run with runc, cgroupfs and vfs (config/podman/; scripts/engine.sh and the tests point
 # CONTAINERS_CONF and CONTAINERS_STORAGE_CONF there).
@@ -61,4 +65,4 @@ else
   engine="$(podman --version)"
 fi
 
-say "all present ($("$nats_bin" --version); $engine; busybox $(busybox | head -n1 | cut -d' ' -f2))"
+say "all present ($("$nats_bin" --version); $engine; busybox $(busybox | head -n1 | cut -d' ' -f2); $(prometheus --version 2>&1 | head -n1 | cut -d' ' -f1-3))"

@@ -197,6 +197,7 @@ fn plan_record(plan: &PlanSpec, state: PlanState, build: BuildStatus) -> PlanRec
         overrides: Vec::new(),
         waiting_for_lock: None,
         lock_token: None,
+        trace_parent: None,
         history: Vec::new(),
     }
 }

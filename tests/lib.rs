@@ -10,6 +10,7 @@ use std::{
 
 use infracrew_bus::{Bus, ConnectArgs, ProvisionOptions, Topology, buckets, streams};
 use infracrew_protocol::{Message, PlanId, PlanRecord, PlanState, decode};
+pub use infracrew_testkit::free_port;
 use infracrew_testkit::{NatsServer, binary, workspace_root};
 
 /// How long an end-to-end wait may take before the test fails.
@@ -44,6 +45,8 @@ impl AgentProcess {
             .args(args)
             .env("NATS_URL", server.url())
             .env("INFRACREW_HEARTBEAT_INTERVAL", "200ms")
+            // Many crews run at once: each agent takes a free port unless a test names one.
+            .env("INFRACREW_LISTEN", "127.0.0.1:0")
             .env("INFRACREW_PLAYBOOKS", workspace_root().join("playbooks"))
             .envs(env.iter().copied())
             .current_dir(workspace_root())
@@ -279,12 +282,4 @@ pub async fn wait_for_state_within(
 /// Approves `plan` through `crew approve --as who`.
 pub fn approve(server: &NatsServer, plan: PlanId, who: &str) -> Output {
     crew(server, &["approve", &plan.to_string()[..8], "--as", who])
-}
-
-/// A loopback port that was free a moment ago.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|address| address.port())
-        .expect("a free port")
 }

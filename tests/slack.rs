@@ -11,7 +11,7 @@ use infracrew_e2e::{
 };
 use infracrew_protocol::{DecisionChannel, PlanId, PlanState};
 use infracrew_testkit::{
-    NatsServer,
+    NatsServer, http,
     slack::{
         Failure, Message, SlackSimulator, button_press, send_signed, send_with_signature, sign,
         slash_command, unix_now,
@@ -42,6 +42,11 @@ async fn slack_crew(channel: &str) -> SlackCrew {
 
 /// The same, with Slack's requests over `mode` (`http` or `socket`).
 async fn slack_crew_in_mode(channel: &str, mode: &str) -> SlackCrew {
+    slack_crew_with(channel, mode, &[]).await
+}
+
+/// The same, with more arguments for the Conductor.
+async fn slack_crew_with(channel: &str, mode: &str, conductor_args: &[&str]) -> SlackCrew {
     let server = NatsServer::start().unwrap();
     let bus = crew_bus(&server).await;
     let slack = SlackSimulator::start(BOT_TOKEN, APP_TOKEN).await.unwrap();
@@ -58,15 +63,17 @@ async fn slack_crew_in_mode(channel: &str, mode: &str) -> SlackCrew {
         .iter()
         .map(|name| AgentProcess::start(name, &server, &[]))
         .collect();
+    let mut args = vec![
+        "--config",
+        config_file.to_str().unwrap(),
+        "--listen",
+        &listen,
+    ];
+    args.extend_from_slice(conductor_args);
     agents.push(AgentProcess::start_with_env(
         "conductor",
         &server,
-        &[
-            "--config",
-            config_file.to_str().unwrap(),
-            "--listen",
-            &listen,
-        ],
+        &args,
         &[
             ("SLACK_BOT_TOKEN", BOT_TOKEN),
             ("SLACK_SIGNING_SECRET", SIGNING_SECRET),
@@ -81,12 +88,12 @@ async fn slack_crew_in_mode(channel: &str, mode: &str) -> SlackCrew {
         endpoint: format!("http://{listen}"),
         dir,
     };
-    if mode == "http" {
-        crew.wait_until("the Conductor's endpoint listens", || async {
-            tokio::net::TcpStream::connect(&listen).await.is_ok()
-        })
-        .await;
-    }
+    // Ready means its consumers are bound, and the Slack routes mounted before them.
+    let ready = format!("http://{listen}/health/ready");
+    crew.wait_until("the Conductor is ready", || async {
+        matches!(http::get(&ready).await, Ok((200, _)))
+    })
+    .await;
     crew
 }
 
@@ -571,4 +578,50 @@ async fn socket_mode_takes_the_same_commands_and_buttons() {
         status["text"].as_str().unwrap().contains("APPLIED"),
         "{status}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_going_down_and_coming_back_is_announced_in_slack() {
+    let mut crew =
+        slack_crew_with("#infra-reviews", "http", &["--agent-silence-seconds", "2"]).await;
+    let sentinel = crew
+        .agents
+        .iter()
+        .position(|a| a.name == "sentinel")
+        .unwrap();
+    crew.agents[sentinel].kill();
+    let says = |needle: &'static str| {
+        let slack = &crew.slack;
+        move || async move {
+            slack
+                .messages()
+                .iter()
+                .any(|message| message.text.contains(needle))
+        }
+    };
+    crew.wait_until(
+        "Slack hears sentinel is down",
+        says("sentinel is down: no heartbeat for"),
+    )
+    .await;
+    let down = crew.slack.messages();
+    let alert = down
+        .iter()
+        .find(|message| message.text.contains("sentinel is down"))
+        .unwrap();
+    assert_eq!(alert.channel, "C0REVIEWS");
+    assert!(alert.text.contains("`crew status`"), "{}", alert.text);
+    assert!(
+        !down
+            .iter()
+            .any(|message| message.text.contains("forge is down")),
+        "only the silent agent is announced"
+    );
+
+    crew.agents[sentinel] = AgentProcess::start("sentinel", &crew.server, &[]);
+    crew.wait_until(
+        "Slack hears sentinel is back",
+        says("sentinel is back: instance"),
+    )
+    .await;
 }

@@ -27,7 +27,8 @@ use tokio::{sync::Semaphore, task::JoinSet};
 use tracing::Instrument;
 
 use crate::{
-    Bus, ConsumerSpec, PublishError, Shutdown, provision::max_deliveries_subject, streams,
+    Bus, ConsumerSpec, PublishError, Shutdown, metrics::ConsumerMetrics,
+    provision::max_deliveries_subject, streams, trace::TraceContext,
 };
 
 /// How long one pull request waits for messages; also the longest shutdown waits for it.
@@ -151,13 +152,14 @@ impl ConsumerSettings {
     }
 }
 
-/// Counters of one process's work, read by heartbeats.
+/// One process's work: totals for its heartbeats, and per-subject metrics for `/metrics`.
 #[derive(Debug, Default)]
 pub struct WorkStats {
     pub handled: AtomicU64,
     pub failed: AtomicU64,
     pub dead_lettered: AtomicU64,
     pub in_flight: AtomicU32,
+    pub metrics: ConsumerMetrics,
     last_error: Mutex<Option<String>>,
 }
 
@@ -552,8 +554,17 @@ impl<H> Settle<H> {
             }
         };
         let subject = message.subject.to_string();
-        let span = tracing::info_span!("message", durable = %self.spec.durable, %subject, stream_sequence, delivered);
-        self.settle_delivery::<T>(message, subject, stream_sequence, delivered)
+        // The handler works inside the message's trace (or starts one for a message that
+        // came without), so what it publishes carries the trace on.
+        let trace = message
+            .headers
+            .as_ref()
+            .and_then(|headers| headers.get(crate::trace::TRACEPARENT))
+            .and_then(|value| TraceContext::parse(value.as_str()))
+            .map_or_else(TraceContext::root, |parent| parent.child());
+        let span = tracing::info_span!("message", durable = %self.spec.durable, %subject, stream_sequence, delivered, trace_id = %trace.trace_id());
+        trace
+            .scope(self.settle_delivery::<T>(message, subject, stream_sequence, delivered))
             .instrument(span)
             .await;
     }
@@ -569,6 +580,7 @@ impl<H> Settle<H> {
         H: Handler<T>,
     {
         self.stats.in_flight.fetch_add(1, Ordering::Relaxed);
+        let started = std::time::Instant::now();
 
         let outcome = match T::decode(&subject, &message.payload) {
             // This build cannot read its own schema: the message is not at fault, so it must
@@ -628,6 +640,15 @@ impl<H> Settle<H> {
             other => other,
         };
 
+        let failed = !matches!(outcome, Outcome::Done);
+        self.stats
+            .metrics
+            .settled(&subject, failed, started.elapsed().as_secs_f64());
+        tracing::debug!(
+            failed,
+            seconds = started.elapsed().as_secs_f64(),
+            "message handled"
+        );
         let settled = match outcome {
             Outcome::Done => {
                 self.stats.handled.fetch_add(1, Ordering::Relaxed);
@@ -699,6 +720,7 @@ impl<H> Settle<H> {
             return Err(error.into());
         }
         self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+        self.stats.metrics.dead_lettered();
         message
             .double_ack_with(AckKind::Term)
             .await

@@ -4,21 +4,23 @@
 
 mod connect;
 mod consumer;
-mod heartbeat;
 mod kv;
+mod metrics;
 mod provision;
 mod publish;
 mod shutdown;
+mod trace;
 
 pub use connect::{Bus, ConnectArgs, ConnectError, parse_duration};
 pub use consumer::{
     ConsumeError, ConsumerSettings, Delivery, Handler, HandlerError, Inbound, WorkStats,
 };
-pub use heartbeat::{HeartbeatSettings, publish_heartbeats};
 pub use kv::{Kv, KvError, Versioned};
+pub use metrics::ConsumerMetrics;
 pub use provision::{
     ConsumerSpec, ProvisionError, ProvisionOptions, ProvisionReport, Provisioned, Topology,
     buckets, consumers, max_deliveries_subject, role_subjects, streams,
 };
 pub use publish::{PublishError, Published, message_id};
 pub use shutdown::{Shutdown, shutdown_on_signal};
+pub use trace::{TRACEPARENT, TraceContext};

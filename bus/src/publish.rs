@@ -6,7 +6,10 @@ use async_nats::jetstream::{context::PublishErrorKind, message::PublishMessage};
 use bytes::Bytes;
 use infracrew_protocol::{Message, SchemaVersion, encode};
 
-use crate::Bus;
+use crate::{
+    Bus,
+    trace::{TRACEPARENT, TraceContext},
+};
 
 /// Header naming the message kind (`plan_spec`, ...), for tools that read raw subjects.
 pub const KIND_HEADER: &str = "Infracrew-Kind";
@@ -91,11 +94,14 @@ impl Bus {
         let mut delay = Duration::from_millis(50);
         let mut last_reason = String::new();
         for attempt in 1..=PUBLISH_ATTEMPTS {
-            let outgoing = PublishMessage::build()
+            let mut outgoing = PublishMessage::build()
                 .payload(payload.clone())
                 .message_id(message_id)
                 .header(KIND_HEADER, kind)
                 .header(SCHEMA_HEADER, SchemaVersion::CURRENT.to_string().as_str());
+            if let Some(trace) = TraceContext::current() {
+                outgoing = outgoing.header(TRACEPARENT, trace.child().to_string().as_str());
+            }
             let result = match self
                 .jetstream()
                 .send_publish(subject.to_owned(), outgoing)

@@ -12,7 +12,6 @@ use std::{
 };
 
 use bytes::Bytes;
-use futures::StreamExt;
 use infracrew_bus::{
     Bus, ConnectArgs, ConnectError, ConsumerSettings, ConsumerSpec, Delivery, HandlerError,
     KvError, ProvisionError, ProvisionOptions, Shutdown, Topology, WorkStats, buckets, streams,
@@ -798,46 +797,6 @@ async fn shutdown_lets_in_flight_work_finish_and_acks_it() {
         consumer_is_drained(&bus, &spec).await,
         "finished work was acked before stopping"
     );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn heartbeats_are_published_on_the_agents_subject() {
-    let server = NatsServer::start().unwrap();
-    let bus = crew_bus(&server).await;
-    let mut beats = bus
-        .client()
-        .subscribe(subjects::heartbeat(protocol::AgentRole::Sentinel))
-        .await
-        .unwrap();
-    let shutdown = Shutdown::new();
-    let settings = infracrew_bus::HeartbeatSettings {
-        agent: protocol::AgentRole::Sentinel,
-        instance_id: uuid::Uuid::new_v4(),
-        version: "test".into(),
-        started_at: chrono::Utc::now(),
-        interval: Duration::from_millis(100),
-    };
-    let task = tokio::spawn(infracrew_bus::publish_heartbeats(
-        bus.clone(),
-        settings,
-        Arc::default(),
-        shutdown.clone(),
-    ));
-    let mut seqs = Vec::new();
-    for _ in 0..3 {
-        let message = tokio::time::timeout(PATIENCE, beats.next())
-            .await
-            .unwrap()
-            .unwrap();
-        seqs.push(
-            protocol::decode::<protocol::Heartbeat>(&message.payload)
-                .unwrap()
-                .seq,
-        );
-    }
-    shutdown.cancel();
-    task.await.unwrap();
-    assert_eq!(seqs, vec![1, 2, 3]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,7 +7,7 @@ use std::{
 };
 
 use futures::StreamExt;
-use infracrew_bus::{Bus, Kv, buckets};
+use infracrew_bus::{Bus, Kv, TraceContext, buckets};
 use infracrew_protocol::{
     DecodeError, GoalRejected, GoalStatement, PlanId, PlanRecord, PlanState, PlanTransitioned,
     Transition, decode, subjects,
@@ -82,11 +82,16 @@ pub async fn submit(
         .subscribe(subjects::GOAL_REJECTED)
         .await
         .map_err(follow_error)?;
-    let published = bus.publish(subjects::GOAL_SUBMITTED, &goal).await?;
+    // The goal starts the plan's trace: every agent's log lines about it carry this id.
+    let trace = TraceContext::root();
+    let published = trace
+        .scope(bus.publish(subjects::GOAL_SUBMITTED, &goal))
+        .await?;
     if as_json {
         let report = json!({
             "goal_id": goal_id,
             "plan_id": plan_id,
+            "trace_id": trace.trace_id(),
             "stream": published.stream,
             "sequence": published.sequence,
             "duplicate": published.duplicate,
@@ -105,6 +110,7 @@ pub async fn submit(
         );
         println!("  {}", describe(&goal));
         println!("  plan id: {plan_id}");
+        println!("  trace id: {} (in every agent's logs)", trace.trace_id());
     }
     let Some(timeout) = wait else {
         return Ok(ExitCode::SUCCESS);

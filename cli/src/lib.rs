@@ -56,13 +56,14 @@ pub enum Command {
         #[command(flatten)]
         bus: ConnectArgs,
     },
-    /// Show each agent's last heartbeat and each consumer's backlog.
+    /// Show every agent instance (last heartbeat, version, readiness) and each consumer's
+    /// backlog.
     ///
-    /// Exits non-zero when an agent has no fresh heartbeat.
+    /// Exits 3 when an agent has no instance with a fresh heartbeat that says it is ready.
     ///
     /// Example: crew status --wait 30s
     Status {
-        /// Wait up to this long for every agent to report a fresh heartbeat.
+        /// Wait up to this long for every agent to have a fresh, ready instance.
         #[arg(long, value_parser = parse_duration)]
         wait: Option<Duration>,
         /// A heartbeat older than this counts as missing.

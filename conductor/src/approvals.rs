@@ -79,6 +79,9 @@ pub enum Accepted {
 pub enum Refusal {
     #[error("no approval rules are configured for environment {0}")]
     UnknownEnvironment(String),
+    /// No live agent could carry the approval out; it is refused rather than queued.
+    #[error("{0}; the plan keeps its place: approve again once it is back (see `crew status`)")]
+    CrewUnhealthy(String),
     #[error("only a READY plan can be approved; this plan is {state}{}", blocking_note(.blocking))]
     NotReady {
         state: PlanState,
@@ -457,6 +460,7 @@ mod tests {
             overrides: Vec::new(),
             waiting_for_lock: None,
             lock_token: None,
+            trace_parent: None,
             history: Vec::new(),
         }
     }

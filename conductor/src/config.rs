@@ -25,6 +25,11 @@ pub struct ConductorConfig {
     #[serde(default = "defaults::sweep_seconds")]
     #[schemars(range(min = 1))]
     pub sweep_seconds: u64,
+    /// How long an agent may go without a heartbeat before it is marked down (and alerted
+    /// on); approvals wait for a live Forge.
+    #[serde(default = "defaults::agent_silence_seconds")]
+    #[schemars(range(min = 1))]
+    pub agent_silence_seconds: u64,
     /// Plan reviews in Slack; without this section the Conductor posts nowhere and takes
     /// decisions from the CLI only. Its secrets come from the environment, never the file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -76,6 +81,9 @@ mod defaults {
     pub fn sweep_seconds() -> u64 {
         5
     }
+    pub fn agent_silence_seconds() -> u64 {
+        120
+    }
     pub fn slack_channel() -> String {
         "#infra-reviews".to_owned()
     }
@@ -93,6 +101,7 @@ pub struct Overrides {
     pub lock_lease_seconds: Option<u64>,
     pub apply_request_ttl_seconds: Option<u64>,
     pub sweep_seconds: Option<u64>,
+    pub agent_silence_seconds: Option<u64>,
     /// Environments that approve validated plans without a person.
     pub auto_approve: Option<Vec<String>>,
 }
@@ -118,6 +127,10 @@ impl ConductorConfig {
                 overrides.apply_request_ttl_seconds,
             ),
             (&mut self.sweep_seconds, overrides.sweep_seconds),
+            (
+                &mut self.agent_silence_seconds,
+                overrides.agent_silence_seconds,
+            ),
         ] {
             if let Some(value) = value {
                 *setting = value;

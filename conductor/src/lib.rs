@@ -3,10 +3,12 @@
 
 pub mod approvals;
 pub mod config;
+pub mod metrics;
 pub mod orchestrator;
 pub mod slack;
+pub mod watch;
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{sync::Arc, time::Duration};
 
 use infracrew_agent_runtime::{Agent, WorkError};
 use infracrew_bus::{ConsumerSettings, Delivery, HandlerError, Shutdown, buckets, consumers};
@@ -14,12 +16,14 @@ use tokio::task::JoinHandle;
 
 use crate::{
     config::ConductorConfig,
+    metrics::ConductorMetrics,
     orchestrator::{Conductor, ConductorMessage},
     slack::{
         SlackDesk, SlackInbound, SlackSetup,
         endpoint::SlackEndpoint,
         notifier::{ReviewInput, SlackReviews},
     },
+    watch::{AgentAlert, CrewWatch},
 };
 
 /// What the Conductor runs with beside its configuration file.
@@ -27,8 +31,6 @@ use crate::{
 pub struct RunOptions {
     /// Slack, when the configuration has a `[slack]` section.
     pub slack: Option<SlackSetup>,
-    /// Where the HTTP endpoint (Slack's requests) listens.
-    pub listen: SocketAddr,
 }
 
 /// Runs the Conductor until shutdown: its consumer (plans, builds, ops events), the decision
@@ -40,16 +42,46 @@ pub async fn run(
     options: RunOptions,
     shutdown: Shutdown,
 ) -> Result<(), WorkError> {
+    let crew = Arc::new(CrewWatch::new(
+        Duration::from_secs(config.agent_silence_seconds),
+        chrono::Utc::now(),
+    ));
+    let metrics = Arc::new(ConductorMetrics::default());
+    agent.metrics.register(|registry| {
+        crew.register(registry);
+        metrics.register(registry);
+    });
     let conductor = Arc::new(Conductor {
         bus: agent.bus.clone(),
         plans: agent.bucket(buckets::PLANS).await?,
         locks: agent.bucket(buckets::LOCKS).await?,
         config,
         instance: uuid::Uuid::new_v4().to_string(),
+        crew: crew.clone(),
+        metrics,
     });
+    let alerts = options
+        .slack
+        .as_ref()
+        .map(|slack| (slack.api.clone(), slack.config.channel.clone()));
     let mut tasks = vec![
         tokio::spawn(conductor.clone().serve_decisions(shutdown.clone())),
         tokio::spawn(conductor.clone().sweep(shutdown.clone())),
+        tokio::spawn(crew.follow(
+            agent.bus.clone(),
+            shutdown.clone(),
+            move |alert: AgentAlert| {
+                let alerts = alerts.clone();
+                async move {
+                    if let Some((api, channel)) = alerts {
+                        let text = slack_morphism::SlackMessageContent::new().with_text(alert.text);
+                        if let Err(error) = api.post(&channel, text, None).await {
+                            tracing::error!(%error, agent = %alert.agent, "the agent alert was not posted to Slack");
+                        }
+                    }
+                }
+            },
+        )),
     ];
     tasks.push(start_reviews(&agent, &conductor, options, &shutdown).await?);
     let handler = {
@@ -113,38 +145,23 @@ async fn start_reviews(
         api: slack.api,
         config: slack.config,
     });
-    let inbound: JoinHandle<()> = match slack.inbound {
+    // Over HTTP, Slack's requests come to the agent's endpoint; Socket Mode dials out.
+    let socket: Option<JoinHandle<()>> = match slack.inbound {
         SlackInbound::Http(verifier) => {
-            let listener = tokio::net::TcpListener::bind(options.listen)
-                .await
-                .map_err(|error| WorkError::Dependency {
-                    what: format!("the HTTP address {}", options.listen),
-                    reason: format!(
-                        "{error}; set --listen (INFRACREW_CONDUCTOR_LISTEN) to a free address"
-                    ),
-                })?;
-            tracing::info!(
-                "taking Slack's slash commands on http://{}/slack/commands and buttons on /slack/interactions",
-                options.listen
-            );
             let routes = slack::endpoint::routes(Arc::new(SlackEndpoint { desk, verifier }));
-            let shutdown = shutdown.clone();
-            tokio::spawn(async move {
-                if let Err(error) = axum::serve(listener, routes)
-                    .with_graceful_shutdown(async move { shutdown.cancelled().await })
-                    .await
-                {
-                    tracing::error!(%error, "the Slack endpoint stopped; Slack's requests are not taken");
-                }
-            })
+            agent.mount(routes);
+            tracing::info!(
+                "taking Slack's slash commands on /slack/commands and buttons on /slack/interactions, beside /health and /metrics"
+            );
+            None
         }
         SlackInbound::Socket { app_token } => {
             let shutdown = shutdown.clone();
-            tokio::spawn(async move {
+            Some(tokio::spawn(async move {
                 if let Err(error) = slack::socket::serve(desk, &app_token, shutdown).await {
                     tracing::error!(%error, "Slack's requests are not taken");
                 }
-            })
+            }))
         }
     };
     let agent = agent.clone();
@@ -161,8 +178,10 @@ async fn start_reviews(
             tracing::error!(%error, "the reviews consumer stopped");
             shutdown.cancel();
         }
-        if let Err(error) = inbound.await {
-            tracing::error!(%error, "the Slack endpoint failed");
+        if let Some(socket) = socket
+            && let Err(error) = socket.await
+        {
+            tracing::error!(%error, "Slack's Socket Mode listener failed");
         }
     }))
 }

@@ -1,4 +1,4 @@
-use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
+use std::{path::PathBuf, process::ExitCode};
 
 use clap::Parser;
 use infracrew_agent_runtime::AgentArgs;
@@ -29,16 +29,12 @@ struct Cli {
     /// Over the file: how often expiry and stale locks are checked, in seconds.
     #[arg(long, env = "INFRACREW_SWEEP_SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
     sweep_seconds: Option<u64>,
+    /// Over the file: how long an agent may be silent before it is marked down, in seconds.
+    #[arg(long, env = "INFRACREW_AGENT_SILENCE_SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
+    agent_silence_seconds: Option<u64>,
     /// Over the file: the environments that approve validated plans automatically (comma-separated).
     #[arg(long, env = "INFRACREW_AUTO_APPROVE", value_delimiter = ',')]
     auto_approve: Option<Vec<String>>,
-    /// Where the HTTP endpoint listens (Slack's slash commands and buttons).
-    #[arg(
-        long,
-        env = "INFRACREW_CONDUCTOR_LISTEN",
-        default_value = "127.0.0.1:8780"
-    )]
-    listen: SocketAddr,
     /// The Slack app's bot token (xoxb-…), used when the configuration has a [slack] section.
     #[arg(long, env = "SLACK_BOT_TOKEN", hide_env_values = true)]
     slack_bot_token: Option<String>,
@@ -59,6 +55,7 @@ async fn main() -> ExitCode {
         lock_lease_seconds: cli.lock_lease_seconds,
         apply_request_ttl_seconds: cli.apply_request_ttl_seconds,
         sweep_seconds: cli.sweep_seconds,
+        agent_silence_seconds: cli.agent_silence_seconds,
         auto_approve: cli
             .auto_approve
             .map(|envs| envs.into_iter().filter(|e| !e.is_empty()).collect()),
@@ -85,10 +82,7 @@ async fn main() -> ExitCode {
             return ExitCode::from(78); // EX_CONFIG
         }
     };
-    let options = RunOptions {
-        slack,
-        listen: cli.listen,
-    };
+    let options = RunOptions { slack };
     infracrew_agent_runtime::main(AgentRole::Conductor, cli.agent, |agent, shutdown| {
         infracrew_conductor::run(agent, config, options, shutdown)
     })

@@ -6,17 +6,19 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
-use infracrew_bus::{Bus, HandlerError, Kv, KvError, Shutdown};
+use infracrew_bus::{Bus, HandlerError, Kv, KvError, Shutdown, TraceContext};
 use infracrew_protocol::{
-    ApplyRequest, Approval, ApprovalDecision, BuildOutcome, BuildStatus, DecisionChannel,
-    DecisionOutcome, DecisionReply, DecisionRequest, DecodeError, FieldError, LockRecord, OpsEvent,
-    OpsEventKind, PlanId, PlanRecord, PlanSpec, PlanState, PlanTransitioned, SchemaVersion,
-    Transition, decode, encode, lock_key, subjects,
+    AgentRole, ApplyRequest, Approval, ApprovalDecision, BuildOutcome, BuildStatus,
+    DecisionChannel, DecisionKind, DecisionOutcome, DecisionReply, DecisionRequest, DecodeError,
+    FieldError, LockRecord, OpsEvent, OpsEventKind, PlanId, PlanRecord, PlanSpec, PlanState,
+    PlanTransitioned, SchemaVersion, Transition, decode, encode, lock_key, subjects,
 };
 
 use crate::{
-    approvals::{Accepted, Decision},
+    approvals::{Accepted, Decision, Refusal},
     config::ConductorConfig,
+    metrics::{ConductorMetrics, PlanCensus},
+    watch::CrewWatch,
 };
 
 /// Who the Conductor's own moves are recorded as.
@@ -58,6 +60,9 @@ pub struct Conductor {
     pub config: ConductorConfig,
     /// This process, recorded as a lock's holder.
     pub instance: String,
+    /// The crew's health, which gates approvals.
+    pub crew: Arc<CrewWatch>,
+    pub metrics: Arc<ConductorMetrics>,
 }
 
 fn retry(error: impl std::fmt::Display) -> HandlerError {
@@ -151,6 +156,7 @@ impl Conductor {
                     at: plan.created_at,
                 },
             ],
+            trace_parent: TraceContext::current().map(|trace| trace.to_string()),
             plan,
         };
         match self
@@ -422,8 +428,50 @@ impl Conductor {
             .map_err(|error| format!("the plan cannot be read now ({error}); try again"))
     }
 
+    /// The trace a plan's later work continues: the one that created it, or a new one.
+    fn trace_of(record: &PlanRecord) -> TraceContext {
+        record
+            .trace_parent
+            .as_deref()
+            .and_then(TraceContext::parse)
+            .map_or_else(TraceContext::root, |parent| parent.child())
+    }
+
+    /// Refuses an approval that no live agent could carry out: a ready Forge for a plan
+    /// waiting for its decision, and a ready Sentinel too while it is still validated.
+    fn health_gate(
+        &self,
+        record: &PlanRecord,
+        kind: DecisionKind,
+        now: DateTime<Utc>,
+    ) -> Result<(), Refusal> {
+        if kind != DecisionKind::Approve {
+            return Ok(());
+        }
+        let needed: &[AgentRole] = match record.state {
+            PlanState::Ready | PlanState::AwaitingApproval => &[AgentRole::Forge],
+            PlanState::Submitted | PlanState::Planned | PlanState::Validating => {
+                &[AgentRole::Sentinel, AgentRole::Forge]
+            }
+            _ => &[],
+        };
+        needed
+            .iter()
+            .try_for_each(|agent| self.crew.gate(*agent, now))
+            .map_err(Refusal::CrewUnhealthy)
+    }
+
     /// A person's decision, under the approval rules; the reply says what happened or why not.
+    /// It runs in the plan's trace, so its moves and the ApplyRequest can be followed with it.
     pub async fn decide(&self, request: DecisionRequest) -> DecisionReply {
+        let trace = match self.plans.get(&request.plan_id.to_string()).await {
+            Ok(Some(current)) => Self::trace_of(&current.value),
+            _ => TraceContext::root(),
+        };
+        trace.scope(self.decide_in_trace(request)).await
+    }
+
+    async fn decide_in_trace(&self, request: DecisionRequest) -> DecisionReply {
         let decision = Decision {
             kind: request.kind,
             who: request.who.clone(),
@@ -434,7 +482,9 @@ impl Conductor {
         let mut verdict = None;
         let updated = self
             .update(request.plan_id, |record| {
-                let result = self.config.approvals.decide(record, &decision, now);
+                let result = self
+                    .health_gate(record, decision.kind, now)
+                    .and_then(|()| self.config.approvals.decide(record, &decision, now));
                 let write = match &result {
                     Ok(Accepted::Approved { approvers }) => record
                         .move_to(
@@ -502,6 +552,9 @@ impl Conductor {
                 );
             }
         };
+        if let Some(Ok(accepted)) = &verdict {
+            self.metrics.decided(accepted, &record, now);
+        }
         let (outcome, message) = match &verdict {
             Some(Ok(accepted)) => (DecisionOutcome::Accepted, accepted.to_string()),
             Some(Err(refusal)) => (DecisionOutcome::Refused, refusal.to_string()),
@@ -595,39 +648,19 @@ impl Conductor {
 
     async fn sweep_once(&self) -> Result<(), HandlerError> {
         let now = Utc::now();
+        let mut census = PlanCensus::default();
         for key in self.plans.keys().await.map_err(retry)? {
             let Some(record) = self.plans.get(&key).await.map_err(retry)?.map(|r| r.value) else {
                 continue;
             };
-            let deciding = matches!(
-                record.state,
-                PlanState::Ready | PlanState::AwaitingApproval | PlanState::Blocked
-            );
-            if deciding && let Some(closed) = self.config.approvals.expired_at(&record, now) {
-                let expired = self
-                    .update(record.plan.plan_id, |record| {
-                        record
-                            .move_to(
-                                PlanState::Expired,
-                                CONDUCTOR,
-                                format!("no decision before {closed}"),
-                                now,
-                            )
-                            .is_ok()
-                    })
+            census.count(&record);
+            if !record.state.is_terminal() {
+                Self::trace_of(&record)
+                    .scope(self.sweep_plan(record, now))
                     .await?;
-                if let Some(expired) = expired.filter(|r| r.state == PlanState::Expired) {
-                    self.release(&expired).await?;
-                }
-            } else if record.state == PlanState::Planned {
-                self.try_start(record.plan.plan_id).await?;
-            } else if record.state == PlanState::Approved && self.apply_overdue(&record, now) {
-                // Approved, yet Forge never started: the request was lost (a Conductor died
-                // between the decision and the request). Applies are idempotent, so send again.
-                tracing::warn!(plan = %record.plan.plan_id, "approved but not started; sending the ApplyRequest again");
-                self.send_apply(&record).await?;
             }
         }
+        self.metrics.census(&census, now);
         for key in self.locks.keys().await.map_err(retry)? {
             let Some(lock) = self.locks.get(&key).await.map_err(retry)? else {
                 continue;
@@ -657,6 +690,40 @@ impl Conductor {
 }
 
 impl Conductor {
+    /// Expires a plan whose approval window closed, starts a planned one whose lock may be
+    /// free, and resends a lost ApplyRequest.
+    async fn sweep_plan(&self, record: PlanRecord, now: DateTime<Utc>) -> Result<(), HandlerError> {
+        let deciding = matches!(
+            record.state,
+            PlanState::Ready | PlanState::AwaitingApproval | PlanState::Blocked
+        );
+        if deciding && let Some(closed) = self.config.approvals.expired_at(&record, now) {
+            let expired = self
+                .update(record.plan.plan_id, |record| {
+                    record
+                        .move_to(
+                            PlanState::Expired,
+                            CONDUCTOR,
+                            format!("no decision before {closed}"),
+                            now,
+                        )
+                        .is_ok()
+                })
+                .await?;
+            if let Some(expired) = expired.filter(|r| r.state == PlanState::Expired) {
+                self.release(&expired).await?;
+            }
+        } else if record.state == PlanState::Planned {
+            self.try_start(record.plan.plan_id).await?;
+        } else if record.state == PlanState::Approved && self.apply_overdue(&record, now) {
+            // Approved, yet Forge never started: the request was lost (a Conductor died
+            // between the decision and the request). Applies are idempotent, so send again.
+            tracing::warn!(plan = %record.plan.plan_id, "approved but not started; sending the ApplyRequest again");
+            self.send_apply(&record).await?;
+        }
+        Ok(())
+    }
+
     /// Whether an APPROVED plan has waited for Forge longer than a sweep or two should take.
     fn apply_overdue(&self, record: &PlanRecord, now: DateTime<Utc>) -> bool {
         let patience = chrono::Duration::seconds((self.config.sweep_seconds * 3).max(10) as i64);

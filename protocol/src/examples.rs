@@ -223,6 +223,8 @@ pub fn heartbeat() -> Heartbeat {
         messages_failed: 0,
         in_flight: 1,
         last_error: None,
+        ready: true,
+        not_ready: Vec::new(),
     }
 }
 

@@ -123,6 +123,10 @@ pub struct PlanRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lock_token: Option<u64>,
     pub history: Vec<Transition>,
+    /// The W3C `traceparent` of the work that created the plan: later work on it (a
+    /// decision, a resent request) continues that trace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_parent: Option<String>,
 }
 
 impl PlanRecord {
@@ -257,6 +261,7 @@ mod tests {
             overrides: Vec::new(),
             waiting_for_lock: None,
             lock_token: None,
+            trace_parent: None,
             history: Vec::new(),
         };
         record

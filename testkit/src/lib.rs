@@ -16,8 +16,12 @@ use std::{
 use tempfile::TempDir;
 
 pub mod engine;
+pub mod http;
 pub mod images;
+pub mod prometheus;
 pub mod slack;
+
+pub use prometheus::free_port;
 
 /// How long a server may take to start before the harness gives up.
 const START_TIMEOUT: Duration = Duration::from_secs(20);

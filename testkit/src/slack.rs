@@ -24,8 +24,7 @@ use axum::{
     routing::post,
 };
 use futures::{SinkExt, StreamExt};
-use http_body_util::{BodyExt, Full};
-use hyper_util::{client::legacy::Client, rt::TokioExecutor};
+use http_body_util::Full;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
@@ -573,23 +572,13 @@ pub async fn send_with_signature(
     signature: &str,
     timestamp: u64,
 ) -> (u16, String) {
-    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
     let request = axum::http::Request::post(url)
         .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
         .header("x-slack-signature", signature)
         .header("x-slack-request-timestamp", timestamp.to_string())
         .body(Full::new(Bytes::from(body.to_owned())))
         .expect("a request");
-    let response = client
-        .request(request)
+    crate::http::send(request)
         .await
-        .unwrap_or_else(|error| panic!("POST {url}: {error}"));
-    let status = response.status().as_u16();
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .map(|collected| String::from_utf8_lossy(&collected.to_bytes()).into_owned())
-        .unwrap_or_default();
-    (status, body)
+        .unwrap_or_else(|error| panic!("POST {error}"))
 }

@@ -12,6 +12,10 @@ use infracrew_protocol::{GoalRejected, GoalStatement, PlanId, SchemaVersion, sub
 /// planned on `crew.goal.rejected`. Both are derived from the goal, so a redelivered goal
 /// publishes the same message, which JetStream stores once.
 pub async fn run(agent: Agent, playbooks: Playbooks, shutdown: Shutdown) -> Result<(), WorkError> {
+    agent.readiness.pass(
+        "playbooks",
+        "the catalog and every intent's playbook loaded",
+    );
     let bus = agent.bus.clone();
     let playbooks = std::sync::Arc::new(playbooks);
     let handler = move |goal: GoalStatement, _delivery: Delivery| {

@@ -133,6 +133,15 @@ fn strategy(plan: &PlanSpec, environment: &str, service: &str) -> Strategy {
         .unwrap_or(Strategy::Rolling)
 }
 
+/// How an ApplyRequest ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApplyEnd {
+    /// The gate refused it; nothing was changed.
+    Refused,
+    Applied,
+    RolledBack,
+}
+
 /// Checks the gate, then applies, verifies, and rolls back what it applied on a failure.
 pub async fn apply<D: Apply>(
     bus: &Bus,
@@ -140,7 +149,7 @@ pub async fn apply<D: Apply>(
     records: &Records,
     request: &ApplyRequest,
     delivery: &Delivery,
-) -> Result<(), ApplyError> {
+) -> Result<ApplyEnd, ApplyError> {
     let mut steps = Steps {
         bus,
         request,
@@ -152,13 +161,14 @@ pub async fn apply<D: Apply>(
         Ok(build) => build,
         Err(refusal) => {
             tracing::warn!(plan = %request.plan_id, %refusal, "apply refused");
-            return steps
+            steps
                 .event(
                     OpsEventKind::ApplyRefused,
                     None,
                     format!("{refusal}; nothing was changed"),
                 )
-                .await;
+                .await?;
+            return Ok(ApplyEnd::Refused);
         }
     };
     let change = &build.change;
@@ -235,13 +245,14 @@ pub async fn apply<D: Apply>(
                 .await?
                 .map_err(transient)?;
             }
-            return steps
+            steps
                 .event(
                     OpsEventKind::RolledBack,
                     None,
                     format!("rolled back after: {error}"),
                 )
-                .await;
+                .await?;
+            return Ok(ApplyEnd::RolledBack);
         }
         steps
             .event(
@@ -258,7 +269,8 @@ pub async fn apply<D: Apply>(
             None,
             format!("applied and verified with {}", driver.name()),
         )
-        .await
+        .await?;
+    Ok(ApplyEnd::Applied)
 }
 
 /// The build to apply, or the reason the request must be refused.

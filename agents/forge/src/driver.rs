@@ -89,4 +89,7 @@ pub trait Apply: Driver {
         service: &str,
         state: Option<&ServiceState>,
     ) -> impl Future<Output = Result<(), DriverError>> + Send;
+
+    /// Whether the target answers now, and what it is: Forge's readiness.
+    fn check(&self) -> impl Future<Output = Result<String, DriverError>> + Send;
 }

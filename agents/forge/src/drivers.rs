@@ -51,6 +51,13 @@ impl Driver for AnyDriver {
 }
 
 impl Apply for AnyDriver {
+    async fn check(&self) -> Result<String, DriverError> {
+        match self {
+            AnyDriver::DryRun(driver) => driver.check().await,
+            AnyDriver::Container(driver) => driver.check().await,
+        }
+    }
+
     async fn apply(
         &self,
         environment: &str,
@@ -105,6 +112,11 @@ impl<D> DriverMap<D> {
         self.by_environment
             .get(environment)
             .unwrap_or(&self.default)
+    }
+
+    /// The default driver, then each environment's.
+    pub fn all(&self) -> impl Iterator<Item = &D> {
+        std::iter::once(&self.default).chain(self.by_environment.values())
     }
 }
 

@@ -74,6 +74,13 @@ impl Driver for DryRunDriver {
 }
 
 impl Apply for DryRunDriver {
+    async fn check(&self) -> Result<String, DriverError> {
+        Ok(format!(
+            "records applies in the {} bucket",
+            buckets::DRY_RUN
+        ))
+    }
+
     /// Records the state as running (or removes the record); nothing else changes.
     async fn apply(
         &self,

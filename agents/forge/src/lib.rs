@@ -7,9 +7,10 @@ pub mod container;
 pub mod driver;
 pub mod drivers;
 pub mod dry_run;
+pub mod metrics;
 pub mod render;
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Instant};
 
 use chrono::Utc;
 use infracrew_agent_runtime::{Agent, WorkError};
@@ -25,6 +26,7 @@ use crate::{
     apply::Records,
     driver::Apply,
     drivers::DriverMap,
+    metrics::ForgeMetrics,
     render::{RenderError, diff_text, render},
 };
 
@@ -65,6 +67,7 @@ struct Forge<D> {
     bus: Bus,
     drivers: DriverMap<D>,
     records: Records,
+    metrics: ForgeMetrics,
 }
 
 /// Runs Forge with a driver per environment until shutdown.
@@ -82,29 +85,67 @@ pub async fn run<D: Apply>(
         bus: agent.bus.clone(),
         drivers,
         records,
+        metrics: ForgeMetrics::default(),
     });
+    agent
+        .metrics
+        .register(|registry| forge.metrics.register(registry));
+    // Checked once before the consumer binds, so no heartbeat calls Forge ready unchecked.
+    check_drivers(&agent, &forge).await;
+    let checks = {
+        let (agent, forge, shutdown) = (agent.clone(), forge.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(agent.identity.interval);
+            ticker.tick().await;
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = ticker.tick() => check_drivers(&agent, &forge).await,
+                }
+            }
+        })
+    };
     let handler = move |message: ForgeMessage, delivery: Delivery| {
         let forge = forge.clone();
         async move {
             match message {
                 ForgeMessage::Plan(plan) => forge.build(plan).await,
                 ForgeMessage::Validated(result) => forge.conclude(result).await,
-                ForgeMessage::Apply(request) => apply::apply(
-                    &forge.bus,
-                    &forge.drivers,
-                    &forge.records,
-                    &request,
-                    &delivery,
-                )
-                .await
-                .map_err(|error| HandlerError::Retry(error.to_string())),
+                ForgeMessage::Apply(request) => {
+                    let started = Instant::now();
+                    let end = apply::apply(
+                        &forge.bus,
+                        &forge.drivers,
+                        &forge.records,
+                        &request,
+                        &delivery,
+                    )
+                    .await;
+                    forge.metrics.applied(&end, started.elapsed().as_secs_f64());
+                    end.map(drop)
+                        .map_err(|error| HandlerError::Retry(error.to_string()))
+                }
             }
         }
     };
-    agent
-        .consume(ConsumerSettings::default(), handler, shutdown)
-        .await?;
-    Ok(())
+    let outcome = agent
+        .consume(ConsumerSettings::default(), handler, shutdown.clone())
+        .await;
+    shutdown.cancel();
+    let _ = checks.await;
+    outcome
+}
+
+/// Checks every driver's target (the container engine answers, say): Forge is ready only
+/// while it could apply. Runs every heartbeat interval.
+async fn check_drivers<D: Apply>(agent: &Agent, forge: &Forge<D>) {
+    for driver in forge.drivers.all() {
+        let need = format!("{} driver", driver.name());
+        match driver.check().await {
+            Ok(detail) => agent.readiness.pass(&need, detail),
+            Err(error) => agent.readiness.fail(&need, error.reason),
+        }
+    }
 }
 
 fn retry(error: impl std::fmt::Display) -> HandlerError {

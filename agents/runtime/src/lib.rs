@@ -1,16 +1,36 @@
 //! What every agent process shares: its flags, logging, connecting and provisioning the bus,
-//! heartbeats, and a graceful stop on SIGTERM or Ctrl-C.
+//! heartbeats, health and metrics over HTTP, and a graceful stop on SIGTERM or Ctrl-C.
 
+mod heartbeat;
+mod http;
 pub mod logging;
+pub mod metrics;
+pub mod readiness;
 
-use std::{future::Future, process::ExitCode, sync::Arc, time::Duration};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    future::Future,
+    net::{Ipv4Addr, SocketAddr},
+    process::ExitCode,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
+use async_nats::connection::State as ConnectionState;
+use chrono::{DateTime, Utc};
 use infracrew_bus::{
-    Bus, ConnectArgs, ConnectError, ConsumerSettings, ConsumerSpec, Handler, HeartbeatSettings,
-    Inbound, Kv, ProvisionError, ProvisionOptions, Shutdown, Topology, WorkStats, consumers,
-    parse_duration, publish_heartbeats, role_subjects, shutdown_on_signal,
+    Bus, ConnectArgs, ConnectError, ConsumerSettings, ConsumerSpec, Handler, Inbound, Kv,
+    ProvisionError, ProvisionOptions, Shutdown, Topology, WorkStats, consumers, parse_duration,
+    shutdown_on_signal,
 };
 use infracrew_protocol::AgentRole;
+use tokio::net::TcpListener;
+use uuid::Uuid;
+
+use crate::{
+    metrics::{AgentMetrics, Backlog, InstanceLabels},
+    readiness::{Check, Readiness},
+};
 
 /// Flags every agent takes.
 #[derive(Debug, Clone, clap::Args)]
@@ -25,6 +45,23 @@ pub struct AgentArgs {
     /// Copies of each stream and bucket when provisioning (3 on a three-node cluster).
     #[arg(long, env = "INFRACREW_REPLICAS", default_value_t = 1)]
     pub replicas: usize,
+    /// Where /health/live, /health/ready and /metrics are served (and the Conductor's Slack
+    /// endpoint). Default 127.0.0.1 port 8780 for the Conductor, 8781 Atlas, 8782 Sentinel,
+    /// 8783 Forge; port 0 picks a free one.
+    #[arg(long, env = "INFRACREW_LISTEN")]
+    pub listen: Option<SocketAddr>,
+}
+
+/// The HTTP address a role uses when none is given, distinct per role so a local crew fits
+/// on one host.
+pub fn default_listen(role: AgentRole) -> SocketAddr {
+    let port = match role {
+        AgentRole::Conductor => 8780,
+        AgentRole::Atlas => 8781,
+        AgentRole::Sentinel => 8782,
+        AgentRole::Forge => 8783,
+    };
+    SocketAddr::from((Ipv4Addr::LOCALHOST, port))
 }
 
 /// Why an agent could not start.
@@ -34,6 +71,19 @@ pub enum StartError {
     Connect(#[from] ConnectError),
     #[error("provisioning the bus failed: {0}")]
     Provision(#[from] ProvisionError),
+    #[error(
+        "cannot serve health and metrics on {address}: {reason}; set --listen (INFRACREW_LISTEN) to a free address"
+    )]
+    Listen { address: SocketAddr, reason: String },
+}
+
+/// Who this agent process is, as its heartbeats say.
+#[derive(Debug)]
+pub struct Identity {
+    pub instance_id: Uuid,
+    pub version: String,
+    pub started_at: DateTime<Utc>,
+    pub interval: Duration,
 }
 
 /// A started agent: connected, with the crew's streams, consumers and buckets in place.
@@ -43,7 +93,12 @@ pub struct Agent {
     pub bus: Bus,
     pub topology: Topology,
     pub stats: Arc<WorkStats>,
-    heartbeat: HeartbeatSettings,
+    pub identity: Arc<Identity>,
+    pub readiness: Arc<Readiness>,
+    pub metrics: Arc<AgentMetrics>,
+    /// The durable consumers this process reads, whose backlogs it reports.
+    consumers: Arc<Mutex<BTreeSet<String>>>,
+    mounted: Arc<http::Mounted>,
 }
 
 /// Why an agent's work stopped.
@@ -57,16 +112,27 @@ pub enum WorkError {
     Consume(#[from] infracrew_bus::ConsumeError),
 }
 
-/// Runs an agent process from its parsed flags: logging, start, `work` until SIGTERM or
-/// Ctrl-C, and a clean stop. Errors are printed for a person; the exit code says failure.
+/// Runs an agent process from its parsed flags: logging, its HTTP address, start, `work`
+/// until SIGTERM or Ctrl-C, and a clean stop. Errors are printed for a person; the exit code
+/// says failure.
 pub async fn main<W, Fut>(role: AgentRole, args: AgentArgs, work: W) -> ExitCode
 where
     W: FnOnce(Agent, Shutdown) -> Fut,
     Fut: Future<Output = Result<(), WorkError>>,
 {
     logging::init(&args.log);
-    let agent = match Agent::start(role, &args).await {
-        Ok(agent) => agent,
+    let started = async {
+        let address = args.listen.unwrap_or_else(|| default_listen(role));
+        let listener = TcpListener::bind(address)
+            .await
+            .map_err(|error| StartError::Listen {
+                address,
+                reason: error.to_string(),
+            })?;
+        Ok::<_, StartError>((Agent::start(role, &args).await?, listener))
+    };
+    let (agent, listener) = match started.await {
+        Ok(started) => started,
         Err(error) => {
             tracing::error!(%error, "{role} could not start");
             return ExitCode::FAILURE;
@@ -74,7 +140,7 @@ where
     };
     let shutdown = shutdown_on_signal();
     let work = work(agent.clone(), shutdown.clone());
-    match agent.run(shutdown, work).await {
+    match agent.run(Some(listener), shutdown, work).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!(%error, "{role} stopped on an error");
@@ -96,25 +162,41 @@ impl Agent {
         for item in report.created() {
             tracing::info!(%item, "provisioned");
         }
-        let heartbeat = HeartbeatSettings {
-            agent: role,
-            instance_id: uuid::Uuid::new_v4(),
+        let identity = Identity {
+            instance_id: Uuid::new_v4(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
-            started_at: chrono::Utc::now(),
+            started_at: Utc::now(),
             interval: args.heartbeat_interval,
         };
         tracing::info!(
             agent = %role,
-            instance = %heartbeat.instance_id,
+            instance = %identity.instance_id,
             nats = bus.url(),
             "connected to NATS with JetStream"
         );
+        let stats = Arc::new(WorkStats::default());
+        let metrics = AgentMetrics::new(
+            InstanceLabels {
+                agent: role.to_string(),
+                instance_id: identity.instance_id.to_string(),
+            },
+            &identity.version,
+            &stats,
+        );
+        // The role's own consumer is a need from the start, so no heartbeat says "ready"
+        // before the work is bound.
+        let readiness = Readiness::default();
+        readiness.fail(&consumer_check(consumers::for_role(role)), "not bound yet");
         Ok(Agent {
             role,
             bus,
             topology,
-            stats: Arc::default(),
-            heartbeat,
+            stats,
+            identity: Arc::new(identity),
+            readiness: Arc::new(readiness),
+            metrics: Arc::new(metrics),
+            consumers: Arc::default(),
+            mounted: Arc::default(),
         })
     }
 
@@ -127,6 +209,12 @@ impl Agent {
                 what: format!("the {name} bucket"),
                 reason: error.to_string(),
             })
+    }
+
+    /// Serves `routes` beside health and metrics on the agent's HTTP address; false when
+    /// routes were mounted already.
+    pub fn mount(&self, routes: axum::Router) -> bool {
+        self.mounted.set(routes)
     }
 
     /// Reads this role's work through its durable consumer until shutdown, counted in the
@@ -146,7 +234,7 @@ impl Agent {
     }
 
     /// Reads one of the crew's durable consumers (the role's own, or one it keeps beside it)
-    /// until shutdown.
+    /// until shutdown. The consumer is a readiness need while it runs.
     pub async fn consume_from<T, H>(
         &self,
         durable: &str,
@@ -159,10 +247,25 @@ impl Agent {
         H: Handler<T>,
     {
         let spec = self.spec_of(durable)?;
-        self.bus
+        let check = consumer_check(durable);
+        let backlog = self.backlog(&spec).await.inspect_err(|error| {
+            self.readiness.fail(&check, error.to_string());
+        })?;
+        self.metrics.set_backlog(durable, backlog);
+        self.consumers
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .insert(durable.to_owned());
+        self.readiness
+            .pass(&check, format!("bound on stream {}", spec.stream));
+        let outcome = self
+            .bus
             .consume(&spec, settings, self.stats.clone(), handler, shutdown)
-            .await?;
-        Ok(())
+            .await;
+        if let Err(error) = &outcome {
+            self.readiness.fail(&check, error.to_string());
+        }
+        Ok(outcome?)
     }
 
     fn spec_of(&self, durable: &str) -> Result<ConsumerSpec, WorkError> {
@@ -175,55 +278,115 @@ impl Agent {
             })
     }
 
-    /// Runs `work` with heartbeats beside it until it ends or `shutdown` fires, then stops
-    /// the heartbeats and drains the connection.
-    pub async fn run<W, E>(self, shutdown: Shutdown, work: W) -> Result<(), E>
+    async fn backlog(&self, spec: &ConsumerSpec) -> Result<Backlog, WorkError> {
+        let unusable = |reason: String| WorkError::Consumer {
+            durable: spec.durable.clone(),
+            reason,
+        };
+        let stream = self
+            .bus
+            .jetstream()
+            .get_stream_no_info(&spec.stream)
+            .await
+            .map_err(|error| unusable(error.to_string()))?;
+        let info = stream
+            .consumer_info(&spec.durable)
+            .await
+            .map_err(|error| unusable(error.to_string()))?;
+        Ok(Backlog {
+            pending: info.num_pending,
+            ack_pending: info.num_ack_pending,
+            redelivered: info.num_redelivered,
+        })
+    }
+
+    /// Refreshes the backlog metrics of the consumers this process reads.
+    async fn observe_consumers(&self) {
+        let durables: Vec<String> = self
+            .consumers
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .iter()
+            .cloned()
+            .collect();
+        for durable in durables {
+            let Ok(spec) = self.spec_of(&durable) else {
+                continue;
+            };
+            match self.backlog(&spec).await {
+                Ok(backlog) => self.metrics.set_backlog(&durable, backlog),
+                Err(error) => tracing::debug!(%error, "backlog not read"),
+            }
+        }
+    }
+
+    /// Every need with its state: the NATS connection, the consumers, and the role's own.
+    pub fn checks(&self) -> BTreeMap<String, Check> {
+        let mut checks = self.readiness.checks();
+        let state = self.bus.client().connection_state();
+        checks.insert(
+            "nats".to_owned(),
+            Check {
+                ok: state == ConnectionState::Connected,
+                detail: format!("{} ({state})", self.bus.url()),
+            },
+        );
+        checks
+    }
+
+    /// The needs not met, each as "need: what is wrong"; empty when the agent is ready.
+    pub fn not_ready(&self) -> Vec<String> {
+        self.checks()
+            .into_iter()
+            .filter(|(_, check)| !check.ok)
+            .map(|(name, check)| format!("{name}: {}", check.detail))
+            .collect()
+    }
+
+    /// Runs `work` with heartbeats and the HTTP endpoint (when given a listener) beside it
+    /// until it ends or `shutdown` fires, then stops them and drains the connection.
+    pub async fn run<W, E>(
+        self,
+        listener: Option<TcpListener>,
+        shutdown: Shutdown,
+        work: W,
+    ) -> Result<(), E>
     where
         W: Future<Output = Result<(), E>>,
     {
-        let heartbeats = tokio::spawn(publish_heartbeats(
-            self.bus.clone(),
-            self.heartbeat.clone(),
-            self.stats.clone(),
+        let heartbeats = tokio::spawn(heartbeat::publish_heartbeats(
+            self.clone(),
             shutdown.clone(),
         ));
+        let http = listener.map(|listener| {
+            if let Ok(address) = listener.local_addr() {
+                tracing::info!(
+                    "serving /health/live, /health/ready and /metrics on http://{address}"
+                );
+            }
+            let routes = http::router(self.clone());
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                if let Err(error) = axum::serve(listener, routes)
+                    .with_graceful_shutdown(async move { shutdown.cancelled().await })
+                    .await
+                {
+                    tracing::error!(%error, "the HTTP endpoint stopped");
+                }
+            })
+        });
         let outcome = work.await;
         shutdown.cancel();
         let _ = heartbeats.await;
+        if let Some(http) = http {
+            let _ = http.await;
+        }
         self.bus.drain().await;
         tracing::info!(agent = %self.role, "stopped");
         outcome
     }
 }
 
-/// Checks that the role's durable consumer is bound, says so, and waits for shutdown without
-/// taking any message: for a role whose handling is not built yet, so its work stays queued.
-pub async fn hold_work(agent: Agent, shutdown: Shutdown) -> Result<(), WorkError> {
-    let durable = consumers::for_role(agent.role);
-    let spec = agent.spec_of(durable)?;
-    let stream = agent
-        .bus
-        .jetstream()
-        .get_stream_no_info(&spec.stream)
-        .await
-        .map_err(|error| WorkError::Consumer {
-            durable: durable.to_owned(),
-            reason: error.to_string(),
-        })?;
-    let info = stream
-        .consumer_info(durable)
-        .await
-        .map_err(|error| WorkError::Consumer {
-            durable: durable.to_owned(),
-            reason: error.to_string(),
-        })?;
-    tracing::warn!(
-        consumer = durable,
-        subjects = ?role_subjects(agent.role),
-        pending = info.num_pending,
-        "ready, but {} does not handle messages in this build: they stay queued on its consumer",
-        agent.role
-    );
-    shutdown.cancelled().await;
-    Ok(())
+fn consumer_check(durable: &str) -> String {
+    format!("consumer {durable}")
 }

@@ -85,6 +85,14 @@ pub async fn run(
         rules = loaded.policies.rules().len(),
         "policies loaded"
     );
+    agent.readiness.pass(
+        "policy set",
+        format!(
+            "{} ({} rules); a failed reload keeps it",
+            loaded.policies.version(),
+            loaded.policies.rules().len()
+        ),
+    );
     let current: Current = Arc::new(RwLock::new(Arc::new(loaded.policies)));
     let watcher = tokio::spawn(watch_policies(
         config.clone(),

@@ -323,6 +323,7 @@ mod tests {
             overrides: Vec::new(),
             waiting_for_lock: None,
             lock_token: None,
+            trace_parent: None,
             history: Vec::new(),
         }
     }

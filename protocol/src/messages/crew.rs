@@ -58,6 +58,11 @@ pub struct Heartbeat {
     pub in_flight: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    /// Whether every need of the agent is met (its /health/ready).
+    pub ready: bool,
+    /// The needs not met, each as "need: what is wrong".
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_ready: Vec<String>,
 }
 
 message!(Heartbeat, "heartbeat", |beat| format!(

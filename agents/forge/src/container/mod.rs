@@ -149,6 +149,16 @@ impl Driver for ContainerDriver {
 }
 
 impl Apply for ContainerDriver {
+    async fn check(&self) -> Result<String, DriverError> {
+        self.docker
+            .ping()
+            .await
+            .map(|_| self.engine.to_string())
+            .map_err(|error| {
+                Self::failed(format!("{} does not answer: {error}", self.engine.endpoint))
+            })
+    }
+
     async fn apply(
         &self,
         environment: &str,
