@@ -15,7 +15,9 @@ use infracrew_e2e::{
     AgentProcess, PATIENCE, approve, crew_bus, free_port, submit, text, wait_for_state,
 };
 use infracrew_protocol::PlanState;
-use infracrew_testkit::{NatsServer, binary, http, prometheus::Prometheus, workspace_root};
+use infracrew_testkit::{
+    NatsServer, binary, http, otlp::OtlpCollector, prometheus::Prometheus, workspace_root,
+};
 use serde_json::{Value, json};
 
 const AGENTS: [&str; 4] = ["atlas", "forge", "sentinel", "conductor"];
@@ -474,12 +476,14 @@ async fn an_approval_is_refused_while_forge_is_down_and_taken_once_it_is_back() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_plan_is_followed_by_its_trace_id_in_every_agents_json_logs() {
-    let crew = Crew::start(
+async fn one_plan_is_followed_by_its_trace_id_in_every_agents_logs_and_in_the_collector() {
+    let collector = OtlpCollector::start().await.unwrap();
+    let mut crew = Crew::start(
         &[],
         &[
             ("INFRACREW_LOG_FORMAT", "json"),
             ("RUST_LOG", "info,infracrew_bus=debug"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &collector.endpoint()),
         ],
     );
     let bus = crew_bus(&crew.server).await;
@@ -520,5 +524,34 @@ async fn one_plan_is_followed_by_its_trace_id_in_every_agents_json_logs() {
         forge.lines().any(|line| line.contains(&trace_id)
             && line.contains(infracrew_protocol::subjects::APPLY_REQUEST)),
         "Forge's apply carries the plan's trace:\n{forge}"
+    );
+
+    // A clean stop sends the spans still buffered; each agent's handling is in the trace,
+    // and a message's handler is the child of the handler that published it.
+    for agent in &mut crew.agents {
+        assert_eq!(agent.terminate(PATIENCE), Some(0), "{}", agent.log());
+    }
+    let spans: Vec<_> = collector
+        .spans()
+        .into_iter()
+        .filter(|span| span.trace_id == trace_id)
+        .collect();
+    for agent in AGENTS {
+        assert!(
+            spans
+                .iter()
+                .any(|span| span.service == format!("infracrew-{agent}")),
+            "no span of {agent} in trace {trace_id}: {spans:?}"
+        );
+    }
+    let sentinel = spans
+        .iter()
+        .find(|span| span.service == "infracrew-sentinel")
+        .unwrap();
+    assert!(
+        spans.iter().any(
+            |span| span.service == "infracrew-forge" && span.span_id == sentinel.parent_span_id
+        ),
+        "Sentinel's span hangs under the Forge span that asked it: {spans:?}"
     );
 }

@@ -556,13 +556,14 @@ impl<H> Settle<H> {
         let subject = message.subject.to_string();
         // The handler works inside the message's trace (or starts one for a message that
         // came without), so what it publishes carries the trace on.
-        let trace = message
+        let parent = message
             .headers
             .as_ref()
             .and_then(|headers| headers.get(crate::trace::TRACEPARENT))
-            .and_then(|value| TraceContext::parse(value.as_str()))
-            .map_or_else(TraceContext::root, |parent| parent.child());
-        let span = tracing::info_span!("message", durable = %self.spec.durable, %subject, stream_sequence, delivered, trace_id = %trace.trace_id());
+            .and_then(|value| TraceContext::parse(value.as_str()));
+        let span = tracing::info_span!("message", durable = %self.spec.durable, %subject, stream_sequence, delivered, trace_id = tracing::field::Empty);
+        let trace = TraceContext::for_handler(parent, &span);
+        span.record("trace_id", trace.trace_id());
         trace
             .scope(self.settle_delivery::<T>(message, subject, stream_sequence, delivered))
             .instrument(span)

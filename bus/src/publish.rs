@@ -99,8 +99,9 @@ impl Bus {
                 .message_id(message_id)
                 .header(KIND_HEADER, kind)
                 .header(SCHEMA_HEADER, SchemaVersion::CURRENT.to_string().as_str());
+            // The publishing work is the parent of the work the message causes.
             if let Some(trace) = TraceContext::current() {
-                outgoing = outgoing.header(TRACEPARENT, trace.child().to_string().as_str());
+                outgoing = outgoing.header(TRACEPARENT, trace.to_string().as_str());
             }
             let result = match self
                 .jetstream()

@@ -1,8 +1,11 @@
 //! W3C trace context carried in NATS headers, so one plan's work can be followed across the
-//! agents' logs: a handler runs inside the context of the message it handles, and what it
-//! publishes carries that trace on.
+//! agents' logs (and in an OpenTelemetry collector when one is configured): a handler runs
+//! inside the context of the message it handles, and what it publishes carries that trace on.
 
 use std::{fmt, future::Future};
+
+use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 /// The header that carries the context (W3C Trace Context).
 pub const TRACEPARENT: &str = "traceparent";
@@ -61,6 +64,52 @@ impl TraceContext {
             span_id,
             sampled: flags & 1 == 1,
         })
+    }
+
+    /// The context a handler of a message works in: the next step of the message's trace (a
+    /// new trace for a message without one), and, when spans go to an OpenTelemetry
+    /// collector, the handler's `span` there, linked to the message's sender.
+    pub fn for_handler(parent: Option<Self>, span: &tracing::Span) -> Self {
+        let context = match parent {
+            Some(parent) => {
+                // Refused only when no span is exported: there is nothing to link then.
+                let _ = span.set_parent(parent.as_remote_parent());
+                parent.child()
+            }
+            None => Self::root(),
+        };
+        context.of_span(span)
+    }
+
+    /// The OpenTelemetry context that has this one as its remote parent.
+    fn as_remote_parent(&self) -> opentelemetry::Context {
+        let flags = if self.sampled {
+            TraceFlags::SAMPLED
+        } else {
+            TraceFlags::default()
+        };
+        opentelemetry::Context::new().with_remote_span_context(SpanContext::new(
+            TraceId::from_bytes(self.trace_id.to_be_bytes()),
+            SpanId::from_bytes(self.span_id.to_be_bytes()),
+            flags,
+            true,
+            TraceState::default(),
+        ))
+    }
+
+    /// The context of `span` when spans go to an OpenTelemetry collector (so what the span
+    /// publishes names it as the parent there); this one otherwise.
+    fn of_span(self, span: &tracing::Span) -> Self {
+        let context = span.context();
+        let exported = context.span().span_context().clone();
+        if !exported.is_valid() {
+            return self;
+        }
+        Self {
+            trace_id: u128::from_be_bytes(exported.trace_id().to_bytes()),
+            span_id: u64::from_be_bytes(exported.span_id().to_bytes()),
+            sampled: exported.is_sampled(),
+        }
     }
 
     /// The trace id as the 32 hex digits logs and trace viewers show.

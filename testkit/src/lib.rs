@@ -18,6 +18,7 @@ use tempfile::TempDir;
 pub mod engine;
 pub mod http;
 pub mod images;
+pub mod otlp;
 pub mod prometheus;
 pub mod slack;
 

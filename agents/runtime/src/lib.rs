@@ -120,7 +120,7 @@ where
     W: FnOnce(Agent, Shutdown) -> Fut,
     Fut: Future<Output = Result<(), WorkError>>,
 {
-    logging::init(&args.log);
+    let _telemetry = logging::init(&args.log, &format!("infracrew-{role}"));
     let started = async {
         let address = args.listen.unwrap_or_else(|| default_listen(role));
         let listener = TcpListener::bind(address)
