@@ -50,6 +50,7 @@ async fn a_goal_is_approved_by_an_allowed_person_and_applied() {
         approvers: vec!["mallory".into()],
         issued_at: chrono::Utc::now(),
         expires_at: chrono::Utc::now() + chrono::Duration::minutes(5),
+        signature: String::new(),
     };
     bus.publish(subjects::APPLY_REQUEST, &forged).await.unwrap();
     let refusal = loop {
@@ -61,7 +62,9 @@ async fn a_goal_is_approved_by_an_allowed_person_and_applied() {
     };
     assert_eq!(refusal.kind, OpsEventKind::ApplyRefused);
     assert!(
-        refusal.message.contains("is READY, not APPROVED"),
+        refusal
+            .message
+            .contains("the request is not the Conductor's: it is not signed"),
         "{}",
         refusal.message
     );

@@ -7,11 +7,11 @@
 
 use chrono::Utc;
 use infracrew_bus::{Bus, buckets};
-use infracrew_e2e::{AgentProcess, crew_bus, wait_for};
+use infracrew_e2e::{AgentProcess, conductor_key, crew_bus, wait_for};
 use infracrew_protocol::{
     ApplyRequest, BuildOutcome, BuildStatus, ChangeAction, DesiredState, GoalId, Intent,
     LockRecord, OpsEvent, OpsEventKind, PlanId, PlanRecord, PlanSpec, PlanState, SchemaVersion,
-    ServiceState, examples, lock_key, subjects,
+    ServiceState, examples, lock_key, signing::Signer, subjects,
 };
 use infracrew_testkit::NatsServer;
 use uuid::Uuid;
@@ -231,7 +231,9 @@ fn apply_request(
         approvers: vec!["alice".into()],
         issued_at: Utc::now(),
         expires_at: Utc::now() + chrono::Duration::seconds(expires_in),
+        signature: String::new(),
     }
+    .signed_by(&conductor_key().0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -382,6 +384,33 @@ async fn forged_apply_requests_are_refused_with_the_reason_and_change_nothing() 
     hold_lock(&bus, &late, late.plan_id, 1).await;
     cases.push((apply_request(&late, &build, 1, -5), "the request expired"));
 
+    // Approved plans with a free lock: only the signature stands between them and an apply.
+    let mut signed_wrong = Vec::new();
+    for (number, environment) in [(16, "dev"), (17, "prod"), (18, "qa")] {
+        let approved = plan(number, "alfred-bot", environment, |_| {});
+        plans
+            .put(
+                &approved.plan_id.to_string(),
+                &plan_record(&approved, PlanState::Approved, build.clone()),
+            )
+            .await
+            .unwrap();
+        hold_lock(&bus, &approved, approved.plan_id, 1).await;
+        signed_wrong.push(apply_request(&approved, &build, 1, 60));
+    }
+    let mut unsigned = signed_wrong.remove(0);
+    unsigned.signature.clear();
+    cases.push((
+        unsigned,
+        "the request is not the Conductor's: it is not signed",
+    ));
+    let (mallory, _) = Signer::generate();
+    let other_key = signed_wrong.remove(0).signed_by(&mallory);
+    cases.push((other_key, "its signature was not made by the trusted key"));
+    let mut tampered = signed_wrong.remove(0);
+    tampered.approvers = vec!["mallory".into()];
+    cases.push((tampered, "its signature was not made by the trusted key"));
+
     for (request, _) in &cases {
         bus.publish(subjects::APPLY_REQUEST, request).await.unwrap();
     }
@@ -412,6 +441,9 @@ async fn forged_apply_requests_are_refused_with_the_reason_and_change_nothing() 
         "staging.financial-tax",
         "staging.mission-control",
         "dev.social-intel",
+        "dev.alfred-bot",
+        "prod.alfred-bot",
+        "qa.alfred-bot",
     ] {
         assert!(
             records.get(key).await.unwrap().is_none(),

@@ -5,13 +5,21 @@ use std::{
     fs::File,
     path::PathBuf,
     process::{Child, Command, Output, Stdio},
+    sync::OnceLock,
     time::Duration,
 };
 
 use infracrew_bus::{Bus, ConnectArgs, ProvisionOptions, Topology, buckets, streams};
-use infracrew_protocol::{Message, PlanId, PlanRecord, PlanState, decode};
+use infracrew_protocol::{Message, PlanId, PlanRecord, PlanState, decode, signing::Signer};
 pub use infracrew_testkit::free_port;
 use infracrew_testkit::{NatsServer, binary, workspace_root};
+
+/// The Conductor's signing key in these tests (and its seed): every Conductor started here
+/// signs with it, every Forge trusts it.
+pub fn conductor_key() -> &'static (Signer, String) {
+    static KEY: OnceLock<(Signer, String)> = OnceLock::new();
+    KEY.get_or_init(Signer::generate)
+}
 
 /// How long an end-to-end wait may take before the test fails.
 pub const PATIENCE: Duration = Duration::from_secs(20);
@@ -41,7 +49,14 @@ impl AgentProcess {
         let dir = tempfile::tempdir().expect("a temporary folder");
         let log = dir.path().join(format!("{name}.log"));
         let file = File::create(&log).expect("a log file");
-        let child = Command::new(binary(name))
+        let key = conductor_key();
+        let mut command = Command::new(binary(name));
+        match name {
+            "conductor" => command.env("INFRACREW_CONDUCTOR_SIGNING_SEED", &key.1),
+            "forge" => command.env("INFRACREW_CONDUCTOR_PUBLIC_KEY", key.0.public_key()),
+            _ => &mut command,
+        };
+        let child = command
             .args(args)
             .env("NATS_URL", server.url())
             .env("INFRACREW_HEARTBEAT_INTERVAL", "200ms")

@@ -12,7 +12,7 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand};
 use infracrew_bus::{Bus, ConnectArgs, ConnectError, parse_duration};
-use infracrew_protocol::DecisionKind;
+use infracrew_protocol::{DecisionKind, signing::Signer};
 
 pub use goals::GoalFileError;
 
@@ -193,6 +193,14 @@ pub enum Command {
         #[command(flatten)]
         bus: ConnectArgs,
     },
+    /// Make a new signing key pair (nkeys, Ed25519) for the Conductor.
+    ///
+    /// The seed (keep it secret) goes to the Conductor as INFRACREW_CONDUCTOR_SIGNING_SEED, the
+    /// public key to Forge as INFRACREW_CONDUCTOR_PUBLIC_KEY: Forge then applies only
+    /// ApplyRequests the Conductor signed. Prints both as environment lines.
+    ///
+    /// Example: crew keys >> deploy/.env
+    Keys,
 }
 
 /// Why a command failed.
@@ -315,6 +323,15 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 (None, None) => watch::From::Now,
             };
             watch::watch(&connect(&bus).await?, &filter, from, json).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Keys => {
+            let (signer, seed) = Signer::generate();
+            println!("# the Conductor's (secret)\nINFRACREW_CONDUCTOR_SIGNING_SEED={seed}");
+            println!(
+                "# Forge's\nINFRACREW_CONDUCTOR_PUBLIC_KEY={}",
+                signer.public_key()
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Dlq { limit, json, bus } => {

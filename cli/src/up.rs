@@ -8,6 +8,7 @@ use std::{
 };
 
 use infracrew_bus::{Bus, ConnectArgs, Shutdown, shutdown_on_signal};
+use infracrew_protocol::signing::Signer;
 use infracrew_testkit::NatsServer;
 use tokio::{
     io::{AsyncBufReadExt, BufReader},
@@ -52,6 +53,8 @@ pub async fn up(options: UpOptions) -> Result<ExitCode, CliError> {
         .ok()
         .and_then(|exe| exe.parent().map(Path::to_path_buf))
         .unwrap_or_default();
+    // A key for this crew only: the Conductor signs its ApplyRequests, Forge checks them.
+    let (signer, seed) = Signer::generate();
     let mut children = Vec::new();
     for name in AGENTS {
         let mut command = Command::new(bin.join(name));
@@ -64,6 +67,11 @@ pub async fn up(options: UpOptions) -> Result<ExitCode, CliError> {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
+        match name {
+            "conductor" => command.env("INFRACREW_CONDUCTOR_SIGNING_SEED", &seed),
+            "forge" => command.env("INFRACREW_CONDUCTOR_PUBLIC_KEY", signer.public_key()),
+            _ => &mut command,
+        };
         if !options.environment_drivers.is_empty() {
             command.env(
                 "INFRACREW_ENVIRONMENT_DRIVERS",

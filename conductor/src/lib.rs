@@ -12,6 +12,7 @@ use std::{sync::Arc, time::Duration};
 
 use infracrew_agent_runtime::{Agent, WorkError};
 use infracrew_bus::{ConsumerSettings, Delivery, HandlerError, Shutdown, buckets, consumers};
+use infracrew_protocol::signing::Signer;
 use tokio::task::JoinHandle;
 
 use crate::{
@@ -29,6 +30,8 @@ use crate::{
 /// What the Conductor runs with beside its configuration file.
 #[derive(Debug)]
 pub struct RunOptions {
+    /// The key every ApplyRequest is signed with.
+    pub signer: Signer,
     /// Slack, when the configuration has a `[slack]` section.
     pub slack: Option<SlackSetup>,
 }
@@ -59,7 +62,9 @@ pub async fn run(
         instance: uuid::Uuid::new_v4().to_string(),
         crew: crew.clone(),
         metrics,
+        signer: Arc::new(options.signer),
     });
+    tracing::info!(public_key = %conductor.signer.public_key(), "ApplyRequests are signed; Forge needs this key as INFRACREW_CONDUCTOR_PUBLIC_KEY");
     let alerts = options
         .slack
         .as_ref()
@@ -83,7 +88,7 @@ pub async fn run(
             },
         )),
     ];
-    tasks.push(start_reviews(&agent, &conductor, options, &shutdown).await?);
+    tasks.push(start_reviews(&agent, &conductor, options.slack, &shutdown).await?);
     let handler = {
         let conductor = conductor.clone();
         move |message: ConductorMessage, _delivery: Delivery| {
@@ -111,14 +116,14 @@ pub async fn run(
 async fn start_reviews(
     agent: &Agent,
     conductor: &Arc<Conductor>,
-    options: RunOptions,
+    slack: Option<SlackSetup>,
     shutdown: &Shutdown,
 ) -> Result<JoinHandle<()>, WorkError> {
     let settings = ConsumerSettings {
         concurrency: 1,
         ..ConsumerSettings::default()
     };
-    let Some(slack) = options.slack else {
+    let Some(slack) = slack else {
         let agent = agent.clone();
         let shutdown = shutdown.clone();
         let skip = |_: ReviewInput, _: Delivery| async { Ok::<(), HandlerError>(()) };

@@ -7,7 +7,7 @@ use infracrew_conductor::{
     config::{ConductorConfig, Overrides},
     slack::{SlackSecrets, SlackSetup},
 };
-use infracrew_protocol::AgentRole;
+use infracrew_protocol::{AgentRole, signing::Signer};
 
 /// Conductor, the crew's orchestrator: plan states, locks and the approval gate.
 #[derive(Debug, Parser)]
@@ -35,6 +35,10 @@ struct Cli {
     /// Over the file: the environments that approve validated plans automatically (comma-separated).
     #[arg(long, env = "INFRACREW_AUTO_APPROVE", value_delimiter = ',')]
     auto_approve: Option<Vec<String>>,
+    /// The nkey seed (SU…, from `crew keys`) that signs every ApplyRequest; Forge is given its
+    /// public key and applies nothing else.
+    #[arg(long, env = "INFRACREW_CONDUCTOR_SIGNING_SEED", hide_env_values = true)]
+    signing_seed: Option<String>,
     /// The Slack app's bot token (xoxb-…), used when the configuration has a [slack] section.
     #[arg(long, env = "SLACK_BOT_TOKEN", hide_env_values = true)]
     slack_bot_token: Option<String>,
@@ -73,16 +77,26 @@ async fn main() -> ExitCode {
                 .clone()
                 .map(|slack| SlackSetup::new(slack, secrets))
                 .transpose()?;
-            Ok((config, slack))
+            let signer = cli
+                .signing_seed
+                .as_deref()
+                .ok_or_else(|| {
+                    "no signing key: set INFRACREW_CONDUCTOR_SIGNING_SEED (or --signing-seed) to an nkey seed from `crew keys`, and give Forge its public key".to_owned()
+                })
+                .and_then(|seed| {
+                    Signer::from_seed(seed)
+                        .map_err(|error| format!("INFRACREW_CONDUCTOR_SIGNING_SEED is {error}"))
+                })?;
+            Ok((config, slack, signer))
         });
-    let (config, slack) = match setup {
+    let (config, slack, signer) = match setup {
         Ok(setup) => setup,
         Err(reason) => {
             eprintln!("conductor: cannot start: {reason}");
             return ExitCode::from(78); // EX_CONFIG
         }
     };
-    let options = RunOptions { slack };
+    let options = RunOptions { slack, signer };
     infracrew_agent_runtime::main(AgentRole::Conductor, cli.agent, |agent, shutdown| {
         infracrew_conductor::run(agent, config, options, shutdown)
     })

@@ -11,7 +11,8 @@ use infracrew_protocol::{
     AgentRole, ApplyRequest, Approval, ApprovalDecision, BuildOutcome, BuildStatus,
     DecisionChannel, DecisionKind, DecisionOutcome, DecisionReply, DecisionRequest, DecodeError,
     FieldError, LockRecord, OpsEvent, OpsEventKind, PlanId, PlanRecord, PlanSpec, PlanState,
-    PlanTransitioned, SchemaVersion, Transition, decode, encode, lock_key, subjects,
+    PlanTransitioned, SchemaVersion, Transition, decode, encode, lock_key, signing::Signer,
+    subjects,
 };
 
 use crate::{
@@ -63,6 +64,8 @@ pub struct Conductor {
     /// The crew's health, which gates approvals.
     pub crew: Arc<CrewWatch>,
     pub metrics: Arc<ConductorMetrics>,
+    /// Signs every ApplyRequest; Forge applies only what it signed.
+    pub signer: Arc<Signer>,
 }
 
 fn retry(error: impl std::fmt::Display) -> HandlerError {
@@ -398,7 +401,9 @@ impl Conductor {
             issued_at: now,
             expires_at: now
                 + chrono::Duration::seconds(self.config.apply_request_ttl_seconds as i64),
-        };
+            signature: String::new(),
+        }
+        .signed_by(&self.signer);
         self.bus
             .publish(subjects::APPLY_REQUEST, &request)
             .await

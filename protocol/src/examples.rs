@@ -192,6 +192,7 @@ pub fn apply_request() -> ApplyRequest {
         approvers: vec!["alice".into()],
         issued_at: at(6),
         expires_at: at(36),
+        signature: "M2VoWkNmZ1RqYWxlU2lnbmF0dXJlRXhhbXBsZQ".into(),
     }
 }
 

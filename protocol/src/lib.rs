@@ -9,6 +9,7 @@ pub mod examples;
 mod ids;
 mod messages;
 mod record;
+pub mod signing;
 pub mod subjects;
 mod version;
 

@@ -8,7 +8,8 @@ use chrono::Utc;
 use infracrew_bus::{Bus, Delivery, Kv};
 use infracrew_protocol::{
     ApplyRequest, ChangeAction, DesiredState, LockRecord, OpsEvent, OpsEventKind, PlanRecord,
-    PlanSpec, PlanState, SchemaVersion, ServiceState, Strategy, lock_key, subjects,
+    PlanSpec, PlanState, SchemaVersion, ServiceState, Strategy, lock_key, signing::Verifier,
+    subjects,
 };
 
 use crate::{
@@ -146,6 +147,7 @@ pub enum ApplyEnd {
 pub async fn apply<D: Apply>(
     bus: &Bus,
     drivers: &DriverMap<D>,
+    conductor: &Verifier,
     records: &Records,
     request: &ApplyRequest,
     delivery: &Delivery,
@@ -157,7 +159,7 @@ pub async fn apply<D: Apply>(
         attempt: u32::try_from(delivery.delivered()).unwrap_or(u32::MAX),
         seq: 0,
     };
-    let build = match check_gate(records, request).await? {
+    let build = match check_gate(conductor, records, request).await? {
         Ok(build) => build,
         Err(refusal) => {
             tracing::warn!(plan = %request.plan_id, %refusal, "apply refused");
@@ -275,9 +277,14 @@ pub async fn apply<D: Apply>(
 
 /// The build to apply, or the reason the request must be refused.
 async fn check_gate(
+    conductor: &Verifier,
     records: &Records,
     request: &ApplyRequest,
 ) -> Result<Result<BuildRecord, String>, ApplyError> {
+    // Before anything else: whoever can publish on the bus cannot make Forge apply.
+    if let Err(error) = conductor.verify(&request.signed_payload(), &request.signature) {
+        return Ok(Err(format!("the request is not the Conductor's: {error}")));
+    }
     if request.expires_at <= Utc::now() {
         return Ok(Err(format!(
             "the request expired at {}",

@@ -18,7 +18,7 @@ use infracrew_bus::{Bus, ConsumerSettings, Delivery, HandlerError, Shutdown, buc
 use infracrew_protocol::{
     ApplyRequest, BuildOutcome, BuildStatus, ChangeSet, DecodeError, Enforcement, FieldError,
     Finding, PlanDigest, PlanSpec, SchemaVersion, ValidateRequest, ValidationResult, Verdict,
-    decode, subjects,
+    decode, signing::Verifier, subjects,
 };
 use serde::{Deserialize, Serialize};
 
@@ -66,6 +66,8 @@ pub struct BuildRecord {
 struct Forge<D> {
     bus: Bus,
     drivers: DriverMap<D>,
+    /// The Conductor's public key: only requests it signed are applied.
+    conductor: Verifier,
     records: Records,
     metrics: ForgeMetrics,
 }
@@ -74,6 +76,7 @@ struct Forge<D> {
 pub async fn run<D: Apply>(
     agent: Agent,
     drivers: DriverMap<D>,
+    conductor: Verifier,
     shutdown: Shutdown,
 ) -> Result<(), WorkError> {
     let records = Records {
@@ -84,6 +87,7 @@ pub async fn run<D: Apply>(
     let forge = Arc::new(Forge {
         bus: agent.bus.clone(),
         drivers,
+        conductor,
         records,
         metrics: ForgeMetrics::default(),
     });
@@ -116,6 +120,7 @@ pub async fn run<D: Apply>(
                     let end = apply::apply(
                         &forge.bus,
                         &forge.drivers,
+                        &forge.conductor,
                         &forge.records,
                         &request,
                         &delivery,

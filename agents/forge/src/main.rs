@@ -3,12 +3,16 @@ use std::process::ExitCode;
 use clap::Parser;
 use infracrew_agent_runtime::{AgentArgs, WorkError};
 use infracrew_forge::drivers::DriverArgs;
-use infracrew_protocol::AgentRole;
+use infracrew_protocol::{AgentRole, signing::Verifier};
 
 /// Forge, the crew's builder and operator: renders, diffs, applies and verifies changes.
 #[derive(Debug, Parser)]
 #[command(name = "forge", version)]
 struct Cli {
+    /// The Conductor's public nkey (U…, from `crew keys`): Forge applies only ApplyRequests
+    /// signed with it.
+    #[arg(long, env = "INFRACREW_CONDUCTOR_PUBLIC_KEY")]
+    conductor_public_key: Option<String>,
     #[command(flatten)]
     drivers: DriverArgs,
     #[command(flatten)]
@@ -18,6 +22,23 @@ struct Cli {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
+    let conductor = cli
+        .conductor_public_key
+        .as_deref()
+        .ok_or_else(|| {
+            "no Conductor key: set INFRACREW_CONDUCTOR_PUBLIC_KEY (or --conductor-public-key) to the public key of the Conductor's signing seed (`crew keys`)".to_owned()
+        })
+        .and_then(|key| {
+            Verifier::from_public_key(key)
+                .map_err(|error| format!("INFRACREW_CONDUCTOR_PUBLIC_KEY is {error}"))
+        });
+    let conductor = match conductor {
+        Ok(conductor) => conductor,
+        Err(reason) => {
+            eprintln!("forge: cannot start: {reason}");
+            return ExitCode::from(78); // EX_CONFIG
+        }
+    };
     infracrew_agent_runtime::main(AgentRole::Forge, cli.agent, |agent, shutdown| async move {
         let drivers =
             cli.drivers
@@ -28,7 +49,7 @@ async fn main() -> ExitCode {
                     reason: error.to_string(),
                 })?;
         tracing::info!(drivers = %cli.drivers.describe(), "drivers ready");
-        infracrew_forge::run(agent, drivers, shutdown).await
+        infracrew_forge::run(agent, drivers, conductor, shutdown).await
     })
     .await
 }

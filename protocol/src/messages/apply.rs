@@ -122,6 +122,31 @@ pub struct ApplyRequest {
     pub approvers: Vec<String>,
     pub issued_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
+    /// The Conductor's Ed25519 signature (nkey, base64url) over [`Self::signed_payload`].
+    pub signature: String,
+}
+
+impl ApplyRequest {
+    /// What the signature covers: every field that decides what Forge does, and until when.
+    pub fn signed_payload(&self) -> Vec<u8> {
+        format!(
+            "infracrew apply request v1\nplan {}\ndigest {}\nfencing token {}\napprovers {}\nissued {}\nexpires {}",
+            self.plan_id,
+            self.digest,
+            self.fencing_token,
+            // As JSON, so no name can fake a list boundary.
+            serde_json::Value::from(self.approvers.clone()),
+            self.issued_at.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
+            self.expires_at.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
+        )
+        .into_bytes()
+    }
+
+    /// Signs the request with the Conductor's key.
+    pub fn signed_by(mut self, signer: &crate::signing::Signer) -> Self {
+        self.signature = signer.sign(&self.signed_payload());
+        self
+    }
 }
 
 // The issue time is part of the id: a request published by anyone else cannot take the id of
