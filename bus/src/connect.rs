@@ -1,6 +1,10 @@
 //! Connecting to NATS, with credentials from flags or the environment.
 
-use std::{path::PathBuf, time::Duration};
+use std::{
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use async_nats::{ConnectErrorKind, jetstream};
 
@@ -99,7 +103,12 @@ pub struct Bus {
     client: async_nats::Client,
     jetstream: jetstream::Context,
     url: String,
+    /// The permission violations the server reported, newest last (a few are kept).
+    refusals: Arc<Mutex<Vec<String>>>,
 }
+
+/// Permission violations kept for explaining a failed publish.
+const REFUSALS_KEPT: usize = 16;
 
 impl Bus {
     /// Connects as `name` (shown in the server's connection list) and checks that JetStream
@@ -111,6 +120,34 @@ impl Bus {
             .connection_timeout(args.nats_connect_timeout)
             .request_timeout(Some(args.nats_connect_timeout.max(Duration::from_secs(5))))
             .max_reconnects(None);
+        // The server answers a publish outside the user's permissions with an error on the
+        // connection, not on the publish: keep it, so the publish can say why it failed.
+        let refusals: Arc<Mutex<Vec<String>>> = Arc::default();
+        let user = args.nats_user.clone().unwrap_or_else(|| "(no user)".into());
+        options = options.event_callback({
+            let refusals = refusals.clone();
+            move |event| {
+                let refusals = refusals.clone();
+                let user = user.clone();
+                async move {
+                    if let async_nats::Event::ServerError(async_nats::ServerError::Other(text)) =
+                        event
+                        && text.to_lowercase().contains("permissions violation")
+                    {
+                        tracing::error!(
+                            user,
+                            "the NATS server refused: {text}; this user's permissions (deploy/nats/users.conf) do not allow it"
+                        );
+                        if let Ok(mut kept) = refusals.lock() {
+                            if kept.len() == REFUSALS_KEPT {
+                                kept.remove(0);
+                            }
+                            kept.push(text);
+                        }
+                    }
+                }
+            }
+        });
         if let (Some(user), Some(password)) = (&args.nats_user, &args.nats_password) {
             options = options.user_and_password(user.clone(), password.clone());
         }
@@ -154,6 +191,7 @@ impl Bus {
             client,
             jetstream,
             url,
+            refusals,
         })
     }
 
@@ -165,6 +203,18 @@ impl Bus {
     /// The JetStream context.
     pub fn jetstream(&self) -> &jetstream::Context {
         &self.jetstream
+    }
+
+    /// The server's refusal of a publish on `subject`, if it reported one.
+    pub(crate) fn refusal_for(&self, subject: &str) -> Option<String> {
+        let quoted = format!("\"{subject}\"");
+        self.refusals
+            .lock()
+            .ok()?
+            .iter()
+            .rev()
+            .find(|text| text.contains(&quoted))
+            .cloned()
     }
 
     /// The URL this bus connected to.

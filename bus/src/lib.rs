@@ -6,6 +6,7 @@ mod connect;
 mod consumer;
 mod kv;
 mod metrics;
+pub mod permissions;
 mod provision;
 mod publish;
 mod shutdown;

@@ -45,6 +45,14 @@ pub enum PublishError {
         subject: String,
         size: usize,
     },
+    #[error(
+        "the NATS server does not let this user publish {kind} on {subject}: {reason}; the user's permissions are in the server configuration (deploy/nats/users.conf)"
+    )]
+    NotAllowed {
+        kind: &'static str,
+        subject: String,
+        reason: String,
+    },
     #[error("publishing {kind} to {subject} failed after {attempts} tries: {reason}")]
     Failed {
         kind: &'static str,
@@ -134,6 +142,14 @@ impl Bus {
                     }
                     // Only a lost ack or connection is worth another try: the message id makes
                     // it safe. Anything else (limits, permissions) fails the same way again.
+                    // A refused publish gets no ack; the refusal came on the connection.
+                    PublishErrorKind::TimedOut if self.refusal_for(subject).is_some() => {
+                        return Err(PublishError::NotAllowed {
+                            kind,
+                            subject: subject.to_owned(),
+                            reason: self.refusal_for(subject).unwrap_or_default(),
+                        });
+                    }
                     PublishErrorKind::TimedOut | PublishErrorKind::BrokenPipe => {
                         last_reason = error.to_string();
                         tracing::debug!(subject, attempt, %error, "publish not acknowledged; retrying");

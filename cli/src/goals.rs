@@ -9,8 +9,8 @@ use std::{
 use futures::StreamExt;
 use infracrew_bus::{Bus, Kv, TraceContext, buckets};
 use infracrew_protocol::{
-    DecodeError, GoalRejected, GoalStatement, PlanId, PlanRecord, PlanState, PlanTransitioned,
-    Transition, decode, subjects,
+    DecodeError, GoalRejected, GoalStatement, MAX_MESSAGE_BYTES, PlanId, PlanRecord, PlanState,
+    PlanTransitioned, Transition, decode, subjects,
 };
 use serde_json::json;
 
@@ -26,10 +26,30 @@ pub enum GoalFileError {
     },
     #[error("{path}: {source}")]
     Invalid { path: PathBuf, source: DecodeError },
+    #[error(
+        "{path} is {size} bytes, over the {max} bytes a message on the bus may have (nats-server's max_payload); nothing was sent"
+    )]
+    TooLarge {
+        path: PathBuf,
+        size: u64,
+        max: usize,
+    },
 }
 
 /// Reads and checks a goal file; the error names the file, and each JSON path at fault.
 pub fn read(path: &Path) -> Result<GoalStatement, GoalFileError> {
+    let read_error = |source| GoalFileError::Read {
+        path: path.to_owned(),
+        source,
+    };
+    let size = std::fs::metadata(path).map_err(read_error)?.len();
+    if size > MAX_MESSAGE_BYTES as u64 {
+        return Err(GoalFileError::TooLarge {
+            path: path.to_owned(),
+            size,
+            max: MAX_MESSAGE_BYTES,
+        });
+    }
     let bytes = std::fs::read(path).map_err(|source| GoalFileError::Read {
         path: path.to_owned(),
         source,

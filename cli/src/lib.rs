@@ -193,14 +193,25 @@ pub enum Command {
         #[command(flatten)]
         bus: ConnectArgs,
     },
-    /// Make a new signing key pair (nkeys, Ed25519) for the Conductor.
+    /// Make the crew's secrets: the Conductor's signing key pair and a NATS password per user.
     ///
     /// The seed (keep it secret) goes to the Conductor as INFRACREW_CONDUCTOR_SIGNING_SEED, the
     /// public key to Forge as INFRACREW_CONDUCTOR_PUBLIC_KEY: Forge then applies only
-    /// ApplyRequests the Conductor signed. Prints both as environment lines.
+    /// ApplyRequests the Conductor signed. INFRACREW_<USER>_PASSWORD are the NATS users'
+    /// passwords (deploy/nats/users.conf). Prints environment lines, as compose reads them.
     ///
-    /// Example: crew keys >> deploy/.env
+    /// Example: crew keys > .env
     Keys,
+    /// Print the NATS server's user configuration: one user per agent and one for the CLI,
+    /// each allowed only the subjects its role needs (deploy/nats/users.conf is this output).
+    ///
+    /// Example: crew nats-users > deploy/nats/users.conf
+    NatsUsers,
+}
+
+/// A random password (122 random bits).
+pub fn new_password() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
 }
 
 /// Why a command failed.
@@ -325,6 +336,10 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             watch::watch(&connect(&bus).await?, &filter, from, json).await?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::NatsUsers => {
+            print!("{}", infracrew_bus::permissions::users_conf());
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Keys => {
             let (signer, seed) = Signer::generate();
             println!("# the Conductor's (secret)\nINFRACREW_CONDUCTOR_SIGNING_SEED={seed}");
@@ -332,6 +347,10 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 "# Forge's\nINFRACREW_CONDUCTOR_PUBLIC_KEY={}",
                 signer.public_key()
             );
+            println!("# the NATS users' passwords (nats-server and each user)");
+            for user in infracrew_bus::permissions::crew_users() {
+                println!("{}={}", user.password_variable(), new_password());
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Dlq { limit, json, bus } => {

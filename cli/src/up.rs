@@ -2,12 +2,13 @@
 //! log prefixed by its name, stopped cleanly on Ctrl-C or SIGTERM.
 
 use std::{
+    collections::BTreeMap,
     path::{Path, PathBuf},
     process::{ExitCode, Stdio},
     time::Duration,
 };
 
-use infracrew_bus::{Bus, ConnectArgs, Shutdown, shutdown_on_signal};
+use infracrew_bus::{Bus, ConnectArgs, Shutdown, permissions, shutdown_on_signal};
 use infracrew_protocol::signing::Signer;
 use infracrew_testkit::NatsServer;
 use tokio::{
@@ -35,9 +36,33 @@ pub struct UpOptions {
 
 pub async fn up(options: UpOptions) -> Result<ExitCode, CliError> {
     let shutdown = shutdown_on_signal();
+    // Our own server runs with the crew's users (one per agent and the CLI, each allowed only
+    // its role's subjects) and passwords made for this run; a named server brings its own.
+    let passwords: BTreeMap<String, String> = permissions::crew_users()
+        .iter()
+        .map(|user| (user.name.to_owned(), crate::new_password()))
+        .collect();
+    let config = tempfile::tempdir().map_err(|error| CliError::Up(error.to_string()))?;
     let server = match &options.nats_url {
         Some(_) => None,
-        None => Some(NatsServer::start().map_err(|error| CliError::Up(error.to_string()))?),
+        None => {
+            let users = config.path().join("users.conf");
+            std::fs::write(
+                &users,
+                permissions::users_conf_with_passwords(&|user| passwords[user.name].clone()),
+            )
+            .map_err(|error| CliError::Up(error.to_string()))?;
+            let users = users.to_string_lossy().into_owned();
+            Some(
+                NatsServer::start_with_args(&["-c", &users])
+                    .map_err(|error| CliError::Up(error.to_string()))?,
+            )
+        }
+    };
+    let credentials = |user: &str| {
+        server
+            .as_ref()
+            .map(|_| (user.to_owned(), passwords[user].clone()))
     };
     let url = options
         .nats_url
@@ -67,6 +92,11 @@ pub async fn up(options: UpOptions) -> Result<ExitCode, CliError> {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
+        if let Some((user, password)) = credentials(name) {
+            command
+                .env("NATS_USER", user)
+                .env("NATS_PASSWORD", password);
+        }
         match name {
             "conductor" => command.env("INFRACREW_CONDUCTOR_SIGNING_SEED", &seed),
             "forge" => command.env("INFRACREW_CONDUCTOR_PUBLIC_KEY", signer.public_key()),
@@ -87,9 +117,18 @@ pub async fn up(options: UpOptions) -> Result<ExitCode, CliError> {
         prefix_lines(name, &mut child);
         children.push((name, child));
     }
-    let bus = Bus::connect(&ConnectArgs::for_url(url.clone()), "infracrew-cli").await?;
+    let mut connect = ConnectArgs::for_url(url.clone());
+    let login = match credentials("cli") {
+        Some((user, password)) => {
+            connect.nats_user = Some(user.clone());
+            connect.nats_password = Some(password.clone());
+            format!(" NATS_USER={user}; NATS_PASSWORD={password};")
+        }
+        None => String::new(),
+    };
+    let bus = Bus::connect(&connect, "infracrew-cli").await?;
     println!(
-        "crew up: atlas, forge, sentinel and conductor started; NATS_URL={url}; Ctrl-C stops them"
+        "crew up: atlas, forge, sentinel and conductor started; NATS_URL={url};{login} Ctrl-C stops them"
     );
     let code = watch_children(&mut children, &shutdown).await;
     bus.drain().await;

@@ -203,6 +203,7 @@ pub fn ops_event() -> OpsEvent {
         digest: digest(),
         seq: 2,
         attempt: 1,
+        request_issued_at: Some(at(6)),
         kind: OpsEventKind::StepSucceeded,
         step: Some("start replica 1 of 2".into()),
         message: "replica 1 of 2 is ready".into(),

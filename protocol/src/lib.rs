@@ -14,7 +14,8 @@ pub mod subjects;
 mod version;
 
 pub use codec::{
-    DecodeError, FieldError, Message, check_document, decode, decode_value, encode, schema_for,
+    DecodeError, FieldError, MAX_MESSAGE_BYTES, Message, check_document, decode, decode_value,
+    encode, schema_for,
 };
 pub use digest::{PlanDigest, canonical_json};
 pub use ids::{GoalId, PlanId, PlanRefError};

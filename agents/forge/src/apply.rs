@@ -68,6 +68,7 @@ impl Steps<'_> {
             digest: self.request.digest.clone(),
             seq,
             attempt: self.attempt,
+            request_issued_at: Some(self.request.issued_at),
             kind,
             step,
             message,

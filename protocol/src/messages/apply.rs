@@ -170,6 +170,10 @@ pub struct OpsEvent {
     /// after a crash numbers its events afresh without colliding with the first attempt's.
     #[serde(default = "first_attempt")]
     pub attempt: u32,
+    /// When the ApplyRequest this event answers was issued: two requests for one plan (a
+    /// resent one, or forged ones Forge refuses) each keep their own events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_issued_at: Option<DateTime<Utc>>,
     pub kind: OpsEventKind,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub step: Option<String>,
@@ -179,8 +183,15 @@ pub struct OpsEvent {
 }
 
 message!(OpsEvent, "ops_event", |event| format!(
-    "ops:{}:{}:{}:{}",
-    event.plan_id, event.digest, event.attempt, event.seq
+    "ops:{}:{}:{}:{}:{}",
+    event.plan_id,
+    event.digest,
+    event
+        .request_issued_at
+        .and_then(|at| at.timestamp_nanos_opt())
+        .unwrap_or_default(),
+    event.attempt,
+    event.seq
 ));
 
 fn first_attempt() -> u32 {
