@@ -11,8 +11,9 @@ use infracrew_e2e::{
     wait_for_state,
 };
 use infracrew_protocol::{
-    ApplyRequest, LockRecord, OpsEvent, OpsEventKind, PlanId, PlanRecord, PlanState, SchemaVersion,
-    subjects,
+    ApplyRequest, DecisionChannel, DecisionKind, DecisionOutcome, DecisionReply, DecisionRequest,
+    LockRecord, OpsEvent, OpsEventKind, PlanId, PlanRecord, PlanState, SchemaVersion,
+    signing::Signer, subjects,
 };
 use infracrew_testkit::{NatsServer, binary, workspace_root};
 
@@ -120,6 +121,10 @@ async fn a_goal_is_approved_by_an_allowed_person_and_applied() {
     );
 
     let applied = wait_for_state(&bus, plan, PlanState::Applied, &agents).await;
+    assert!(
+        applied.approvals[0].unauthenticated,
+        "a demo takes --as on its word, and records that it did"
+    );
     let states: Vec<PlanState> = applied.history.iter().map(|t| t.to).collect();
     use PlanState::*;
     assert_eq!(
@@ -570,4 +575,101 @@ async fn an_approved_plan_whose_apply_request_was_lost_is_applied_by_the_sweeper
 
     let applied = wait_for_state(&bus, plan, PlanState::Applied, &agents).await;
     assert_eq!(applied.history.last().unwrap().by, "forge");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outside_a_demo_cli_decisions_must_be_signed_by_the_approvers_own_key() {
+    let server = NatsServer::start().unwrap();
+    let bus = crew_bus(&server).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (alice, alice_seed) = Signer::generate();
+    let (_, mallory_seed) = Signer::generate();
+    let demo = std::fs::read_to_string(workspace_root().join("config/demo.toml")).unwrap();
+    let config = dir.path().join("conductor.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "{}\n[approver_keys]\nalice = \"{}\"\n",
+            demo.replace("demo = true", "demo = false"),
+            alice.public_key()
+        ),
+    )
+    .unwrap();
+    let seed_file = |name: &str, seed: &str| {
+        let path = dir.path().join(format!("{name}.nk"));
+        std::fs::write(&path, format!("# {name}'s seed\n{seed}\n")).unwrap();
+        path.to_str().unwrap().to_owned()
+    };
+    let (alices, mallorys) = (
+        seed_file("alice", &alice_seed),
+        seed_file("mallory", &mallory_seed),
+    );
+    let agents = start_crew_with(&server, &["--config", config.to_str().unwrap()]);
+    let plan = submit(&server, "examples/goals/valid/social-intel-staging.json");
+    wait_for_state(&bus, plan, PlanState::Ready, &agents).await;
+    let id = plan.to_string();
+
+    for (args, refusal) in [
+        (
+            vec!["approve", &id, "--as", "alice"],
+            "an unsigned decision is taken only in a demo installation; sign it with alice's key",
+        ),
+        (
+            vec!["approve", &id, "--as", "alice", "--key", &mallorys],
+            "the decision is not alice's: its signature was not made by the trusted key",
+        ),
+        (
+            vec!["approve", &id, "--as", "bob", "--key", &alices],
+            "no key is configured for bob",
+        ),
+    ] {
+        let refused = crew(&server, &args);
+        assert!(!refused.status.success(), "{args:?}");
+        assert!(
+            text(&refused.stderr).contains(refusal),
+            "{args:?}: {}",
+            text(&refused.stderr)
+        );
+    }
+    let record = wait_for_state(&bus, plan, PlanState::Ready, &agents).await;
+    assert!(record.approvals.is_empty(), "{:?}", record.approvals);
+
+    // Signed by alice: taken, and recorded as hers. The very same bytes again: a replay.
+    let request = DecisionRequest {
+        schema_version: SchemaVersion::CURRENT,
+        request_id: uuid::Uuid::new_v4(),
+        plan_id: plan,
+        kind: DecisionKind::Approve,
+        who: "alice".into(),
+        channel: DecisionChannel::Cli,
+        reason: None,
+        issued_at: None,
+        signature: None,
+    }
+    .signed_by(&alice);
+    let bytes = infracrew_protocol::encode(&request).unwrap();
+    let ask = || async {
+        let answer = bus
+            .client()
+            .request(subjects::APPROVAL_REQUEST, bytes.clone().into())
+            .await
+            .unwrap();
+        infracrew_protocol::decode::<DecisionReply>(&answer.payload).unwrap()
+    };
+    let first = ask().await;
+    assert_eq!(
+        first.outcome,
+        DecisionOutcome::Accepted,
+        "{}",
+        first.message
+    );
+    let replayed = ask().await;
+    assert_eq!(replayed.outcome, DecisionOutcome::Refused);
+    assert_eq!(
+        replayed.message,
+        "this exact decision was already received; a replay is refused"
+    );
+    let applied = wait_for_state(&bus, plan, PlanState::Applied, &agents).await;
+    assert_eq!(applied.approvals.len(), 1);
+    assert!(!applied.approvals[0].unauthenticated);
 }

@@ -103,8 +103,8 @@ pub enum Command {
     Approve {
         plan: String,
         /// Who approves.
-        #[arg(long = "as", value_name = "USER")]
-        who: String,
+        #[command(flatten)]
+        approver: decisions::ApproverArgs,
         #[command(flatten)]
         bus: ConnectArgs,
     },
@@ -113,8 +113,8 @@ pub enum Command {
     /// Example: crew reject c265859a --as bob --reason "wrong version"
     Reject {
         plan: String,
-        #[arg(long = "as", value_name = "USER")]
-        who: String,
+        #[command(flatten)]
+        approver: decisions::ApproverArgs,
         #[arg(long)]
         reason: Option<String>,
         #[command(flatten)]
@@ -125,8 +125,8 @@ pub enum Command {
     /// Example: crew override c265859a --as erin --reason "one replica during the migration"
     Override {
         plan: String,
-        #[arg(long = "as", value_name = "USER")]
-        who: String,
+        #[command(flatten)]
+        approver: decisions::ApproverArgs,
         #[arg(long)]
         reason: String,
         #[command(flatten)]
@@ -200,8 +200,16 @@ pub enum Command {
     /// ApplyRequests the Conductor signed. INFRACREW_<USER>_PASSWORD are the NATS users'
     /// passwords (deploy/nats/users.conf). Prints environment lines, as compose reads them.
     ///
+    /// With --approver NAME: a key pair for that approver instead, whose seed signs their
+    /// decisions (`crew approve --key`) and whose public key goes under [approver_keys] in the
+    /// Conductor's configuration.
+    ///
     /// Example: crew keys > .env
-    Keys,
+    Keys {
+        /// Make an approver's key pair instead of the crew's secrets.
+        #[arg(long, value_name = "NAME")]
+        approver: Option<String>,
+    },
     /// Print the NATS server's user configuration: one user per agent and one for the CLI,
     /// each allowed only the subjects its role needs (deploy/nats/users.conf is this output).
     ///
@@ -235,6 +243,8 @@ pub enum CliError {
         "the Conductor did not answer on crew.approval.request ({0}); is it running? (crew status)"
     )]
     NoConductor(String),
+    #[error("the approver key {path}: {reason}")]
+    ApproverKey { path: PathBuf, reason: String },
 }
 
 /// Runs a parsed command; the exit code tells a script how it went.
@@ -271,19 +281,23 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             plans::show(&connect(&bus).await?, &plan, json).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Approve { plan, who, bus } => {
+        Command::Approve {
+            plan,
+            approver,
+            bus,
+        } => {
             decisions::decide(
                 &connect(&bus).await?,
                 &plan,
                 DecisionKind::Approve,
-                &who,
+                &approver,
                 None,
             )
             .await
         }
         Command::Reject {
             plan,
-            who,
+            approver,
             reason,
             bus,
         } => {
@@ -291,19 +305,19 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 &connect(&bus).await?,
                 &plan,
                 DecisionKind::Reject,
-                &who,
+                &approver,
                 reason,
             )
             .await
         }
         Command::Override {
             plan,
-            who,
+            approver,
             reason,
             bus,
         } => {
             let bus = connect(&bus).await?;
-            decisions::decide(&bus, &plan, DecisionKind::Override, &who, Some(reason)).await
+            decisions::decide(&bus, &plan, DecisionKind::Override, &approver, Some(reason)).await
         }
         Command::Up {
             nats_url,
@@ -340,7 +354,20 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             print!("{}", infracrew_bus::permissions::users_conf());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Keys => {
+        Command::Keys {
+            approver: Some(name),
+        } => {
+            let (signer, seed) = Signer::generate();
+            println!(
+                "# {name}'s seed: keep it in a file only {name} can read, and sign with crew approve --as {name} --key <that file>\n{seed}"
+            );
+            println!(
+                "# for the Conductor's configuration, under [approver_keys]:\n# {name} = \"{}\"",
+                signer.public_key()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Keys { approver: None } => {
             let (signer, seed) = Signer::generate();
             println!("# the Conductor's (secret)\nINFRACREW_CONDUCTOR_SIGNING_SEED={seed}");
             println!(

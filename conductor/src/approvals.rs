@@ -56,6 +56,8 @@ pub struct Decision {
     pub channel: DecisionChannel,
     /// Required for a reject reason (optional) and an override (required).
     pub reason: Option<String>,
+    /// Whether the approver's identity was checked (a signature, a verified Slack request).
+    pub authenticated: bool,
 }
 
 /// What an accepted decision does to the plan.
@@ -314,6 +316,7 @@ fn approve(
         channel: decision.channel,
         digest,
         at: now,
+        unauthenticated: !decision.authenticated,
     });
     let approvers: Vec<String> = record
         .approvals
@@ -471,6 +474,7 @@ mod tests {
             who: who.into(),
             channel: DecisionChannel::Cli,
             reason: None,
+            authenticated: true,
         }
     }
 

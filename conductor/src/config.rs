@@ -30,6 +30,14 @@ pub struct ConductorConfig {
     #[serde(default = "defaults::agent_silence_seconds")]
     #[schemars(range(min = 1))]
     pub agent_silence_seconds: u64,
+    /// A demo installation takes CLI decisions on the word of `--as` (each recorded as
+    /// unauthenticated); otherwise a decision from the CLI must be signed with the approver's
+    /// key, listed under `approver_keys`.
+    #[serde(default)]
+    pub demo: bool,
+    /// Each approver identity's public nkey (U…): CLI decisions signed with it are theirs.
+    #[serde(default)]
+    pub approver_keys: BTreeMap<String, String>,
     /// Plan reviews in Slack; without this section the Conductor posts nowhere and takes
     /// decisions from the CLI only. Its secrets come from the environment, never the file.
     #[serde(default, skip_serializing_if = "Option::is_none")]

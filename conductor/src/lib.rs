@@ -63,6 +63,7 @@ pub async fn run(
         crew: crew.clone(),
         metrics,
         signer: Arc::new(options.signer),
+        seen_decisions: Default::default(),
     });
     tracing::info!(public_key = %conductor.signer.public_key(), "ApplyRequests are signed; Forge needs this key as INFRACREW_CONDUCTOR_PUBLIC_KEY");
     let alerts = options

@@ -11,7 +11,8 @@ use infracrew_protocol::{
     AgentRole, ApplyRequest, Approval, ApprovalDecision, BuildOutcome, BuildStatus,
     DecisionChannel, DecisionKind, DecisionOutcome, DecisionReply, DecisionRequest, DecodeError,
     FieldError, LockRecord, OpsEvent, OpsEventKind, PlanId, PlanRecord, PlanSpec, PlanState,
-    PlanTransitioned, SchemaVersion, Transition, decode, encode, lock_key, signing::Signer,
+    PlanTransitioned, SchemaVersion, Transition, decode, encode, lock_key,
+    signing::{Signer, Verifier},
     subjects,
 };
 
@@ -21,6 +22,18 @@ use crate::{
     metrics::{ConductorMetrics, PlanCensus},
     watch::CrewWatch,
 };
+
+/// How far a signed decision's issue time may be from now.
+const SIGNED_DECISION_WINDOW: std::time::Duration = std::time::Duration::from_secs(5 * 60);
+
+/// How the Conductor knows who decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Authenticity {
+    /// A signature by the approver's configured key, or a verified Slack request.
+    Verified,
+    /// The request's word only (a demo installation).
+    Unauthenticated,
+}
 
 /// Who the Conductor's own moves are recorded as.
 const CONDUCTOR: &str = "conductor";
@@ -66,6 +79,8 @@ pub struct Conductor {
     pub metrics: Arc<ConductorMetrics>,
     /// Signs every ApplyRequest; Forge applies only what it signed.
     pub signer: Arc<Signer>,
+    /// Signed decisions taken lately, by request id, to refuse a replay.
+    pub seen_decisions: std::sync::Mutex<std::collections::HashMap<uuid::Uuid, DateTime<Utc>>>,
 }
 
 fn retry(error: impl std::fmt::Display) -> HandlerError {
@@ -322,6 +337,7 @@ impl Conductor {
                         channel: DecisionChannel::Auto,
                         digest: status.digest.clone(),
                         at: now,
+                        unauthenticated: false,
                     });
                     let why = format!(
                         "auto-approved: validation passed and {} approves automatically",
@@ -466,22 +482,88 @@ impl Conductor {
             .map_err(Refusal::CrewUnhealthy)
     }
 
+    /// Who sent a decision that came over the bus: the approver whose configured key signed
+    /// it, or, in a demo installation only, whoever the request names (recorded as
+    /// unauthenticated). The refusal says what is missing.
+    pub fn authenticate(
+        &self,
+        mut request: DecisionRequest,
+        now: DateTime<Utc>,
+    ) -> Result<(DecisionRequest, Authenticity), String> {
+        // Whatever it claims, a decision from the bus is the CLI's: Slack's come to the
+        // endpoint, verified there.
+        request.channel = DecisionChannel::Cli;
+        let who = request.who.clone();
+        let Some(signature) = request.signature.clone() else {
+            if self.config.demo {
+                tracing::warn!(who, plan = %request.plan_id, "an unsigned decision, taken on its word: this is a demo installation");
+                return Ok((request, Authenticity::Unauthenticated));
+            }
+            return Err(format!(
+                "an unsigned decision is taken only in a demo installation; sign it with {who}'s key: crew approve <plan> --as {who} --key <{who}'s seed file>"
+            ));
+        };
+        let key = self.config.approver_keys.get(&who).ok_or_else(|| {
+            format!(
+                "no key is configured for {who}: add {who} = \"<public key>\" under [approver_keys] in the Conductor's configuration (`crew keys --approver {who}` makes a pair)"
+            )
+        })?;
+        let verifier = Verifier::from_public_key(key)
+            .map_err(|error| format!("the key configured for {who} is {error}"))?;
+        verifier
+            .verify(&request.signed_payload(), &signature)
+            .map_err(|error| format!("the decision is not {who}'s: {error}"))?;
+        let issued = request
+            .issued_at
+            .ok_or("a signed decision must say when it was issued")?;
+        if (now - issued).abs()
+            > chrono::Duration::from_std(SIGNED_DECISION_WINDOW).unwrap_or_default()
+        {
+            return Err(format!(
+                "the signed decision was issued at {issued}, more than {} minutes from now; sign a new one",
+                SIGNED_DECISION_WINDOW.as_secs() / 60
+            ));
+        }
+        let mut seen = self
+            .seen_decisions
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        seen.retain(|_, at| {
+            now - *at <= chrono::Duration::from_std(SIGNED_DECISION_WINDOW * 2).unwrap_or_default()
+        });
+        if seen.insert(request.request_id, issued).is_some() {
+            return Err("this exact decision was already received; a replay is refused".into());
+        }
+        Ok((request, Authenticity::Verified))
+    }
+
     /// A person's decision, under the approval rules; the reply says what happened or why not.
     /// It runs in the plan's trace, so its moves and the ApplyRequest can be followed with it.
-    pub async fn decide(&self, request: DecisionRequest) -> DecisionReply {
+    pub async fn decide(
+        &self,
+        request: DecisionRequest,
+        authenticity: Authenticity,
+    ) -> DecisionReply {
         let trace = match self.plans.get(&request.plan_id.to_string()).await {
             Ok(Some(current)) => Self::trace_of(&current.value),
             _ => TraceContext::root(),
         };
-        trace.scope(self.decide_in_trace(request)).await
+        trace
+            .scope(self.decide_in_trace(request, authenticity))
+            .await
     }
 
-    async fn decide_in_trace(&self, request: DecisionRequest) -> DecisionReply {
+    async fn decide_in_trace(
+        &self,
+        request: DecisionRequest,
+        authenticity: Authenticity,
+    ) -> DecisionReply {
         let decision = Decision {
             kind: request.kind,
             who: request.who.clone(),
             channel: request.channel,
             reason: request.reason.clone(),
+            authenticated: authenticity == Authenticity::Verified,
         };
         let now = Utc::now();
         let mut verdict = None;
@@ -619,8 +701,24 @@ impl Conductor {
             let Some(reply_to) = message.reply.clone() else {
                 continue;
             };
+            let refused = |plan_id, message| DecisionReply {
+                schema_version: SchemaVersion::CURRENT,
+                plan_id,
+                outcome: DecisionOutcome::Refused,
+                message,
+                state: None,
+            };
             let reply = match decode::<DecisionRequest>(&message.payload) {
-                Ok(request) => self.decide(request).await,
+                Ok(request) => {
+                    let plan_id = request.plan_id;
+                    match self.authenticate(request, Utc::now()) {
+                        Ok((request, authenticity)) => self.decide(request, authenticity).await,
+                        Err(reason) => {
+                            tracing::warn!(plan = %plan_id, %reason, "a decision refused");
+                            refused(plan_id, reason)
+                        }
+                    }
+                }
                 Err(error) => DecisionReply {
                     schema_version: SchemaVersion::CURRENT,
                     plan_id: PlanId(uuid::Uuid::nil()),

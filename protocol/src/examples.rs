@@ -277,6 +277,8 @@ pub fn decision_request() -> DecisionRequest {
         who: "alice".into(),
         channel: DecisionChannel::Cli,
         reason: None,
+        issued_at: Some(at(5)),
+        signature: Some("bm90IGEgcmVhbCBzaWduYXR1cmU".into()),
     }
 }
 

@@ -79,6 +79,10 @@ pub struct Approval {
     pub channel: DecisionChannel,
     pub digest: PlanDigest,
     pub at: DateTime<Utc>,
+    /// Taken on the approver's word (`--as` in a demo installation), not on a signature or a
+    /// verified Slack request.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unauthenticated: bool,
 }
 
 /// A policy owner lifting a soft-mandatory finding, with the reason on record.

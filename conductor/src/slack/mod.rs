@@ -16,7 +16,7 @@ use slack_morphism::prelude::SlackInteractionEvent;
 
 use crate::{
     config::{SlackConfig, SlackMode},
-    orchestrator::Conductor,
+    orchestrator::{Authenticity, Conductor},
 };
 use api::SlackApi;
 use requests::{RequestVerifier, SlackAction, button_presses};
@@ -145,15 +145,20 @@ impl SlackDesk {
                 };
                 let reply = self
                     .conductor
-                    .decide(DecisionRequest {
-                        schema_version: SchemaVersion::CURRENT,
-                        request_id: uuid::Uuid::new_v4(),
-                        plan_id,
-                        kind,
-                        who: who.clone(),
-                        channel: DecisionChannel::Slack,
-                        reason,
-                    })
+                    .decide(
+                        DecisionRequest {
+                            schema_version: SchemaVersion::CURRENT,
+                            request_id: uuid::Uuid::new_v4(),
+                            plan_id,
+                            kind,
+                            who: who.clone(),
+                            channel: DecisionChannel::Slack,
+                            reason,
+                            issued_at: None,
+                            signature: None,
+                        },
+                        Authenticity::Verified,
+                    )
                     .await;
                 let short = &plan_id.to_string()[..8];
                 match reply.outcome {

@@ -71,6 +71,40 @@ pub struct DecisionRequest {
     pub channel: DecisionChannel,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// When the person signed it; a signed decision older than a few minutes is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issued_at: Option<DateTime<Utc>>,
+    /// The approver's Ed25519 signature (their nkey, base64url) over
+    /// [`Self::signed_payload`]; outside a demo installation the Conductor takes only signed
+    /// decisions from the bus.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
+}
+
+impl DecisionRequest {
+    /// What the approver's signature covers.
+    pub fn signed_payload(&self) -> Vec<u8> {
+        format!(
+            "infracrew decision v1\nrequest {}\nplan {}\nkind {}\nwho {}\nreason {}\nissued {}",
+            self.request_id,
+            self.plan_id,
+            // As JSON, so no text can fake a field boundary.
+            serde_json::to_string(&self.kind).unwrap_or_default(),
+            serde_json::to_string(&self.who).unwrap_or_default(),
+            serde_json::to_string(&self.reason).unwrap_or_default(),
+            self.issued_at
+                .map(|at| at.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true))
+                .unwrap_or_default(),
+        )
+        .into_bytes()
+    }
+
+    /// Signs the decision with the approver's key, now.
+    pub fn signed_by(mut self, signer: &crate::signing::Signer) -> Self {
+        self.issued_at = Some(Utc::now());
+        self.signature = Some(signer.sign(&self.signed_payload()));
+        self
+    }
 }
 
 message!(DecisionRequest, "decision_request", |request| format!(
