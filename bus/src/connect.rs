@@ -164,7 +164,16 @@ impl Bus {
                         reason: error.to_string(),
                     })?;
         }
-        let client = options.connect(url.as_str()).await.map_err(|error| {
+        // A cluster is given as a comma-separated list: the client fails over between them.
+        let servers = url
+            .split(',')
+            .map(|server| server.trim().parse::<async_nats::ServerAddr>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|error| ConnectError::Unreachable {
+                url: url.clone(),
+                reason: format!("not a NATS URL ({error})"),
+            })?;
+        let client = options.connect(servers).await.map_err(|error| {
             let reason = error.to_string();
             match error.kind() {
                 ConnectErrorKind::Authentication | ConnectErrorKind::AuthorizationViolation => {

@@ -2,7 +2,13 @@
 
 use std::marker::PhantomData;
 
-use async_nats::jetstream::kv::{self, CreateErrorKind, Operation, UpdateErrorKind};
+use async_nats::jetstream::{
+    kv::{self, CreateErrorKind, Operation, UpdateErrorKind},
+    stream::LastRawMessageErrorKind,
+};
+
+/// The header a KV delete or purge carries (a put has none, or `PUT`).
+const KV_OPERATION: &str = "KV-Operation";
 use bytes::Bytes;
 use serde::{Serialize, de::DeserializeOwned};
 
@@ -73,16 +79,40 @@ impl Bus {
 
 impl<T: Serialize + DeserializeOwned> Kv<T> {
     /// The current value, or `None` when the key was never written or was deleted.
+    ///
+    /// Read from the stream's leader: on a cluster a direct get may be answered by a replica
+    /// that has not caught up, and the crew decides on these reads (Forge's gate and fencing
+    /// token, a plan's next move), so they must see the latest write.
     pub async fn get(&self, key: &str) -> Result<Option<Versioned<T>>, KvError> {
-        let entry = self
+        let subject = format!("{}{key}", self.store.prefix);
+        let message = match self
             .store
-            .entry(key)
+            .stream
+            .get_last_raw_message_by_subject(&subject)
             .await
-            .map_err(|error| self.request(error))?;
-        match entry {
-            Some(entry) if entry.operation == Operation::Put => self.decode(key, &entry).map(Some),
-            _ => Ok(None),
+        {
+            Ok(message) => message,
+            Err(error) if error.kind() == LastRawMessageErrorKind::NoMessageFound => {
+                return Ok(None);
+            }
+            Err(error) => return Err(self.request(error)),
+        };
+        let removed = message
+            .headers
+            .get(KV_OPERATION)
+            .is_some_and(|operation| operation.as_str() != "PUT");
+        if removed {
+            return Ok(None);
         }
+        let value = serde_json::from_slice(&message.payload).map_err(|error| KvError::Decode {
+            bucket: self.bucket.clone(),
+            key: key.to_owned(),
+            reason: error.to_string(),
+        })?;
+        Ok(Some(Versioned {
+            value,
+            revision: message.sequence,
+        }))
     }
 
     /// Every stored value of `key` the bucket's history keeps, oldest first (deletions are

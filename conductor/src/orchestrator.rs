@@ -245,26 +245,39 @@ impl Conductor {
             acquired_at: now,
             renewed_at: now,
         };
-        let revision = match self.locks.get(key).await.map_err(retry)? {
-            Some(lock) if lock.value.plan_id == plan_id => return Ok(Some(lock.value.token)),
-            Some(lock) if !self.abandoned(&lock.value, now) => return Ok(None),
-            Some(lock) => match self.locks.update(key, &fresh(0), lock.revision).await {
-                Ok(revision) => revision,
-                Err(KvError::Conflict { .. }) => return Ok(None),
+        // Taking a lock is two writes: the taking write, whose revision becomes the fencing
+        // token, then the token itself. Until the second lands the token reads 0; whoever
+        // finds its own plan's lock so (another replica, or this one after a crash) finishes
+        // the take rather than using 0, which Forge would refuse as stale.
+        for _ in 0..UPDATE_TRIES {
+            let taken = match self.locks.get(key).await.map_err(retry)? {
+                Some(lock) if lock.value.plan_id == plan_id && lock.value.token != 0 => {
+                    return Ok(Some(lock.value.token));
+                }
+                Some(lock) if lock.value.plan_id == plan_id => lock.revision,
+                Some(lock) if !self.abandoned(&lock.value, now) => return Ok(None),
+                Some(lock) => match self.locks.update(key, &fresh(0), lock.revision).await {
+                    Ok(revision) => revision,
+                    Err(KvError::Conflict { .. }) => continue,
+                    Err(error) => return Err(retry(error)),
+                },
+                None => match self.locks.create(key, &fresh(0)).await {
+                    Ok(revision) => revision,
+                    Err(KvError::AlreadyExists { .. }) => continue,
+                    Err(error) => return Err(retry(error)),
+                },
+            };
+            // The revision of the taking write is the fencing token: every later holder's is
+            // higher.
+            match self.locks.update(key, &fresh(taken), taken).await {
+                Ok(_) => return Ok(Some(taken)),
+                Err(KvError::Conflict { .. }) => continue,
                 Err(error) => return Err(retry(error)),
-            },
-            None => match self.locks.create(key, &fresh(0)).await {
-                Ok(revision) => revision,
-                Err(KvError::AlreadyExists { .. }) => return Ok(None),
-                Err(error) => return Err(retry(error)),
-            },
-        };
-        // The revision of the taking write is the fencing token: every later holder's is higher.
-        match self.locks.update(key, &fresh(revision), revision).await {
-            Ok(_) => Ok(Some(revision)),
-            Err(KvError::Conflict { .. }) => Ok(None),
-            Err(error) => Err(retry(error)),
+            }
         }
+        Err(HandlerError::Retry(format!(
+            "the lock on {key} kept changing; trying again later"
+        )))
     }
 
     fn abandoned(&self, lock: &LockRecord, now: DateTime<Utc>) -> bool {

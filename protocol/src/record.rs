@@ -56,7 +56,8 @@ impl PlanState {
             }
             // A soft-mandatory finding lifted by a policy owner makes a blocked plan ready.
             Blocked => matches!(next, Ready | Rejected | Expired | Superseded),
-            Approved => matches!(next, Applying | Expired | Superseded),
+            // Failed straight from approved: Forge refused the request, nothing was applied.
+            Approved => matches!(next, Applying | Failed | Expired | Superseded),
             Applying => matches!(next, Applied | Failed | RolledBack),
             NoChange | Applied | Failed | RolledBack | Rejected | Expired | Superseded => false,
         }

@@ -81,7 +81,8 @@ impl Apply for DryRunDriver {
         ))
     }
 
-    /// Records the state as running (or removes the record); nothing else changes.
+    /// Records the state as running (or removes the record); nothing else changes. A state
+    /// already recorded is left as it is, so an apply picked up again records nothing twice.
     async fn apply(
         &self,
         environment: &str,
@@ -91,7 +92,11 @@ impl Apply for DryRunDriver {
     ) -> Result<(), DriverError> {
         let key = Self::key(environment, service);
         match state {
-            Some(state) => self.records.put(&key, state).await.map(drop),
+            Some(state) => match self.records.get(&key).await {
+                Ok(Some(current)) if &current.value == state => Ok(()),
+                Ok(_) => self.records.put(&key, state).await.map(drop),
+                Err(error) => Err(error),
+            },
             None => match self.records.get(&key).await {
                 Ok(Some(current)) => self.records.delete(&key, current.revision).await,
                 Ok(None) => Ok(()),
