@@ -210,11 +210,10 @@ async fn wait_for_dead_letters(
             return letters;
         }
         if tokio::time::Instant::now() > deadline {
-            let logs: Vec<String> = agents.iter().map(AgentProcess::log).collect();
             panic!(
                 "{} dead letters, not {count}\n{}",
                 letters.len(),
-                logs.join("\n")
+                infracrew_e2e::logs_of(agents)
             );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;

@@ -15,7 +15,7 @@ use std::{
 };
 
 use infracrew_bus::{Bus, ConnectArgs, ProvisionOptions, Topology, buckets};
-use infracrew_e2e::{AgentProcess, messages_on, text};
+use infracrew_e2e::{AgentProcess, logs_of, messages_on, text};
 use infracrew_protocol::{PlanId, PlanRecord, PlanTransitioned, ServiceState, subjects};
 use infracrew_testkit::{NatsServer, binary, workspace_root};
 
@@ -95,11 +95,7 @@ impl Crew {
     }
 
     fn logs(&self) -> String {
-        self.agents
-            .iter()
-            .map(|agent| format!("--- {}\n{}", agent.name, agent.log()))
-            .collect::<Vec<_>>()
-            .join("\n")
+        logs_of(&self.agents)
     }
 }
 

@@ -127,6 +127,15 @@ impl Drop for AgentProcess {
     }
 }
 
+/// Every agent's log, each under its name, for a failure message.
+pub fn logs_of<'a>(agents: impl IntoIterator<Item = &'a AgentProcess>) -> String {
+    agents
+        .into_iter()
+        .map(|agent| format!("--- {}\n{}", agent.name, agent.log()))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// Connects to `server` and provisions the crew's bus.
 pub async fn crew_bus(server: &NatsServer) -> Bus {
     let bus = Bus::connect(&ConnectArgs::for_url(server.url()), "e2e")
@@ -173,14 +182,10 @@ pub async fn wait_for<M: Message>(
             return found;
         }
         if tokio::time::Instant::now() >= deadline {
-            let logs: Vec<String> = agents
-                .iter()
-                .map(|agent| format!("--- {}\n{}", agent.name, agent.log()))
-                .collect();
             panic!(
                 "{} of {count} messages on {subject} after {PATIENCE:?}\n{}",
                 found.len(),
-                logs.join("\n")
+                logs_of(agents.iter().copied())
             );
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
@@ -286,14 +291,10 @@ pub async fn wait_for_state_within(
             return record.clone();
         }
         if tokio::time::Instant::now() > deadline {
-            let logs: Vec<String> = crew
-                .iter()
-                .map(|agent| format!("--- {}\n{}", agent.name, agent.log()))
-                .collect();
             panic!(
                 "plan {plan} is {:?}, not {state}, after {patience:?}\n{}",
                 record.map(|r| r.state),
-                logs.join("\n")
+                logs_of(crew)
             );
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;

@@ -12,7 +12,7 @@ use std::{
 };
 
 use infracrew_e2e::{
-    AgentProcess, PATIENCE, approve, crew_bus, free_port, submit, text, wait_for_state,
+    AgentProcess, PATIENCE, approve, crew_bus, free_port, logs_of, submit, text, wait_for_state,
 };
 use infracrew_protocol::PlanState;
 use infracrew_testkit::{
@@ -61,11 +61,7 @@ impl Crew {
     }
 
     fn logs(&self) -> String {
-        self.agents
-            .iter()
-            .map(|agent| format!("--- {}\n{}", agent.name, agent.log()))
-            .collect::<Vec<_>>()
-            .join("\n")
+        logs_of(&self.agents)
     }
 
     /// Waits until `agent` answers /health/ready with 200, and returns the answer.

@@ -107,15 +107,11 @@ impl SlackCrew {
         let deadline = tokio::time::Instant::now() + PATIENCE;
         while !condition().await {
             if tokio::time::Instant::now() > deadline {
-                let logs: Vec<String> = self
-                    .agents
-                    .iter()
-                    .map(|agent| format!("--- {}\n{}", agent.name, agent.log()))
-                    .collect();
+                let logs = infracrew_e2e::logs_of(&self.agents);
                 panic!(
                     "waited {PATIENCE:?} for {what}; Slack saw {:#?}\n{}",
                     self.slack.calls(),
-                    logs.join("\n")
+                    logs
                 );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
