@@ -48,9 +48,13 @@ schemas:
 nats-users:
 	cargo run -q -p infracrew-cli -- nats-users > deploy/nats/users.conf
 
-# The bus latency floor (request-reply, publish-to-ack, publish-to-consume-to-ack), then
+# The whole crew (plans per second as fast as it goes, and latency at 100 plans per second),
+# the bus latency floor (request-reply, publish-to-ack, publish-to-consume-to-ack), then
 # Sentinel's evaluations and Atlas's plans per second.
 bench: deps
+	cargo build --release --workspace --bins --locked
+	./target/release/crew bench --plans 1000
+	./target/release/crew bench --plans 1000 --rate 100
 	cargo run --release -p infracrew-bus --example bench
 	cargo run --release -p infracrew-sentinel --example bench
 	cargo run --release -p infracrew-atlas --example bench

@@ -142,3 +142,30 @@ fn crew_up_starts_a_whole_crew_and_one_interrupt_stops_it() {
         "the NATS crew up started is gone with it"
     );
 }
+
+#[test]
+fn crew_bench_drives_plans_through_a_whole_crew_and_prints_its_figures() {
+    let output = Command::new(binary("crew"))
+        .args(["bench", "--plans", "5", "--patience", "60s"])
+        .env_remove("NATS_URL")
+        .current_dir(infracrew_testkit::workspace_root())
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{printed}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for figure in [
+        "throughput: ",
+        "(5 of 5 plans APPLIED",
+        "submit -> APPLIED",
+        "PlanSpec -> READY",
+        "JetStream hop (publish, ack, consume): p50",
+        "x the floor",
+        "peak resident memory: atlas ",
+    ] {
+        assert!(printed.contains(figure), "{figure:?} missing:\n{printed}");
+    }
+}

@@ -1,5 +1,6 @@
 //! `crew`, the command line of infracrew: check and submit goals, see the crew's state.
 
+mod bench;
 mod dead_letters;
 mod decisions;
 mod goals;
@@ -147,16 +148,8 @@ pub enum Command {
         /// The driver of one environment, as ENV=DRIVER (repeatable).
         #[arg(long = "environment-driver")]
         environment_drivers: Vec<String>,
-        /// The folder with the catalog, playbooks and policies.
-        #[arg(long, env = "INFRACREW_PLAYBOOKS", default_value = "playbooks")]
-        playbooks: PathBuf,
-        /// The Conductor's configuration.
-        #[arg(
-            long,
-            env = "INFRACREW_CONDUCTOR_CONFIG",
-            default_value = "config/demo.toml"
-        )]
-        config: PathBuf,
+        #[command(flatten)]
+        files: CrewFiles,
     },
     /// Tail the crew's subjects, one readable line per message.
     ///
@@ -193,6 +186,28 @@ pub enum Command {
         #[command(flatten)]
         bus: ConnectArgs,
     },
+    /// Measure the whole crew: N plans through a nats-server and four agent processes it
+    /// starts (dry-run driver, dev approving automatically), at a rate or as fast as possible.
+    ///
+    /// Prints throughput, submit-to-APPLIED and per-stage latency (p50, p90, p99), the raw
+    /// JetStream hop measured in the same run and the crew's latency against the sum of its
+    /// hops, and each agent's peak resident memory. Build with --release for real figures.
+    ///
+    /// Example: cargo run --release -p infracrew-cli -- bench --plans 2000
+    Bench {
+        /// How many plans.
+        #[arg(long, default_value_t = 1000)]
+        plans: usize,
+        /// Plans per second; without it, as fast as the bus takes them.
+        #[arg(long)]
+        rate: Option<f64>,
+        /// The playbooks are copied, with a service added per plan.
+        #[command(flatten)]
+        files: CrewFiles,
+        /// How long to wait for the last plan.
+        #[arg(long, default_value = "5m", value_parser = parse_duration)]
+        patience: Duration,
+    },
     /// Make the crew's secrets: the Conductor's signing key pair and a NATS password per user.
     ///
     /// The seed (keep it secret) goes to the Conductor as INFRACREW_CONDUCTOR_SIGNING_SEED, the
@@ -222,6 +237,21 @@ pub fn new_password() -> String {
     uuid::Uuid::new_v4().simple().to_string()
 }
 
+/// The files a crew started by `crew up` or `crew bench` runs with.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CrewFiles {
+    /// The folder with the catalog, playbooks and policies.
+    #[arg(long, env = "INFRACREW_PLAYBOOKS", default_value = "playbooks")]
+    pub playbooks: PathBuf,
+    /// The Conductor's configuration.
+    #[arg(
+        long,
+        env = "INFRACREW_CONDUCTOR_CONFIG",
+        default_value = "config/demo.toml"
+    )]
+    pub config: PathBuf,
+}
+
 /// Why a command failed.
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
@@ -243,6 +273,8 @@ pub enum CliError {
         "the Conductor did not answer on crew.approval.request ({0}); is it running? (crew status)"
     )]
     NoConductor(String),
+    #[error("crew bench: {0}")]
+    Bench(String),
     #[error("the approver key {path}: {reason}")]
     ApproverKey { path: PathBuf, reason: String },
 }
@@ -323,13 +355,12 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             nats_url,
             driver,
             environment_drivers,
-            playbooks,
-            config,
+            files,
         } => {
             up::up(up::UpOptions {
                 nats_url,
-                playbooks,
-                config,
+                playbooks: files.playbooks,
+                config: files.config,
                 driver,
                 environment_drivers,
             })
@@ -349,6 +380,21 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             };
             watch::watch(&connect(&bus).await?, &filter, from, json).await?;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench {
+            plans,
+            rate,
+            files,
+            patience,
+        } => {
+            bench::bench(bench::BenchOptions {
+                plans,
+                rate,
+                playbooks: files.playbooks,
+                config: files.config,
+                patience,
+            })
+            .await
         }
         Command::NatsUsers => {
             print!("{}", infracrew_bus::permissions::users_conf());

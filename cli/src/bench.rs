@@ -1,0 +1,437 @@
+//! `crew bench`: N plans through a whole crew (a nats-server it starts, the four agents as
+//! processes, the dry-run driver, dev approving automatically), at a given rate or as fast as
+//! possible; it prints throughput, end-to-end and per-stage latency, the raw JetStream hop
+//! measured in the same run, and each agent's peak resident memory.
+
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    process::{ExitCode, Stdio},
+    time::{Duration, Instant},
+};
+
+use async_nats::jetstream::{consumer::pull, stream};
+use futures::StreamExt;
+use infracrew_bus::{Bus, ConnectArgs};
+use infracrew_protocol::{
+    GoalStatement, PlanId, PlanSpec, PlanState, PlanTransitioned, decode, signing::Signer, subjects,
+};
+use infracrew_testkit::NatsServer;
+use tokio::process::{Child, Command};
+
+use crate::CliError;
+
+const AGENTS: [&str; 4] = ["atlas", "forge", "sentinel", "conductor"];
+/// Messages in sequence from a submitted goal to an APPLIED plan: goal, PlanSpec, routed plan,
+/// validate request, validation result, build status, apply request, and the ops events
+/// (started, step started, step succeeded, done) of which the Conductor waits for the last.
+const HOPS_PER_PLAN: usize = 8;
+
+/// How the bench runs.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    pub plans: usize,
+    /// Plans per second; `None` submits as fast as the bus takes them.
+    pub rate: Option<f64>,
+    pub playbooks: PathBuf,
+    pub config: PathBuf,
+    /// How long to wait for the last plan.
+    pub patience: Duration,
+}
+
+/// When one plan passed each stage.
+#[derive(Debug, Default, Clone, Copy)]
+struct Stages {
+    submitted: Option<Instant>,
+    planned: Option<Instant>,
+    ready: Option<Instant>,
+    applied: Option<Instant>,
+    /// The last state the plan was seen moving to.
+    state: Option<PlanState>,
+    finished: bool,
+}
+
+fn bench_error(what: &str, error: impl std::fmt::Display) -> CliError {
+    CliError::Bench(format!("{what}: {error}"))
+}
+
+pub async fn bench(options: BenchOptions) -> Result<ExitCode, CliError> {
+    let work = tempfile::tempdir().map_err(|e| bench_error("a work folder", e))?;
+    let playbooks = work.path().join("playbooks");
+    copy_dir(&options.playbooks, &playbooks)
+        .map_err(|e| bench_error("copying the playbooks", e))?;
+    // One service per plan, so no plan waits for another's lock: the bench measures the crew,
+    // not the queue in front of one target.
+    add_bench_services(&playbooks, options.plans)
+        .map_err(|e| bench_error("the bench catalog", e))?;
+
+    let server = NatsServer::start().map_err(|e| bench_error("nats-server", e))?;
+    let url = server.url();
+    let bin = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(Path::to_path_buf))
+        .unwrap_or_default();
+    let (signer, seed) = Signer::generate();
+    let mut agents: Vec<(&str, Child)> = Vec::new();
+    for name in AGENTS {
+        let log = std::fs::File::create(work.path().join(format!("{name}.log")))
+            .map_err(|e| bench_error("an agent log", e))?;
+        let mut command = Command::new(bin.join(name));
+        command
+            .env("NATS_URL", &url)
+            .env("INFRACREW_PLAYBOOKS", &playbooks)
+            .env("INFRACREW_CONDUCTOR_CONFIG", &options.config)
+            .env("INFRACREW_DRIVER", "dry-run")
+            .env("INFRACREW_LISTEN", "127.0.0.1:0")
+            .env("INFRACREW_AUTO_APPROVE", "dev")
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(
+                log.try_clone()
+                    .map_err(|e| bench_error("an agent log", e))?,
+            )
+            .stderr(log)
+            .kill_on_drop(true);
+        match name {
+            "conductor" => command.env("INFRACREW_CONDUCTOR_SIGNING_SEED", &seed),
+            "forge" => command.env("INFRACREW_CONDUCTOR_PUBLIC_KEY", signer.public_key()),
+            _ => &mut command,
+        };
+        let child = command
+            .spawn()
+            .map_err(|e| bench_error(&format!("starting {name}"), e))?;
+        agents.push((name, child));
+    }
+    let bus = Bus::connect(&ConnectArgs::for_url(url.clone()), "infracrew-bench").await?;
+    if let Err(error) = wait_until_ready(&bus, &mut agents).await {
+        // Kept, so the agents' logs say why.
+        let logs = work.keep();
+        return Err(bench_error(
+            "the crew did not become ready",
+            format!("{error}; the agents' logs are in {}", logs.display()),
+        ));
+    }
+
+    println!(
+        "crew bench: {} plans {}, on {url}: four agent processes, the dry-run driver, dev approving automatically",
+        options.plans,
+        options
+            .rate
+            .map_or("as fast as possible".to_owned(), |rate| format!(
+                "at {rate} per second"
+            ))
+    );
+    let stages = run_plans(&bus, &options).await?;
+    let hops = hop_latencies(&bus, options.plans.clamp(200, 5000)).await?;
+    report(&stages, &hops, options.plans);
+    print!("peak resident memory:");
+    for (name, child) in &agents {
+        let peak = child.id().and_then(peak_rss_kib);
+        match peak {
+            Some(kib) => print!(" {name} {:.1} MB", kib as f64 / 1024.0),
+            None => print!(" {name} ?"),
+        }
+    }
+    println!();
+    for (_, child) in &mut agents {
+        let _ = child.kill().await;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn wait_until_ready(bus: &Bus, agents: &mut [(&str, Child)]) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        for (name, child) in agents.iter_mut() {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(format!("{name} exited ({status})"));
+            }
+        }
+        // Every agent has provisioned and bound its consumer once all four consumers exist
+        // and heartbeats say ready; the simplest sign is a heartbeat from each with ready set.
+        let mut ready = 0;
+        if let Ok(stream) = bus
+            .jetstream()
+            .get_stream_no_info(infracrew_bus::streams::HEARTBEATS)
+            .await
+        {
+            for role in infracrew_protocol::AgentRole::ALL {
+                if let Ok(message) = stream
+                    .direct_get_last_for_subject(subjects::heartbeat(role))
+                    .await
+                    && decode::<infracrew_protocol::Heartbeat>(&message.payload)
+                        .is_ok_and(|beat| beat.ready)
+                {
+                    ready += 1;
+                }
+            }
+        }
+        if ready == AGENTS.len() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!("{ready} of 4 agents ready after a minute"));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn bench_goal(index: usize) -> GoalStatement {
+    let mut goal = infracrew_protocol::examples::goal();
+    goal.goal_id = None;
+    goal.service = bench_service(index);
+    goal.environment = "dev".into();
+    goal.replicas = Some(1);
+    goal.version = Some(format!("1.0.{index}"));
+    goal.with_id()
+}
+
+fn bench_service(index: usize) -> String {
+    format!("bench-{index:05}")
+}
+
+async fn run_plans(bus: &Bus, options: &BenchOptions) -> Result<HashMap<PlanId, Stages>, CliError> {
+    let mut pending = bus
+        .client()
+        .subscribe(subjects::PLAN_PENDING)
+        .await
+        .map_err(|e| bench_error("subscribing", e))?;
+    let mut moves = bus
+        .client()
+        .subscribe(subjects::PLAN_STATE)
+        .await
+        .map_err(|e| bench_error("subscribing", e))?;
+    let goals: Vec<GoalStatement> = (0..options.plans).map(bench_goal).collect();
+    let mut stages: HashMap<PlanId, Stages> = goals
+        .iter()
+        .map(|goal| (PlanId::for_goal(goal.id()), Stages::default()))
+        .collect();
+    let (submitted_tx, mut submitted_rx) = tokio::sync::mpsc::unbounded_channel();
+    let publisher = {
+        let bus = bus.clone();
+        let rate = options.rate;
+        tokio::spawn(async move {
+            let started = Instant::now();
+            for (index, goal) in goals.into_iter().enumerate() {
+                if let Some(rate) = rate {
+                    let due = started + Duration::from_secs_f64(index as f64 / rate);
+                    tokio::time::sleep_until(due.into()).await;
+                }
+                let at = Instant::now();
+                if let Err(error) = bus.publish(subjects::GOAL_SUBMITTED, &goal).await {
+                    eprintln!("crew bench: a goal was not published: {error}");
+                    continue;
+                }
+                let _ = submitted_tx.send((PlanId::for_goal(goal.id()), at));
+            }
+        })
+    };
+    let mut finished = 0;
+    let deadline = tokio::time::Instant::now() + options.patience;
+    while finished < options.plans {
+        tokio::select! {
+            _ = tokio::time::sleep_until(deadline) => break,
+            Some((plan, at)) = submitted_rx.recv() => {
+                if let Some(stage) = stages.get_mut(&plan) { stage.submitted = Some(at); }
+            }
+            Some(message) = pending.next() => {
+                let now = Instant::now();
+                if let Ok(plan) = decode::<PlanSpec>(&message.payload)
+                    && let Some(stage) = stages.get_mut(&plan.plan_id)
+                {
+                    stage.planned.get_or_insert(now);
+                }
+            }
+            Some(message) = moves.next() => {
+                let now = Instant::now();
+                if let Ok(moved) = decode::<PlanTransitioned>(&message.payload)
+                    && let Some(stage) = stages.get_mut(&moved.plan_id)
+                {
+                    stage.state = Some(moved.transition.to);
+                    match moved.transition.to {
+                        PlanState::Ready => { stage.ready.get_or_insert(now); }
+                        PlanState::Applied => { stage.applied.get_or_insert(now); }
+                        _ => {}
+                    }
+                    if moved.transition.to.is_terminal() && !stage.finished {
+                        stage.finished = true;
+                        finished += 1;
+                    }
+                }
+            }
+        }
+    }
+    let _ = publisher.await;
+    while let Ok((plan, at)) = submitted_rx.try_recv() {
+        if let Some(stage) = stages.get_mut(&plan) {
+            stage.submitted = Some(at);
+        }
+    }
+    if finished < options.plans {
+        let mut states: std::collections::BTreeMap<String, usize> = Default::default();
+        for stage in stages.values().filter(|stage| !stage.finished) {
+            let state = stage
+                .state
+                .map_or("not planned".to_owned(), |s| s.to_string());
+            *states.entry(state).or_default() += 1;
+        }
+        eprintln!(
+            "crew bench: {} of {} plans did not finish within {:?}; where they are: {states:?}",
+            options.plans - finished,
+            options.plans,
+            options.patience
+        );
+    }
+    Ok(stages)
+}
+
+/// The JetStream hop alone: publish (waiting for the ack, as the agents do) until a durable
+/// pull consumer has the message, one at a time.
+async fn hop_latencies(bus: &Bus, count: usize) -> Result<Vec<Duration>, CliError> {
+    let js = bus.jetstream();
+    let stream = js
+        .create_stream(stream::Config {
+            name: "BENCH_HOP".into(),
+            subjects: vec!["bench.hop".into()],
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| bench_error("the hop stream", e))?;
+    let consumer = stream
+        .create_consumer(pull::Config {
+            durable_name: Some("hop".into()),
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| bench_error("the hop consumer", e))?;
+    let mut messages = consumer
+        .messages()
+        .await
+        .map_err(|e| bench_error("the hop consumer", e))?;
+    let mut samples = Vec::with_capacity(count);
+    for index in 0..count + 100 {
+        let started = Instant::now();
+        let ack = js
+            .publish("bench.hop", index.to_string().into())
+            .await
+            .map_err(|e| bench_error("publishing a hop", e))?;
+        ack.await.map_err(|e| bench_error("a hop's ack", e))?;
+        let Some(Ok(message)) = messages.next().await else {
+            return Err(bench_error("the hop consumer", "it stopped"));
+        };
+        let elapsed = started.elapsed();
+        let _ = message.ack().await;
+        // The first hundred warm the connection and the consumer up.
+        if index >= 100 {
+            samples.push(elapsed);
+        }
+    }
+    Ok(samples)
+}
+
+fn percentile(sorted: &[Duration], fraction: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((sorted.len() as f64 - 1.0) * fraction).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+fn millis(duration: Duration) -> String {
+    format!("{:.2} ms", duration.as_secs_f64() * 1000.0)
+}
+
+fn line(label: &str, mut samples: Vec<Duration>) -> Vec<Duration> {
+    samples.sort();
+    println!(
+        "{label:<24} p50 {:>9}  p90 {:>9}  p99 {:>9}  ({} plans)",
+        millis(percentile(&samples, 0.50)),
+        millis(percentile(&samples, 0.90)),
+        millis(percentile(&samples, 0.99)),
+        samples.len()
+    );
+    samples
+}
+
+fn report(stages: &HashMap<PlanId, Stages>, hops: &[Duration], plans: usize) {
+    let between = |from: fn(&Stages) -> Option<Instant>, to: fn(&Stages) -> Option<Instant>| {
+        stages
+            .values()
+            .filter_map(|stage| Some(to(stage)?.saturating_duration_since(from(stage)?)))
+            .collect::<Vec<_>>()
+    };
+    let applied = stages
+        .values()
+        .filter(|stage| stage.applied.is_some())
+        .count();
+    let first = stages.values().filter_map(|stage| stage.submitted).min();
+    let last = stages.values().filter_map(|stage| stage.applied).max();
+    if let (Some(first), Some(last)) = (first, last) {
+        let seconds = last.duration_since(first).as_secs_f64();
+        println!(
+            "throughput: {:.0} plans/s ({applied} of {plans} plans APPLIED in {seconds:.2} s)",
+            applied as f64 / seconds.max(f64::EPSILON)
+        );
+    }
+    let end_to_end = line("submit -> APPLIED", between(|s| s.submitted, |s| s.applied));
+    line(
+        "  goal -> PlanSpec",
+        between(|s| s.submitted, |s| s.planned),
+    );
+    line("  PlanSpec -> READY", between(|s| s.planned, |s| s.ready));
+    line("  READY -> APPLIED", between(|s| s.ready, |s| s.applied));
+    let mut hops = hops.to_vec();
+    hops.sort();
+    let hop = percentile(&hops, 0.50);
+    println!(
+        "JetStream hop (publish, ack, consume): p50 {}  p99 {}  ({} in sequence)",
+        millis(hop),
+        millis(percentile(&hops, 0.99)),
+        hops.len()
+    );
+    let floor = hop * HOPS_PER_PLAN as u32;
+    println!(
+        "a plan is {HOPS_PER_PLAN} hops in sequence: floor {} at p50; end to end p50 is {:.1} x the floor",
+        millis(floor),
+        percentile(&end_to_end, 0.50).as_secs_f64() / floor.as_secs_f64().max(f64::EPSILON)
+    );
+}
+
+/// A process's peak resident set (VmHWM), in KiB, from /proc.
+fn peak_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|kib| kib.parse().ok())
+}
+
+fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_dir(&entry.path(), &target)?;
+        } else {
+            std::fs::copy(entry.path(), target)?;
+        }
+    }
+    Ok(())
+}
+
+fn add_bench_services(playbooks: &Path, count: usize) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut catalog = std::fs::OpenOptions::new()
+        .append(true)
+        .open(playbooks.join("catalog.toml"))?;
+    for index in 0..count {
+        writeln!(
+            catalog,
+            "\n[services.{}]\ndescription = \"a bench service\"\nimage = \"infracrew/bench\"\nport = 9000\nhealth = {{ live = \"/health/live\", ready = \"/health/ready\" }}\nresources = {{ cpu_request_millis = 10, cpu_limit_millis = 20, memory_request_mib = 16, memory_limit_mib = 32 }}\nenvironments.dev = {{ replicas = 1 }}\nenvironments.staging = {{ replicas = 1 }}\nenvironments.prod = {{ replicas = 1 }}",
+            bench_service(index)
+        )?;
+    }
+    Ok(())
+}
