@@ -519,6 +519,7 @@ async fn a_lock_whose_holder_died_is_taken_over_with_a_new_fencing_token() {
         token: 1,
         acquired_at: long_ago,
         renewed_at: long_ago,
+        waiters: false,
     };
     locks.put("staging.social-intel", &stale).await.unwrap();
 

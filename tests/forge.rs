@@ -210,6 +210,7 @@ async fn hold_lock(bus: &Bus, plan: &PlanSpec, holder_plan: PlanId, token: u64) 
         token,
         acquired_at: Utc::now(),
         renewed_at: Utc::now(),
+        waiters: false,
     };
     locks
         .put(&lock_key(&plan.environment, &plan.service), &lock)

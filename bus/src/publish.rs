@@ -128,10 +128,16 @@ impl Bus {
                     });
                 }
                 Err(error) => match error.kind() {
-                    PublishErrorKind::StreamNotFound => {
+                    // On a cluster electing a new stream leader the stream reads as missing
+                    // for a moment: tried again like a lost ack, reported if it stays so.
+                    PublishErrorKind::StreamNotFound if attempt == PUBLISH_ATTEMPTS => {
                         return Err(PublishError::NoStream {
                             subject: subject.to_owned(),
                         });
+                    }
+                    PublishErrorKind::StreamNotFound => {
+                        last_reason = error.to_string();
+                        tracing::debug!(subject, attempt, "no stream answers yet; retrying");
                     }
                     PublishErrorKind::MaxPayloadExceeded => {
                         return Err(PublishError::TooLarge {

@@ -206,6 +206,7 @@ impl Conductor {
                 waiting
             })
             .await?;
+            self.mark_waited_for(&key).await?;
             return Ok(());
         };
         let routed = self
@@ -244,6 +245,7 @@ impl Conductor {
             token,
             acquired_at: now,
             renewed_at: now,
+            waiters: false,
         };
         // Taking a lock is two writes: the taking write, whose revision becomes the fencing
         // token, then the token itself. Until the second lands the token reads 0; whoever
@@ -285,18 +287,44 @@ impl Conductor {
         lock.renewed_at + lease < now
     }
 
-    /// Releases the plan's lock and starts the plan that waited longest for it.
-    async fn release(&self, record: &PlanRecord) -> Result<(), HandlerError> {
-        let key = lock_key(&record.plan.environment, &record.plan.service);
-        if let Some(lock) = self.locks.get(&key).await.map_err(retry)?
-            && lock.value.plan_id == record.plan.plan_id
+    /// Says on the lock that a plan waits for it. A lock released in between is not marked;
+    /// its waiter is started by the sweeper, which tries every PLANNED plan.
+    async fn mark_waited_for(&self, key: &str) -> Result<(), HandlerError> {
+        if let Some(lock) = self.locks.get(key).await.map_err(retry)?
+            && !lock.value.waiters
         {
-            match self.locks.delete(&key, lock.revision).await {
-                Ok(()) | Err(KvError::Conflict { .. }) => {}
+            let marked = LockRecord {
+                waiters: true,
+                ..lock.value
+            };
+            match self.locks.update(key, &marked, lock.revision).await {
+                Ok(_) | Err(KvError::Conflict { .. }) => {}
                 Err(error) => return Err(retry(error)),
             }
         }
-        self.start_next(&key).await
+        Ok(())
+    }
+
+    /// Releases the plan's lock and starts the plan that waited longest for it, if any did.
+    async fn release(&self, record: &PlanRecord) -> Result<(), HandlerError> {
+        let key = lock_key(&record.plan.environment, &record.plan.service);
+        let mut waited_for = true;
+        if let Some(lock) = self.locks.get(&key).await.map_err(retry)?
+            && lock.value.plan_id == record.plan.plan_id
+        {
+            waited_for = lock.value.waiters;
+            match self.locks.delete(&key, lock.revision).await {
+                Ok(()) => {}
+                // Changed under us (a waiter marked it): look for the next holder.
+                Err(KvError::Conflict { .. }) => waited_for = true,
+                Err(error) => return Err(retry(error)),
+            }
+        }
+        if waited_for {
+            self.start_next(&key).await
+        } else {
+            Ok(())
+        }
     }
 
     async fn start_next(&self, key: &str) -> Result<(), HandlerError> {
@@ -310,11 +338,13 @@ impl Conductor {
             }
         }
         // In submission order: the plan that waited longest goes first.
-        if let Some(next) = waiting
-            .into_iter()
-            .min_by_key(|record| (record.plan.created_at, record.plan.plan_id))
-        {
+        waiting.sort_by_key(|record| (record.plan.created_at, record.plan.plan_id));
+        if let Some(next) = waiting.first() {
             self.try_start(next.plan.plan_id).await?;
+            // The others still wait: the new holder's release must look for them.
+            if waiting.len() > 1 {
+                self.mark_waited_for(key).await?;
+            }
         }
         Ok(())
     }
@@ -831,6 +861,18 @@ impl Conductor {
             }
         } else if record.state == PlanState::Planned {
             self.try_start(record.plan.plan_id).await?;
+        } else if record.state == PlanState::Validating
+            && record.build.is_none()
+            && self.apply_overdue(&record, now)
+        {
+            // Routed, yet Forge never built it: the routed plan was not stored (the Conductor
+            // died, or the stream was failing over, between the move and the publish). The
+            // message id makes a copy that did arrive a duplicate.
+            tracing::warn!(plan = %record.plan.plan_id, "validating but never built; routing it to forge again");
+            self.bus
+                .publish(subjects::PLAN_ROUTED, &record.plan)
+                .await
+                .map_err(retry)?;
         } else if record.state == PlanState::Approved && self.apply_overdue(&record, now) {
             // Approved, yet Forge never started: the request was lost (a Conductor died
             // between the decision and the request). Applies are idempotent, so send again.
@@ -840,7 +882,8 @@ impl Conductor {
         Ok(())
     }
 
-    /// Whether an APPROVED plan has waited for Forge longer than a sweep or two should take.
+    /// Whether a plan has waited for Forge (to build it, or to start applying it) longer than
+    /// a sweep or two should take.
     fn apply_overdue(&self, record: &PlanRecord, now: DateTime<Utc>) -> bool {
         let patience = chrono::Duration::seconds((self.config.sweep_seconds * 3).max(10) as i64);
         record

@@ -177,6 +177,10 @@ pub struct LockRecord {
     pub token: u64,
     pub acquired_at: DateTime<Utc>,
     pub renewed_at: DateTime<Utc>,
+    /// Another plan waits for this lock: its release must look for the next holder (without
+    /// waiters, a release skips reading every plan).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub waiters: bool,
 }
 
 /// The lock key of a service in an environment.
