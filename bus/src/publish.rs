@@ -148,15 +148,15 @@ impl Bus {
                     }
                     // Only a lost ack or connection is worth another try: the message id makes
                     // it safe. Anything else (limits, permissions) fails the same way again.
-                    // A refused publish gets no ack; the refusal came on the connection.
-                    PublishErrorKind::TimedOut if self.refusal_for(subject).is_some() => {
-                        return Err(PublishError::NotAllowed {
-                            kind,
-                            subject: subject.to_owned(),
-                            reason: self.refusal_for(subject).unwrap_or_default(),
-                        });
-                    }
                     PublishErrorKind::TimedOut | PublishErrorKind::BrokenPipe => {
+                        // A refused publish gets no ack; the refusal came on the connection.
+                        if let Some(reason) = self.refusal_for(subject) {
+                            return Err(PublishError::NotAllowed {
+                                kind,
+                                subject: subject.to_owned(),
+                                reason,
+                            });
+                        }
                         last_reason = error.to_string();
                         tracing::debug!(subject, attempt, %error, "publish not acknowledged; retrying");
                     }
