@@ -150,19 +150,32 @@ pub async fn crew_bus(server: &NatsServer) -> Bus {
 
 /// Every message on `subject` in the work stream so far, decoded.
 pub async fn messages_on<M: Message>(bus: &Bus, subject: &str) -> Vec<M> {
+    use futures::StreamExt;
     let stream = bus
         .jetstream()
         .get_stream_no_info(streams::WORK)
         .await
         .expect("the work stream");
-    let mut found = Vec::new();
-    let mut next = 1;
-    while let Ok(message) = stream
-        .direct_get_next_for_subject(subject, Some(next))
+    // An ordered consumer reads through the stream's leader: on a cluster a direct get may
+    // be answered by a replica still catching up, which would show a gap.
+    let mut consumer = stream
+        .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig {
+            filter_subject: subject.to_owned(),
+            ..Default::default()
+        })
         .await
-    {
+        .expect("an ordered consumer on the work stream");
+    let stored = consumer.info().await.expect("its info").num_pending;
+    let mut messages = consumer.messages().await.expect("its messages");
+    let mut found = Vec::new();
+    while (found.len() as u64) < stored {
+        let message = tokio::time::timeout(Duration::from_secs(10), messages.next())
+            .await
+            .ok()
+            .flatten()
+            .expect("the stored messages")
+            .expect("a message");
         found.push(decode::<M>(&message.payload).expect("a valid message"));
-        next = message.sequence + 1;
     }
     found
 }

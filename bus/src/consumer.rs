@@ -6,7 +6,7 @@
 //! bytes, and are terminated so they are never redelivered.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, VecDeque},
     future::Future,
     panic::AssertUnwindSafe,
     sync::{
@@ -23,7 +23,10 @@ use infracrew_protocol::{
     DeadLetter, DeadLetterKind, DecodeError, FieldError, Message, SchemaVersion, decode, subjects,
 };
 use serde::Deserialize;
-use tokio::{sync::Semaphore, task::JoinSet};
+use tokio::{
+    sync::{OwnedSemaphorePermit, Semaphore},
+    task::JoinSet,
+};
 use tracing::Instrument;
 
 use crate::{
@@ -43,6 +46,13 @@ const GONE_CHECK_AFTER: u32 = 3;
 pub trait Inbound: Sized + Send + 'static {
     /// Decodes a message that arrived on `subject`.
     fn decode(subject: &str, payload: &[u8]) -> Result<Self, DecodeError>;
+
+    /// What orders this message: one process handles messages with the same key one after
+    /// another, in the order they arrived, and others at once. `None` (the default, and
+    /// for bytes that do not decode) orders nothing.
+    fn order_key(_subject: &str, _payload: &[u8]) -> Option<String> {
+        None
+    }
 }
 
 impl<M: Message> Inbound for M {
@@ -239,6 +249,8 @@ impl Bus {
         });
         let permits = Arc::new(Semaphore::new(settings.concurrency.max(1)));
         let in_flight: Arc<Mutex<HashMap<u64, Arc<jetstream::Message>>>> = Arc::default();
+        // Jobs waiting behind a running one with the same order key.
+        let queues: Arc<Mutex<HashMap<String, VecDeque<Job>>>> = Arc::default();
         let mut tasks = JoinSet::new();
         let mut next_task = 0u64;
 
@@ -316,14 +328,40 @@ impl Bus {
                 };
                 while tasks.try_join_next().is_some() {}
                 next_task += 1;
-                let task_id = next_task;
-                lock(&in_flight).insert(task_id, message.clone());
-                let context = context.clone();
-                let in_flight = in_flight.clone();
+                lock(&in_flight).insert(next_task, message.clone());
+                let job = Job {
+                    id: next_task,
+                    message,
+                    _permit: permit,
+                };
+                let Some(key) = T::order_key(&job.message.subject, &job.message.payload) else {
+                    let (context, in_flight) = (context.clone(), in_flight.clone());
+                    tasks.spawn(async move { context.run::<T>(job, &in_flight).await });
+                    continue;
+                };
+                // A task already handling this key takes the job after the ones before it.
+                let mut waiting = lock(&queues);
+                if let Some(queue) = waiting.get_mut(&key) {
+                    queue.push_back(job);
+                    continue;
+                }
+                waiting.insert(key.clone(), VecDeque::new());
+                drop(waiting);
+                let (context, in_flight, queues) =
+                    (context.clone(), in_flight.clone(), queues.clone());
                 tasks.spawn(async move {
-                    context.settle::<T>(message).await;
-                    lock(&in_flight).remove(&task_id);
-                    drop(permit);
+                    let mut job = job;
+                    loop {
+                        context.run::<T>(job, &in_flight).await;
+                        let mut waiting = lock(&queues);
+                        match waiting.get_mut(&key).and_then(VecDeque::pop_front) {
+                            Some(next) => job = next,
+                            None => {
+                                waiting.remove(&key);
+                                break;
+                            }
+                        }
+                    }
                 });
             }
         }
@@ -520,6 +558,13 @@ fn header_map(headers: &async_nats::HeaderMap) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// A fetched message with the handler slot it holds until it is settled.
+struct Job {
+    id: u64,
+    message: Arc<jetstream::Message>,
+    _permit: OwnedSemaphorePermit,
+}
+
 /// What a message task needs to settle one message.
 struct Settle<H> {
     bus: Bus,
@@ -541,6 +586,16 @@ enum Outcome {
 }
 
 impl<H> Settle<H> {
+    /// Settles `job`'s message and frees its slot.
+    async fn run<T>(&self, job: Job, in_flight: &Mutex<HashMap<u64, Arc<jetstream::Message>>>)
+    where
+        T: Inbound,
+        H: Handler<T>,
+    {
+        self.settle::<T>(job.message).await;
+        lock(in_flight).remove(&job.id);
+    }
+
     async fn settle<T>(&self, message: Arc<jetstream::Message>)
     where
         T: Inbound,

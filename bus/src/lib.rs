@@ -22,6 +22,6 @@ pub use provision::{
     ConsumerSpec, ProvisionError, ProvisionOptions, ProvisionReport, Provisioned, Topology,
     buckets, consumers, max_deliveries_subject, role_subjects, streams,
 };
-pub use publish::{PublishError, Published, message_id};
+pub use publish::{PublishError, Published, Sent, message_id};
 pub use shutdown::{Shutdown, shutdown_on_signal};
 pub use trace::{TRACEPARENT, TraceContext};

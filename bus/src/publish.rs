@@ -2,7 +2,10 @@
 
 use std::time::Duration;
 
-use async_nats::jetstream::{context::PublishErrorKind, message::PublishMessage};
+use async_nats::jetstream::{
+    context::{PublishAckFuture, PublishErrorKind},
+    message::PublishMessage,
+};
 use bytes::Bytes;
 use infracrew_protocol::{Message, SchemaVersion, encode};
 
@@ -62,6 +65,40 @@ pub enum PublishError {
     },
 }
 
+/// A message written to the connection whose stream ack has not been awaited yet.
+#[must_use = "a sent message is known to be stored only once `Bus::confirm` says so"]
+pub struct Sent {
+    subject: String,
+    kind: &'static str,
+    message_id: String,
+    payload: Bytes,
+    /// `None` when writing it failed: confirming publishes it again.
+    ack: Option<PublishAckFuture>,
+}
+
+impl std::fmt::Debug for Sent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sent")
+            .field("subject", &self.subject)
+            .field("message_id", &self.message_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The message as it goes out: its id, kind, schema and the current trace in the headers.
+fn outgoing(payload: &Bytes, kind: &'static str, message_id: &str) -> PublishMessage {
+    let mut outgoing = PublishMessage::build()
+        .payload(payload.clone())
+        .message_id(message_id)
+        .header(KIND_HEADER, kind)
+        .header(SCHEMA_HEADER, SchemaVersion::CURRENT.to_string().as_str());
+    // The publishing work is the parent of the work the message causes.
+    if let Some(trace) = TraceContext::current() {
+        outgoing = outgoing.header(TRACEPARENT, trace.to_string().as_str());
+    }
+    outgoing
+}
+
 /// The `Nats-Msg-Id` of `message` on `subject`. JetStream de-duplicates per stream, and one
 /// message may go on two subjects (a PlanSpec on `crew.plan.pending`, then on
 /// `crew.plan.routed`), so the subject is part of the id.
@@ -90,6 +127,50 @@ impl Bus {
         .await
     }
 
+    /// Writes `message` to the connection without waiting for the stream's ack, so several
+    /// messages cost one round trip: they are stored in the order they were sent, and
+    /// `confirm` waits for their acks (publishing again any whose ack was lost).
+    pub async fn send<M: Message>(&self, subject: &str, message: &M) -> Result<Sent, PublishError> {
+        let payload = Bytes::from(encode(message).map_err(|source| PublishError::Encode {
+            kind: M::KIND,
+            source,
+        })?);
+        let message_id = message_id(subject, message);
+        let ack = self
+            .jetstream()
+            .send_publish(subject.to_owned(), outgoing(&payload, M::KIND, &message_id))
+            .await
+            .ok();
+        Ok(Sent {
+            subject: subject.to_owned(),
+            kind: M::KIND,
+            message_id,
+            payload,
+            ack,
+        })
+    }
+
+    /// Waits until every sent message is stored; one whose ack did not come is published
+    /// again under its id (stored once whatever happened to the first), and a refusal is
+    /// reported as `publish` reports it.
+    pub async fn confirm(&self, sent: Vec<Sent>) -> Result<Vec<Published>, PublishError> {
+        futures::future::try_join_all(sent.into_iter().map(|sent| async move {
+            if let Some(Ok(ack)) = match sent.ack {
+                Some(ack) => Some(ack.await),
+                None => None,
+            } {
+                return Ok(Published {
+                    stream: ack.stream,
+                    sequence: ack.sequence,
+                    duplicate: ack.duplicate,
+                });
+            }
+            self.publish_bytes(&sent.subject, sent.kind, &sent.message_id, sent.payload)
+                .await
+        }))
+        .await
+    }
+
     /// Publishes bytes that are already encoded, under the given message id.
     pub async fn publish_bytes(
         &self,
@@ -102,18 +183,9 @@ impl Bus {
         let mut delay = Duration::from_millis(50);
         let mut last_reason = String::new();
         for attempt in 1..=PUBLISH_ATTEMPTS {
-            let mut outgoing = PublishMessage::build()
-                .payload(payload.clone())
-                .message_id(message_id)
-                .header(KIND_HEADER, kind)
-                .header(SCHEMA_HEADER, SchemaVersion::CURRENT.to_string().as_str());
-            // The publishing work is the parent of the work the message causes.
-            if let Some(trace) = TraceContext::current() {
-                outgoing = outgoing.header(TRACEPARENT, trace.to_string().as_str());
-            }
             let result = match self
                 .jetstream()
-                .send_publish(subject.to_owned(), outgoing)
+                .send_publish(subject.to_owned(), outgoing(&payload, kind, message_id))
                 .await
             {
                 Ok(ack) => ack.await,

@@ -221,6 +221,111 @@ async fn publishing_the_same_message_id_twice_stores_one_message() {
     assert_eq!(stream_messages(&bus, streams::WORK).await.len(), 1);
 }
 
+/// A goal ordered by its number modulo 3: three keys, handled in order within each.
+struct OrderedGoal(GoalStatement);
+
+fn goal_number_of(goal: &GoalStatement) -> u32 {
+    goal.reason
+        .as_deref()
+        .and_then(|reason| reason.strip_prefix("goal number "))
+        .and_then(|number| number.parse().ok())
+        .unwrap()
+}
+
+impl infracrew_bus::Inbound for OrderedGoal {
+    fn decode(_subject: &str, payload: &[u8]) -> Result<Self, protocol::DecodeError> {
+        protocol::decode(payload).map(OrderedGoal)
+    }
+
+    fn order_key(_subject: &str, payload: &[u8]) -> Option<String> {
+        let goal: GoalStatement = protocol::decode(payload).ok()?;
+        Some((goal_number_of(&goal) % 3).to_string())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_with_one_order_key_are_handled_in_order_and_other_keys_at_once() {
+    let server = NatsServer::start().unwrap();
+    let bus = crew_bus(&server).await;
+    let spec = test_consumer(
+        &bus,
+        "order-test",
+        subjects::GOAL_SUBMITTED,
+        5,
+        Duration::from_secs(30),
+    )
+    .await;
+    const COUNT: u32 = 30;
+    for n in 0..COUNT {
+        bus.publish(subjects::GOAL_SUBMITTED, &goal_number(n))
+            .await
+            .unwrap();
+    }
+
+    let finished = Arc::new(Mutex::new(Vec::new()));
+    let (running, most_at_once) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let shutdown = Shutdown::new();
+    let handler = {
+        let (finished, running, most_at_once, stop) = (
+            finished.clone(),
+            running.clone(),
+            most_at_once.clone(),
+            shutdown.clone(),
+        );
+        move |goal: OrderedGoal, _delivery: Delivery| {
+            let (finished, running, most_at_once, stop) = (
+                finished.clone(),
+                running.clone(),
+                most_at_once.clone(),
+                stop.clone(),
+            );
+            async move {
+                let n = goal_number_of(&goal.0);
+                let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                most_at_once.fetch_max(now, Ordering::SeqCst);
+                // Earlier messages take longer, so any reordering within a key would show.
+                tokio::time::sleep(Duration::from_millis(u64::from(COUNT - n))).await;
+                running.fetch_sub(1, Ordering::SeqCst);
+                let mut done = finished.lock().unwrap();
+                done.push(n);
+                if done.len() == COUNT as usize {
+                    stop.cancel();
+                }
+                Ok(())
+            }
+        }
+    };
+    let settings = ConsumerSettings {
+        concurrency: 8,
+        ..quick_settings()
+    };
+    let stats = Arc::new(WorkStats::default());
+    tokio::time::timeout(
+        PATIENCE,
+        bus.consume(&spec, settings, stats, handler, shutdown),
+    )
+    .await
+    .expect("all messages are handled")
+    .unwrap();
+
+    let finished = finished.lock().unwrap().clone();
+    for key in 0..3 {
+        let of_key: Vec<u32> = finished.iter().copied().filter(|n| n % 3 == key).collect();
+        let mut sorted = of_key.clone();
+        sorted.sort_unstable();
+        assert_eq!(
+            of_key, sorted,
+            "key {key}'s messages were handled out of order"
+        );
+        assert_eq!(of_key.len(), 10);
+    }
+    assert!(
+        most_at_once.load(Ordering::SeqCst) >= 2,
+        "different keys should be handled at once"
+    );
+    assert!(consumer_is_drained(&bus, &spec).await);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_nakd_message_is_redelivered_and_then_acked() {
     let server = NatsServer::start().unwrap();

@@ -121,9 +121,31 @@ pub async fn bench(options: BenchOptions) -> Result<ExitCode, CliError> {
                 "at {rate} per second"
             ))
     );
+    // Every process's CPU time over the plans alone, to show which one the machine's cores
+    // are spent on.
+    let mut processes: Vec<(&str, Option<u32>)> = vec![("nats-server", server.pid())];
+    processes.extend(agents.iter().map(|(name, child)| (*name, child.id())));
+    let cpu_before: Vec<Option<Duration>> = processes
+        .iter()
+        .map(|(_, pid)| pid.and_then(cpu_time))
+        .collect();
     let stages = run_plans(&bus, &options).await?;
+    let cpu_used: Vec<(&str, Option<Duration>)> = processes
+        .iter()
+        .zip(cpu_before)
+        .map(|((name, pid), before)| {
+            let after = pid.and_then(cpu_time);
+            (
+                *name,
+                after
+                    .zip(before)
+                    .map(|(after, before)| after.saturating_sub(before)),
+            )
+        })
+        .collect();
     let hops = hop_latencies(&bus, options.plans.clamp(200, 5000)).await?;
     report(&stages, &hops, options.plans);
+    report_cpu(&cpu_used, options.plans);
     print!("peak resident memory:");
     for (name, child) in &agents {
         let peak = child.id().and_then(peak_rss_kib);
@@ -395,6 +417,38 @@ fn report(stages: &HashMap<PlanId, Stages>, hops: &[Duration], plans: usize) {
         millis(floor),
         percentile(&end_to_end, 0.50).as_secs_f64() / floor.as_secs_f64().max(f64::EPSILON)
     );
+}
+
+/// CPU time per plan of each process, and the throughput the machine's cores would allow
+/// if they did nothing else.
+fn report_cpu(used: &[(&str, Option<Duration>)], plans: usize) {
+    let per_plan = |time: Duration| time.as_secs_f64() * 1000.0 / plans.max(1) as f64;
+    let mut total = 0.0;
+    print!("CPU per plan:");
+    for (name, time) in used {
+        match time {
+            Some(time) => {
+                total += per_plan(*time);
+                print!(" {name} {:.2} ms", per_plan(*time));
+            }
+            None => print!(" {name} ?"),
+        }
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!(
+        "; {total:.2} ms in all, so {cores} core(s) carry at most {:.0} plans/s",
+        cores as f64 * 1000.0 / total.max(f64::EPSILON)
+    );
+}
+
+/// A process's user and system CPU time so far, from /proc.
+fn cpu_time(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // Linux reports these in USER_HZ, which is 100 on every architecture it supports.
+    Some(Duration::from_millis(ticks * 10))
 }
 
 /// A process's peak resident set (VmHWM), in KiB, from /proc.

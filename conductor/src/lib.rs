@@ -64,6 +64,8 @@ pub async fn run(
         metrics,
         signer: Arc::new(options.signer),
         seen_decisions: Default::default(),
+        written: Default::default(),
+        finished: Default::default(),
     });
     tracing::info!(public_key = %conductor.signer.public_key(), "ApplyRequests are signed; Forge needs this key as INFRACREW_CONDUCTOR_PUBLIC_KEY");
     let alerts = options
@@ -92,17 +94,16 @@ pub async fn run(
     tasks.push(start_reviews(&agent, &conductor, options.slack, &shutdown).await?);
     let handler = {
         let conductor = conductor.clone();
-        move |message: ConductorMessage, _delivery: Delivery| {
+        move |message: ConductorMessage, delivery: Delivery| {
             let conductor = conductor.clone();
-            async move { conductor.handle(message).await }
+            async move { conductor.handle(message, delivery.delivered()).await }
         }
     };
-    // One message at a time: a plan's events are applied in the order they were published.
-    let settings = ConsumerSettings {
-        concurrency: 1,
-        ..ConsumerSettings::default()
-    };
-    let outcome = agent.consume(settings, handler, shutdown.clone()).await;
+    // Plans at once; each plan's events one at a time, in the order they were published
+    // (ConductorMessage::order_key).
+    let outcome = agent
+        .consume(ConsumerSettings::default(), handler, shutdown.clone())
+        .await;
     shutdown.cancel();
     for task in tasks {
         if let Err(error) = task.await {

@@ -93,8 +93,13 @@ pub struct PlanCensus {
 
 impl PlanCensus {
     pub fn count(&mut self, record: &PlanRecord) {
-        let state = record.state.to_string();
-        if let Some(since) = record.history.last().map(|last| last.at) {
+        self.count_state(record.state, record.history.last().map(|last| last.at));
+    }
+
+    /// Counts a plan in `state` since `since`.
+    pub fn count_state(&mut self, state: PlanState, since: Option<DateTime<Utc>>) {
+        let state = state.to_string();
+        if let Some(since) = since {
             let oldest = self.oldest.entry(state.clone()).or_insert(since);
             *oldest = (*oldest).min(since);
         }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
-use infracrew_bus::{Bus, HandlerError, Kv, KvError, Shutdown, TraceContext};
+use infracrew_bus::{Bus, HandlerError, Kv, KvError, Shutdown, TraceContext, Versioned};
 use infracrew_protocol::{
     AgentRole, ApplyRequest, Approval, ApprovalDecision, BuildOutcome, BuildStatus,
     DecisionChannel, DecisionKind, DecisionOutcome, DecisionReply, DecisionRequest, DecodeError,
@@ -63,6 +63,17 @@ impl infracrew_bus::Inbound for ConductorMessage {
             }),
         }
     }
+
+    /// A plan's messages are handled in the order they came; different plans at once.
+    fn order_key(_subject: &str, payload: &[u8]) -> Option<String> {
+        #[derive(serde::Deserialize)]
+        struct About {
+            plan_id: PlanId,
+        }
+        serde_json::from_slice::<About>(payload)
+            .ok()
+            .map(|about| about.plan_id.to_string())
+    }
 }
 
 /// The orchestrator shared by the consumer, the decision service and the sweeper.
@@ -81,20 +92,50 @@ pub struct Conductor {
     pub signer: Arc<Signer>,
     /// Signed decisions taken lately, by request id, to refuse a replay.
     pub seen_decisions: std::sync::Mutex<std::collections::HashMap<uuid::Uuid, DateTime<Utc>>>,
+    /// The records this process last wrote, for plans still moving: the next move starts
+    /// from them instead of a read. Another writer's move makes one stale, which the
+    /// compare-and-set finds.
+    pub written: std::sync::Mutex<std::collections::HashMap<PlanId, Versioned<PlanRecord>>>,
+    /// Plans the sweeper found finished, by key, with their end state and time: a finished
+    /// plan never moves again, so later sweeps count it without reading it.
+    pub finished: std::sync::Mutex<std::collections::HashMap<String, FinishedPlan>>,
 }
+
+/// A finished plan's end state and when it got there.
+pub type FinishedPlan = (PlanState, Option<DateTime<Utc>>);
+
+/// Plans whose last write a Conductor keeps; past it the memory is let go and moves read.
+const WRITTEN_KEPT: usize = 10_000;
 
 fn retry(error: impl std::fmt::Display) -> HandlerError {
     HandlerError::Retry(error.to_string())
 }
 
 impl Conductor {
-    /// Handles one message from the consumer.
-    pub async fn handle(&self, message: ConductorMessage) -> Result<(), HandlerError> {
+    /// Handles one message from the consumer, on its `delivered`th delivery.
+    pub async fn handle(
+        &self,
+        message: ConductorMessage,
+        delivered: u64,
+    ) -> Result<(), HandlerError> {
+        let plan_id = match &message {
+            ConductorMessage::Plan(plan) => plan.plan_id,
+            ConductorMessage::Build(status) => status.plan_id,
+            ConductorMessage::Ops(event) => event.plan_id,
+        };
         match message {
-            ConductorMessage::Plan(plan) => self.on_plan(plan).await,
+            ConductorMessage::Plan(plan) => self.on_plan(plan, delivered).await,
             ConductorMessage::Build(status) => self.on_build(status).await,
             ConductorMessage::Ops(event) => self.on_ops(event).await,
+        }?;
+        // An earlier delivery may have written the record and died before its moves were
+        // stored: publish them all again (their ids store each once).
+        if delivered > 1
+            && let Some(record) = self.plans.get(&plan_id.to_string()).await.map_err(retry)?
+        {
+            self.publish_moves(&record.value, 0).await?;
         }
+        Ok(())
     }
 
     /// Reads, changes and writes a plan record with compare-and-set, publishing the moves
@@ -102,20 +143,60 @@ impl Conductor {
     async fn update(
         &self,
         plan_id: PlanId,
+        change: impl FnMut(&mut PlanRecord) -> bool,
+    ) -> Result<Option<PlanRecord>, HandlerError> {
+        let written = lock_ignoring_poison(&self.written).remove(&plan_id);
+        self.update_from(plan_id, written, change).await
+    }
+
+    /// Keeps the record just written for the plan's next move, or lets it go once it ended.
+    fn remember(&self, plan_id: PlanId, record: &PlanRecord, revision: u64) {
+        let mut written = lock_ignoring_poison(&self.written);
+        if record.state.is_terminal() {
+            written.remove(&plan_id);
+            return;
+        }
+        if written.len() >= WRITTEN_KEPT {
+            written.clear();
+        }
+        written.insert(
+            plan_id,
+            Versioned {
+                value: record.clone(),
+                revision,
+            },
+        );
+    }
+
+    /// `update`, starting from a record this handler already holds, which saves the read.
+    /// A stale one costs a conflict and a read; a decision to change nothing is taken again
+    /// on a fresh read, so it never rests on a stale record.
+    async fn update_from(
+        &self,
+        plan_id: PlanId,
+        mut known: Option<Versioned<PlanRecord>>,
         mut change: impl FnMut(&mut PlanRecord) -> bool,
     ) -> Result<Option<PlanRecord>, HandlerError> {
         let key = plan_id.to_string();
         for _ in 0..UPDATE_TRIES {
-            let Some(current) = self.plans.get(&key).await.map_err(retry)? else {
-                return Ok(None);
+            let (current, held) = match known.take() {
+                Some(held) => (held, true),
+                None => match self.plans.get(&key).await.map_err(retry)? {
+                    Some(read) => (read, false),
+                    None => return Ok(None),
+                },
             };
             let mut record = current.value;
             let moves_before = record.history.len();
             if !change(&mut record) {
+                if held {
+                    continue;
+                }
                 return Ok(Some(record));
             }
             match self.plans.update(&key, &record, current.revision).await {
-                Ok(_) => {
+                Ok(revision) => {
+                    self.remember(plan_id, &record, revision);
                     self.publish_moves(&record, moves_before).await?;
                     return Ok(Some(record));
                 }
@@ -128,7 +209,20 @@ impl Conductor {
         )))
     }
 
+    /// Publishes the moves from `from` on: sent together, then their acks awaited (one
+    /// round trip for them all).
     async fn publish_moves(&self, record: &PlanRecord, from: usize) -> Result<(), HandlerError> {
+        let sent = self.send_moves(record, from).await?;
+        self.bus.confirm(sent).await.map_err(retry)?;
+        Ok(())
+    }
+
+    async fn send_moves(
+        &self,
+        record: &PlanRecord,
+        from: usize,
+    ) -> Result<Vec<infracrew_bus::Sent>, HandlerError> {
+        let mut sent = Vec::new();
         for (index, transition) in record.history.iter().enumerate().skip(from) {
             let event = PlanTransitioned {
                 schema_version: SchemaVersion::CURRENT,
@@ -136,16 +230,18 @@ impl Conductor {
                 seq: index as u32 + 1,
                 transition: transition.clone(),
             };
-            self.bus
-                .publish(subjects::PLAN_STATE, &event)
-                .await
-                .map_err(retry)?;
+            sent.push(
+                self.bus
+                    .send(subjects::PLAN_STATE, &event)
+                    .await
+                    .map_err(retry)?,
+            );
         }
-        Ok(())
+        Ok(sent)
     }
 
     /// A new plan: recorded as PLANNED, then started if its target is free.
-    async fn on_plan(&self, plan: PlanSpec) -> Result<(), HandlerError> {
+    async fn on_plan(&self, plan: PlanSpec, delivered: u64) -> Result<(), HandlerError> {
         let playbook = format!(
             "planned from playbook {} {}",
             plan.playbook.name, plan.playbook.version
@@ -177,17 +273,59 @@ impl Conductor {
             trace_parent: TraceContext::current().map(|trace| trace.to_string()),
             plan,
         };
-        match self
-            .plans
-            .create(&record.plan.plan_id.to_string(), &record)
-            .await
+        let plan_id = record.plan.plan_id;
+        // A redelivered plan carries on where the first delivery stopped. (A first delivery
+        // finds no record: were the plan sent twice, the create below finds the first.)
+        if delivered > 1
+            && self
+                .plans
+                .get(&plan_id.to_string())
+                .await
+                .map_err(retry)?
+                .is_some()
         {
-            Ok(_) => self.publish_moves(&record, 0).await?,
-            // A redelivered plan: carry on where the first delivery stopped.
-            Err(KvError::AlreadyExists { .. }) => {}
-            Err(error) => return Err(retry(error)),
+            return self.try_start(plan_id).await;
         }
-        self.try_start(record.plan.plan_id).await
+        // The target's lock is taken first, so a plan whose target is free is recorded
+        // routed in one write. A crash in between leaves a lock whose plan has no record:
+        // the redelivered plan finds the lock its own, and the sweeper frees one whose plan
+        // never came back once its lease ran out.
+        let key = lock_key(&record.plan.environment, &record.plan.service);
+        let token = self.acquire(&key, plan_id).await?;
+        let mut record = record;
+        match token {
+            Some(token) => {
+                if !route(&mut record, &key, token) {
+                    return Err(HandlerError::Reject(format!(
+                        "plan {plan_id} cannot move from {} to VALIDATING",
+                        record.state
+                    )));
+                }
+            }
+            None => record.waiting_for_lock = Some(key.clone()),
+        }
+        let revision = match self.plans.create(&plan_id.to_string(), &record).await {
+            Ok(revision) => revision,
+            // Another replica took the same plan between the read and the write.
+            Err(KvError::AlreadyExists { .. }) => return self.try_start(plan_id).await,
+            Err(error) => return Err(retry(error)),
+        };
+        self.remember(plan_id, &record, revision);
+        let mut sent = self.send_moves(&record, 0).await?;
+        if token.is_some() {
+            sent.push(
+                self.bus
+                    .send(subjects::PLAN_ROUTED, &record.plan)
+                    .await
+                    .map_err(retry)?,
+            );
+            tracing::info!(plan = %plan_id, lock = %key, "routed to forge");
+        }
+        self.bus.confirm(sent).await.map_err(retry)?;
+        if token.is_none() {
+            self.mark_waited_for(&key).await?;
+        }
+        Ok(())
     }
 
     /// Takes the target's lock and routes the plan to Forge, or records what it waits for.
@@ -210,20 +348,8 @@ impl Conductor {
             return Ok(());
         };
         let routed = self
-            .update(plan_id, |record| {
-                if record.state != PlanState::Planned {
-                    return false;
-                }
-                record.waiting_for_lock = None;
-                record.lock_token = Some(token);
-                record
-                    .move_to(
-                        PlanState::Validating,
-                        CONDUCTOR,
-                        format!("holds the lock on {key}; routed to forge"),
-                        Utc::now(),
-                    )
-                    .is_ok()
+            .update_from(plan_id, Some(record), |record| {
+                record.state == PlanState::Planned && route(record, &key, token)
             })
             .await?;
         if let Some(record) = routed.filter(|record| record.state == PlanState::Validating) {
@@ -251,8 +377,15 @@ impl Conductor {
         // token, then the token itself. Until the second lands the token reads 0; whoever
         // finds its own plan's lock so (another replica, or this one after a crash) finishes
         // the take rather than using 0, which Forge would refuse as stale.
+        // Most locks are free: try taking one before reading it.
+        let mut free = true;
         for _ in 0..UPDATE_TRIES {
-            let taken = match self.locks.get(key).await.map_err(retry)? {
+            let read = if std::mem::take(&mut free) {
+                None
+            } else {
+                self.locks.get(key).await.map_err(retry)?
+            };
+            let taken = match read {
                 Some(lock) if lock.value.plan_id == plan_id && lock.value.token != 0 => {
                     return Ok(Some(lock.value.token));
                 }
@@ -329,7 +462,12 @@ impl Conductor {
 
     async fn start_next(&self, key: &str) -> Result<(), HandlerError> {
         let mut waiting = Vec::new();
-        for plan_key in self.plans.keys().await.map_err(retry)? {
+        let mut plan_keys = self.plans.keys().await.map_err(retry)?;
+        {
+            let finished = lock_ignoring_poison(&self.finished);
+            plan_keys.retain(|plan_key| !finished.contains_key(plan_key));
+        }
+        for plan_key in plan_keys {
             if let Some(record) = self.plans.get(&plan_key).await.map_err(retry)?
                 && record.value.state == PlanState::Planned
                 && record.value.waiting_for_lock.as_deref() == Some(key)
@@ -400,6 +538,16 @@ impl Conductor {
 
     /// Forge's steps: APPLYING, then APPLIED, FAILED or ROLLED_BACK; the lock goes with the end.
     async fn on_ops(&self, event: OpsEvent) -> Result<(), HandlerError> {
+        // Steps move no plan: they are Forge's report, read by people and the reviews.
+        if matches!(
+            event.kind,
+            OpsEventKind::StepStarted
+                | OpsEventKind::StepProgress
+                | OpsEventKind::StepSucceeded
+                | OpsEventKind::StepFailed
+        ) {
+            return Ok(());
+        }
         let now = Utc::now();
         let record = self
             .update(event.plan_id, |record| {
@@ -795,17 +943,28 @@ impl Conductor {
     async fn sweep_once(&self) -> Result<(), HandlerError> {
         let now = Utc::now();
         let mut census = PlanCensus::default();
+        let mut known_finished = std::mem::take(&mut *lock_ignoring_poison(&self.finished));
+        let mut finished = std::collections::HashMap::with_capacity(known_finished.len());
         for key in self.plans.keys().await.map_err(retry)? {
+            if let Some((state, since)) = known_finished.remove(&key) {
+                census.count_state(state, since);
+                finished.insert(key, (state, since));
+                continue;
+            }
             let Some(record) = self.plans.get(&key).await.map_err(retry)?.map(|r| r.value) else {
                 continue;
             };
             census.count(&record);
-            if !record.state.is_terminal() {
+            if record.state.is_terminal() {
+                let since = record.history.last().map(|last| last.at);
+                finished.insert(key, (record.state, since));
+            } else {
                 Self::trace_of(&record)
                     .scope(self.sweep_plan(record, now))
                     .await?;
             }
         }
+        *lock_ignoring_poison(&self.finished) = finished;
         self.metrics.census(&census, now);
         for key in self.locks.keys().await.map_err(retry)? {
             let Some(lock) = self.locks.get(&key).await.map_err(retry)? else {
@@ -825,10 +984,13 @@ impl Conductor {
                     let _ = self.locks.update(&key, &renewed, lock.revision).await;
                 }
                 Some(record) => self.release(&record).await?,
-                None => {
+                // A plan takes its lock before its record is written: only a lock whose
+                // lease ran out is one whose plan never came.
+                None if self.abandoned(&lock.value, now) => {
                     let _ = self.locks.delete(&key, lock.revision).await;
                     self.start_next(&key).await?;
                 }
+                None => {}
             }
         }
         Ok(())
@@ -893,6 +1055,20 @@ impl Conductor {
     }
 }
 
+/// Moves a plan that holds the lock `key` with `token` to VALIDATING; false if it cannot move.
+fn route(record: &mut PlanRecord, key: &str, token: u64) -> bool {
+    record.waiting_for_lock = None;
+    record.lock_token = Some(token);
+    record
+        .move_to(
+            PlanState::Validating,
+            CONDUCTOR,
+            format!("holds the lock on {key}; routed to forge"),
+            Utc::now(),
+        )
+        .is_ok()
+}
+
 fn summary_line(status: &BuildStatus) -> String {
     let summary = status.summary;
     format!(
@@ -909,4 +1085,10 @@ fn blocking(status: &BuildStatus) -> String {
         .map(|finding| format!("{} on {}", finding.rule, finding.resource))
         .collect();
     rules.join(", ")
+}
+
+fn lock_ignoring_poison<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }

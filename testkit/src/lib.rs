@@ -102,6 +102,11 @@ impl NatsServer {
         self.port
     }
 
+    /// The server process, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// The JetStream store directory, kept across [`NatsServer::restart`].
     pub fn store_dir(&self) -> PathBuf {
         self.dir.path().join("store")

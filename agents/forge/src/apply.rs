@@ -5,7 +5,7 @@
 use std::{future::Future, time::Duration};
 
 use chrono::Utc;
-use infracrew_bus::{Bus, Delivery, Kv};
+use infracrew_bus::{Bus, Delivery, Kv, Sent};
 use infracrew_protocol::{
     ApplyRequest, ChangeAction, DesiredState, LockRecord, OpsEvent, OpsEventKind, PlanRecord,
     PlanSpec, PlanState, SchemaVersion, ServiceState, Strategy, lock_key, signing::Verifier,
@@ -46,6 +46,9 @@ struct Steps<'a> {
     driver: &'static str,
     attempt: u32,
     seq: u32,
+    /// Events sent whose acks are awaited with the apply's last event, so reporting a step
+    /// does not hold the apply up for a round trip.
+    unconfirmed: Vec<Sent>,
 }
 
 impl Steps<'_> {
@@ -75,10 +78,25 @@ impl Steps<'_> {
             driver: self.driver.to_owned(),
             at: Utc::now(),
         };
-        self.bus
-            .publish(subjects::OPS_EVENT, &event)
+        let sent = self
+            .bus
+            .send(subjects::OPS_EVENT, &event)
             .await
-            .map_err(|e| ApplyError::Transient(e.to_string()))?;
+            .map_err(transient)?;
+        self.unconfirmed.push(sent);
+        let last = matches!(
+            kind,
+            OpsEventKind::ApplyDone
+                | OpsEventKind::ApplyFailed
+                | OpsEventKind::ApplyRefused
+                | OpsEventKind::RolledBack
+        );
+        if last {
+            self.bus
+                .confirm(std::mem::take(&mut self.unconfirmed))
+                .await
+                .map_err(transient)?;
+        }
         Ok(())
     }
 }
@@ -159,6 +177,7 @@ pub async fn apply<D: Apply>(
         driver: "none",
         attempt: u32::try_from(delivery.delivered()).unwrap_or(u32::MAX),
         seq: 0,
+        unconfirmed: Vec::new(),
     };
     let build = match check_gate(conductor, records, request).await? {
         Ok(build) => build,
@@ -293,13 +312,9 @@ async fn check_gate(
         )));
     }
     let key = request.plan_id.to_string();
-    let Some(record) = records
-        .plans
-        .get(&key)
-        .await
-        .map_err(transient)?
-        .map(|r| r.value)
-    else {
+    // The plan and its build are read at once; the lock's name comes from the plan.
+    let (record, build) = tokio::join!(records.plans.get(&key), records.builds.get(&key));
+    let Some(record) = record.map_err(transient)?.map(|r| r.value) else {
         return Ok(Err(format!(
             "plan {} has no record: it was not submitted through the Conductor",
             request.plan_id
@@ -344,13 +359,7 @@ async fn check_gate(
         }
         None => return Ok(Err(format!("nobody holds the lock on {lock_name}"))),
     }
-    let build = records
-        .builds
-        .get(&key)
-        .await
-        .map_err(transient)?
-        .map(|b| b.value);
-    match build {
+    match build.map_err(transient)?.map(|b| b.value) {
         Some(build) if build.digest == request.digest => Ok(Ok(build)),
         _ => Ok(Err(format!(
             "no build with digest {} is recorded",

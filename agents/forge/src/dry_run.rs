@@ -83,6 +83,9 @@ impl Apply for DryRunDriver {
 
     /// Records the state as running (or removes the record); nothing else changes. A state
     /// already recorded is left as it is, so an apply picked up again records nothing twice.
+    /// The write is a compare-and-set on what was read: a write whose ack was lost in a
+    /// failover can still land after that read, and then this one fails instead of
+    /// recording the state a second time (the apply's retry finds it recorded).
     async fn apply(
         &self,
         environment: &str,
@@ -94,7 +97,12 @@ impl Apply for DryRunDriver {
         match state {
             Some(state) => match self.records.get(&key).await {
                 Ok(Some(current)) if &current.value == state => Ok(()),
-                Ok(_) => self.records.put(&key, state).await.map(drop),
+                Ok(Some(current)) => self
+                    .records
+                    .update(&key, state, current.revision)
+                    .await
+                    .map(drop),
+                Ok(None) => self.records.create(&key, state).await.map(drop),
                 Err(error) => Err(error),
             },
             None => match self.records.get(&key).await {

@@ -95,11 +95,17 @@ pub fn input_document(
             })
         })
         .collect();
-    let catalog: serde_json::Map<String, Value> = context
-        .catalog
-        .services
+    // Only the entries of the services the change touches: the document stays the size of
+    // the change however large the catalog grows.
+    let catalog: serde_json::Map<String, Value> = request
+        .change
+        .resources
         .iter()
-        .map(|(name, service)| (name.clone(), json!({"port": service.port})))
+        .filter_map(|resource| resource.resource.rsplit('/').next())
+        .filter_map(|service| {
+            let entry = context.catalog.services.get(service)?;
+            Some((service.to_owned(), json!({"port": entry.port})))
+        })
         .collect();
     let freeze = settings.freeze_at(&plan.environment, now);
     let budget = settings
