@@ -269,6 +269,59 @@ pub fn submit(server: &NatsServer, goal: &str) -> PlanId {
         .expect("crew submit --json names the plan id")
 }
 
+/// The crew with the Conductor serving HTTP on a free port (its configuration in
+/// `conductor_args`, its secrets in `env`), once the Conductor is ready: its consumers bound
+/// and its routes mounted. Returns the agents and the Conductor's `http://` address.
+pub async fn start_crew_serving(
+    server: &NatsServer,
+    conductor_args: &[&str],
+    env: &[(&str, &str)],
+) -> (Vec<AgentProcess>, String) {
+    let listen = format!("127.0.0.1:{}", free_port());
+    let mut agents: Vec<AgentProcess> = ["atlas", "forge", "sentinel"]
+        .iter()
+        .map(|name| AgentProcess::start(name, server, &[]))
+        .collect();
+    let mut args = vec!["--listen", listen.as_str()];
+    args.extend_from_slice(conductor_args);
+    agents.push(AgentProcess::start_with_env(
+        "conductor",
+        server,
+        &args,
+        env,
+    ));
+    let ready = format!("http://{listen}/health/ready");
+    wait_until("the Conductor is ready", &agents, String::new, || async {
+        matches!(infracrew_testkit::http::get(&ready).await, Ok((200, _)))
+    })
+    .await;
+    (agents, format!("http://{listen}"))
+}
+
+/// Waits (up to [`PATIENCE`]) until `condition` holds; on time-out, fails with what the
+/// simulator saw (`seen`) and every agent's log.
+pub async fn wait_until<F, Fut>(
+    what: &str,
+    agents: &[AgentProcess],
+    seen: impl Fn() -> String,
+    mut condition: F,
+) where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !condition().await {
+        if tokio::time::Instant::now() > deadline {
+            panic!(
+                "waited {PATIENCE:?} for {what}; {}\n{}",
+                seen(),
+                logs_of(agents)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Waits (up to [`PATIENCE`]) until the plan's record is in `state`.
 pub async fn wait_for_state(
     bus: &Bus,

@@ -7,11 +7,11 @@ use std::{path::PathBuf, time::Duration};
 
 use infracrew_bus::Bus;
 use infracrew_e2e::{
-    AgentProcess, PATIENCE, approve, crew_bus, free_port, submit, text, wait_for_state,
+    AgentProcess, approve, crew_bus, start_crew_serving, submit, text, wait_for_state,
 };
 use infracrew_protocol::{DecisionChannel, PlanId, PlanState};
 use infracrew_testkit::{
-    NatsServer, http,
+    NatsServer,
     slack::{
         Failure, Message, SlackSimulator, button_press, send_signed, send_with_signature, sign,
         slash_command, unix_now,
@@ -58,20 +58,9 @@ async fn slack_crew_with(channel: &str, mode: &str, conductor_args: &[&str]) -> 
     );
     let config_file = dir.path().join("conductor.toml");
     std::fs::write(&config_file, config).unwrap();
-    let listen = format!("127.0.0.1:{}", free_port());
-    let mut agents: Vec<AgentProcess> = ["atlas", "forge", "sentinel"]
-        .iter()
-        .map(|name| AgentProcess::start(name, &server, &[]))
-        .collect();
-    let mut args = vec![
-        "--config",
-        config_file.to_str().unwrap(),
-        "--listen",
-        &listen,
-    ];
+    let mut args = vec!["--config", config_file.to_str().unwrap()];
     args.extend_from_slice(conductor_args);
-    agents.push(AgentProcess::start_with_env(
-        "conductor",
+    let (agents, endpoint) = start_crew_serving(
         &server,
         &args,
         &[
@@ -79,43 +68,32 @@ async fn slack_crew_with(channel: &str, mode: &str, conductor_args: &[&str]) -> 
             ("SLACK_SIGNING_SECRET", SIGNING_SECRET),
             ("SLACK_APP_TOKEN", APP_TOKEN),
         ],
-    ));
-    let crew = SlackCrew {
+    )
+    .await;
+    SlackCrew {
         server,
         bus,
         slack,
         agents,
-        endpoint: format!("http://{listen}"),
+        endpoint,
         dir,
-    };
-    // Ready means its consumers are bound, and the Slack routes mounted before them.
-    let ready = format!("http://{listen}/health/ready");
-    crew.wait_until("the Conductor is ready", || async {
-        matches!(http::get(&ready).await, Ok((200, _)))
-    })
-    .await;
-    crew
+    }
 }
 
 impl SlackCrew {
     /// Waits until `condition` holds; on time-out, fails with the agents' logs.
-    async fn wait_until<F, Fut>(&self, what: &str, mut condition: F)
+    async fn wait_until<F, Fut>(&self, what: &str, condition: F)
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = bool>,
     {
-        let deadline = tokio::time::Instant::now() + PATIENCE;
-        while !condition().await {
-            if tokio::time::Instant::now() > deadline {
-                let logs = infracrew_e2e::logs_of(&self.agents);
-                panic!(
-                    "waited {PATIENCE:?} for {what}; Slack saw {:#?}\n{}",
-                    self.slack.calls(),
-                    logs
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        infracrew_e2e::wait_until(
+            what,
+            &self.agents,
+            || format!("Slack saw {:#?}", self.slack.calls()),
+            condition,
+        )
+        .await;
     }
 
     /// The plan's review message, once posted.

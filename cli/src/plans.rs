@@ -180,6 +180,12 @@ pub async fn show(bus: &Bus, plan: &str, as_json: bool) -> Result<(), CliError> 
         if let Some(error) = &review.slack_error {
             println!("\n  slack review NOT POSTED: {error}");
         }
+        if let Some(comment) = review.github_comment {
+            println!("\n  pull-request comment: {comment}");
+        }
+        if let Some(error) = &review.github_error {
+            println!("\n  pull request NOT UPDATED: {error}");
+        }
     }
     println!("\n  history");
     for step in &record.history {

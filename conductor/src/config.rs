@@ -42,6 +42,29 @@ pub struct ConductorConfig {
     /// decisions from the CLI only. Its secrets come from the environment, never the file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slack: Option<SlackConfig>,
+    /// Plans on pull requests: commit statuses, one comment per plan, and approvals from
+    /// comments and reviews through the webhook. Its secrets come from the environment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub github: Option<GithubConfig>,
+}
+
+/// How the Conductor talks to GitHub.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GithubConfig {
+    /// The REST API's base address (GitHub Enterprise Server: `https://HOST/api/v3`; tests
+    /// point it at a simulator).
+    #[serde(default = "defaults::github_api_url")]
+    pub api_url: String,
+    /// GitHub logins and the approver identity each one is (the same identity as in Slack
+    /// and the CLI, so one person's approval counts once).
+    #[serde(default)]
+    pub users: BTreeMap<String, String>,
+    /// Diff lines shown in the pull-request comment; a longer diff is cut, with the command
+    /// that shows it whole.
+    #[serde(default = "defaults::slack_diff_lines")]
+    #[schemars(range(min = 1))]
+    pub diff_lines: usize,
 }
 
 /// How the Conductor talks to Slack.
@@ -100,6 +123,9 @@ mod defaults {
     }
     pub fn slack_diff_lines() -> usize {
         30
+    }
+    pub fn github_api_url() -> String {
+        "https://api.github.com".to_owned()
     }
 }
 
@@ -190,6 +216,18 @@ mod tests {
         assert_eq!(slack.api_url, "https://slack.com/api");
         assert_eq!(slack.mode, SlackMode::Http);
         assert_eq!(slack.users["U01ALICE000"], "alice");
+    }
+
+    #[test]
+    fn the_github_example_loads_with_its_defaults() {
+        let config = ConductorConfig::load(
+            &PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../config/github.example.toml"),
+        )
+        .unwrap();
+        let github = config.github.unwrap();
+        assert_eq!(github.api_url, "https://api.github.com");
+        assert_eq!(github.diff_lines, 30);
+        assert_eq!(github.users["alice-gh"], "alice");
     }
 
     #[test]

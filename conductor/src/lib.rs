@@ -3,6 +3,7 @@
 
 pub mod approvals;
 pub mod config;
+pub mod github;
 pub mod metrics;
 pub mod orchestrator;
 pub mod slack;
@@ -17,6 +18,7 @@ use tokio::task::JoinHandle;
 
 use crate::{
     config::ConductorConfig,
+    github::{GithubSetup, report::GithubReports, webhook::GithubEndpoint},
     metrics::ConductorMetrics,
     orchestrator::{Conductor, ConductorMessage},
     slack::{
@@ -34,6 +36,8 @@ pub struct RunOptions {
     pub signer: Signer,
     /// Slack, when the configuration has a `[slack]` section.
     pub slack: Option<SlackSetup>,
+    /// GitHub, when the configuration has a `[github]` section.
+    pub github: Option<GithubSetup>,
 }
 
 /// Runs the Conductor until shutdown: its consumer (plans, builds, ops events), the decision
@@ -91,7 +95,7 @@ pub async fn run(
             },
         )),
     ];
-    tasks.push(start_reviews(&agent, &conductor, options.slack, &shutdown).await?);
+    tasks.push(start_reviews(&agent, &conductor, options.slack, options.github, &shutdown).await?);
     let handler = {
         let conductor = conductor.clone();
         move |message: ConductorMessage, delivery: Delivery| {
@@ -113,64 +117,113 @@ pub async fn run(
     outcome
 }
 
-/// Starts the reviews: without Slack, the reviews consumer is read and acknowledged so it
-/// keeps no backlog; with it, reviews are posted and decisions taken from Slack.
+/// Where plan reviews go, in order: the pull request (when the plan came from one), then
+/// Slack. GitHub goes first because an outage there is retried by redelivering the move,
+/// and Slack's thread must not get its posts twice.
+struct Reviews {
+    github: Option<GithubReports>,
+    slack: Option<SlackReviews>,
+}
+
+impl Reviews {
+    async fn handle(&self, input: ReviewInput, delivery: Delivery) -> Result<(), HandlerError> {
+        if let (Some(github), ReviewInput::Moved(moved)) = (&self.github, &input) {
+            github.on_move(moved).await?;
+        }
+        match &self.slack {
+            Some(slack) => slack.handle(input, delivery).await,
+            None => Ok(()),
+        }
+    }
+}
+
+/// Starts the reviews consumer (read and acknowledged even with neither Slack nor GitHub, so
+/// it keeps no backlog) and the endpoints that take decisions from Slack and GitHub.
 async fn start_reviews(
     agent: &Agent,
     conductor: &Arc<Conductor>,
     slack: Option<SlackSetup>,
+    github: Option<GithubSetup>,
     shutdown: &Shutdown,
 ) -> Result<JoinHandle<()>, WorkError> {
     let settings = ConsumerSettings {
         concurrency: 1,
         ..ConsumerSettings::default()
     };
-    let Some(slack) = slack else {
-        let agent = agent.clone();
-        let shutdown = shutdown.clone();
-        let skip = |_: ReviewInput, _: Delivery| async { Ok::<(), HandlerError>(()) };
-        return Ok(tokio::spawn(async move {
-            if let Err(error) = agent
-                .consume_from(consumers::REVIEWS, settings, skip, shutdown.clone())
-                .await
-            {
-                tracing::error!(%error, "the reviews consumer stopped");
-                shutdown.cancel();
-            }
-        }));
-    };
-    let reviews = Arc::new(SlackReviews {
-        api: slack.api.clone(),
-        config: slack.config.clone(),
-        rules: conductor.config.approvals.clone(),
-        plans: agent.bucket(buckets::PLANS).await?,
-        reviews: agent.bucket(buckets::REVIEWS).await?,
-        shutdown: shutdown.clone(),
-    });
-    let desk = Arc::new(SlackDesk {
-        conductor: conductor.clone(),
-        api: slack.api,
-        config: slack.config,
-    });
-    // Over HTTP, Slack's requests come to the agent's endpoint; Socket Mode dials out.
-    let socket: Option<JoinHandle<()>> = match slack.inbound {
-        SlackInbound::Http(verifier) => {
-            let routes = slack::endpoint::routes(Arc::new(SlackEndpoint { desk, verifier }));
-            agent.mount(routes);
-            tracing::info!(
-                "taking Slack's slash commands on /slack/commands and buttons on /slack/interactions, beside /health and /metrics"
-            );
-            None
-        }
-        SlackInbound::Socket { app_token } => {
-            let shutdown = shutdown.clone();
-            Some(tokio::spawn(async move {
-                if let Err(error) = slack::socket::serve(desk, &app_token, shutdown).await {
-                    tracing::error!(%error, "Slack's requests are not taken");
+    let mut routes: Option<axum::Router> = None;
+    let mut socket: Option<JoinHandle<()>> = None;
+    let slack_reviews = match slack {
+        None => None,
+        Some(slack) => {
+            let reviews = SlackReviews {
+                api: slack.api.clone(),
+                config: slack.config.clone(),
+                rules: conductor.config.approvals.clone(),
+                plans: agent.bucket(buckets::PLANS).await?,
+                reviews: agent.bucket(buckets::REVIEWS).await?,
+                shutdown: shutdown.clone(),
+            };
+            let desk = Arc::new(SlackDesk {
+                conductor: conductor.clone(),
+                api: slack.api,
+                config: slack.config,
+            });
+            // Over HTTP, Slack's requests come to the agent's endpoint; Socket Mode dials out.
+            match slack.inbound {
+                SlackInbound::Http(verifier) => {
+                    routes = Some(slack::endpoint::routes(Arc::new(SlackEndpoint {
+                        desk,
+                        verifier,
+                    })));
+                    tracing::info!(
+                        "taking Slack's slash commands on /slack/commands and buttons on /slack/interactions, beside /health and /metrics"
+                    );
                 }
-            }))
+                SlackInbound::Socket { app_token } => {
+                    let shutdown = shutdown.clone();
+                    socket = Some(tokio::spawn(async move {
+                        if let Err(error) = slack::socket::serve(desk, &app_token, shutdown).await {
+                            tracing::error!(%error, "Slack's requests are not taken");
+                        }
+                    }));
+                }
+            }
+            Some(reviews)
         }
     };
+    let github_reports = match github {
+        None => None,
+        Some(github) => {
+            let endpoint = Arc::new(GithubEndpoint {
+                conductor: conductor.clone(),
+                api: github.api.clone(),
+                config: github.config.clone(),
+                secret: github.webhook_secret,
+                seen: Default::default(),
+            });
+            let webhook = github::webhook::routes(endpoint);
+            routes = Some(match routes {
+                Some(routes) => routes.merge(webhook),
+                None => webhook,
+            });
+            tracing::info!(
+                "taking GitHub's events on /github/webhook, beside /health and /metrics"
+            );
+            Some(GithubReports {
+                api: github.api,
+                config: github.config,
+                plans: agent.bucket(buckets::PLANS).await?,
+                reviews: agent.bucket(buckets::REVIEWS).await?,
+            })
+        }
+    };
+    if let Some(routes) = routes {
+        agent.mount(routes);
+    }
+    let reviews = Arc::new(Reviews {
+        github: github_reports,
+        slack: slack_reviews,
+    });
     let agent = agent.clone();
     let shutdown = shutdown.clone();
     Ok(tokio::spawn(async move {

@@ -5,6 +5,7 @@ use infracrew_agent_runtime::AgentArgs;
 use infracrew_conductor::{
     RunOptions,
     config::{ConductorConfig, Overrides},
+    github::{GithubSecrets, GithubSetup},
     slack::{SlackSecrets, SlackSetup},
 };
 use infracrew_protocol::{AgentRole, signing::Signer};
@@ -48,6 +49,13 @@ struct Cli {
     /// The Slack app-level token (xapp-…) for Socket Mode.
     #[arg(long, env = "SLACK_APP_TOKEN", hide_env_values = true)]
     slack_app_token: Option<String>,
+    /// A GitHub token that may write commit statuses and pull-request comments, used when the
+    /// configuration has a [github] section.
+    #[arg(long, env = "INFRACREW_GITHUB_TOKEN", hide_env_values = true)]
+    github_token: Option<String>,
+    /// The GitHub webhook's secret, which verifies X-Hub-Signature-256 on its events.
+    #[arg(long, env = "INFRACREW_GITHUB_WEBHOOK_SECRET", hide_env_values = true)]
+    github_webhook_secret: Option<String>,
     #[command(flatten)]
     agent: AgentArgs,
 }
@@ -69,6 +77,10 @@ async fn main() -> ExitCode {
         signing_secret: cli.slack_signing_secret,
         app_token: cli.slack_app_token,
     };
+    let github_secrets = GithubSecrets {
+        token: cli.github_token,
+        webhook_secret: cli.github_webhook_secret,
+    };
     let setup = ConductorConfig::load(&cli.config)
         .and_then(|config| config.with_overrides(overrides))
         .and_then(|config| {
@@ -76,6 +88,11 @@ async fn main() -> ExitCode {
                 .slack
                 .clone()
                 .map(|slack| SlackSetup::new(slack, secrets))
+                .transpose()?;
+            let github = config
+                .github
+                .clone()
+                .map(|github| GithubSetup::new(github, github_secrets))
                 .transpose()?;
             let signer = cli
                 .signing_seed
@@ -87,16 +104,20 @@ async fn main() -> ExitCode {
                     Signer::from_seed(seed)
                         .map_err(|error| format!("INFRACREW_CONDUCTOR_SIGNING_SEED is {error}"))
                 })?;
-            Ok((config, slack, signer))
+            Ok((config, slack, github, signer))
         });
-    let (config, slack, signer) = match setup {
+    let (config, slack, github, signer) = match setup {
         Ok(setup) => setup,
         Err(reason) => {
             eprintln!("conductor: cannot start: {reason}");
             return ExitCode::from(78); // EX_CONFIG
         }
     };
-    let options = RunOptions { slack, signer };
+    let options = RunOptions {
+        slack,
+        github,
+        signer,
+    };
     infracrew_agent_runtime::main(AgentRole::Conductor, cli.agent, |agent, shutdown| {
         infracrew_conductor::run(agent, config, options, shutdown)
     })

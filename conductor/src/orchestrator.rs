@@ -728,6 +728,43 @@ impl Conductor {
         Ok((request, Authenticity::Verified))
     }
 
+    /// The decision of a person a chat or review tool vouched for (Slack's signed request,
+    /// GitHub's signed event), answered as the line they are shown.
+    pub async fn decide_for(
+        &self,
+        who: &str,
+        channel: DecisionChannel,
+        plan_id: PlanId,
+        kind: DecisionKind,
+        reason: Option<String>,
+    ) -> String {
+        let reply = self
+            .decide(
+                DecisionRequest {
+                    schema_version: SchemaVersion::CURRENT,
+                    request_id: uuid::Uuid::new_v4(),
+                    plan_id,
+                    kind,
+                    who: who.to_owned(),
+                    channel,
+                    reason,
+                    issued_at: None,
+                    signature: None,
+                },
+                Authenticity::Verified,
+            )
+            .await;
+        let short = &plan_id.to_string()[..8];
+        match reply.outcome {
+            DecisionOutcome::Accepted => {
+                format!(":white_check_mark: Plan {short}: {}", reply.message)
+            }
+            DecisionOutcome::Refused => {
+                format!(":no_entry: Refused for plan {short}: {}", reply.message)
+            }
+        }
+    }
+
     /// A person's decision, under the approval rules; the reply says what happened or why not.
     /// It runs in the plan's trace, so its moves and the ApplyRequest can be followed with it.
     pub async fn decide(

@@ -28,6 +28,7 @@ pub fn goal() -> GoalStatement {
         env: BTreeMap::new(),
         requested_by: "dave".into(),
         reason: Some("ship the new sentiment model".into()),
+        source: None,
     }
     .with_id()
 }
@@ -92,6 +93,7 @@ pub fn plan_spec() -> PlanSpec {
             reasons: vec!["staging, new version".into()],
         },
         created_at: at(1),
+        source: goal.source.clone(),
     }
 }
 

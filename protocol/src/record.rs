@@ -199,6 +199,12 @@ pub struct ReviewRecord {
     /// Why the last Slack post failed for good (a setting to fix), cleared by the next success.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slack_error: Option<String>,
+    /// The id of the plan's comment on its pull request, once posted; it is edited in place.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub github_comment: Option<u64>,
+    /// Why the last report to GitHub failed for good, cleared by the next success.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub github_error: Option<String>,
 }
 
 /// A posted Slack message: the channel id and the timestamp that name it for updates and

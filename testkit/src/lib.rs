@@ -16,6 +16,7 @@ use std::{
 use tempfile::TempDir;
 
 pub mod engine;
+pub mod github;
 pub mod http;
 pub mod images;
 pub mod otlp;

@@ -81,6 +81,7 @@ pub fn plan(
             state,
         }],
         created_at: now,
+        source: goal.source.clone(),
     })
 }
 

@@ -33,7 +33,8 @@ use crate::{
 /// What Forge reads, by subject.
 #[derive(Debug)]
 pub enum ForgeMessage {
-    Plan(PlanSpec),
+    /// Boxed: a plan is much larger than the other messages.
+    Plan(Box<PlanSpec>),
     Validated(ValidationResult),
     Apply(ApplyRequest),
 }
@@ -41,7 +42,7 @@ pub enum ForgeMessage {
 impl infracrew_bus::Inbound for ForgeMessage {
     fn decode(subject: &str, payload: &[u8]) -> Result<Self, DecodeError> {
         match subject {
-            subjects::PLAN_ROUTED => decode(payload).map(ForgeMessage::Plan),
+            subjects::PLAN_ROUTED => decode(payload).map(|plan| ForgeMessage::Plan(Box::new(plan))),
             subjects::VALIDATE_RESULT => decode(payload).map(ForgeMessage::Validated),
             subjects::APPLY_REQUEST => decode(payload).map(ForgeMessage::Apply),
             other => Err(DecodeError::Invalid {
@@ -113,7 +114,7 @@ pub async fn run<D: Apply>(
         let forge = forge.clone();
         async move {
             match message {
-                ForgeMessage::Plan(plan) => forge.build(plan).await,
+                ForgeMessage::Plan(plan) => forge.build(*plan).await,
                 ForgeMessage::Validated(result) => forge.conclude(result).await,
                 ForgeMessage::Apply(request) => {
                     let started = Instant::now();

@@ -11,12 +11,12 @@ pub mod socket;
 
 use std::sync::Arc;
 
-use infracrew_protocol::{DecisionChannel, DecisionOutcome, DecisionRequest, SchemaVersion};
+use infracrew_protocol::DecisionChannel;
 use slack_morphism::prelude::SlackInteractionEvent;
 
 use crate::{
     config::{SlackConfig, SlackMode},
-    orchestrator::{Authenticity, Conductor},
+    orchestrator::Conductor,
 };
 use api::SlackApi;
 use requests::{RequestVerifier, SlackAction, button_presses};
@@ -143,32 +143,9 @@ impl SlackDesk {
                         ":no_entry: Refused: Slack user {user} is not linked to an approver identity; an administrator adds `{user} = \"<name>\"` under [slack.users] in the Conductor's configuration"
                     );
                 };
-                let reply = self
-                    .conductor
-                    .decide(
-                        DecisionRequest {
-                            schema_version: SchemaVersion::CURRENT,
-                            request_id: uuid::Uuid::new_v4(),
-                            plan_id,
-                            kind,
-                            who: who.clone(),
-                            channel: DecisionChannel::Slack,
-                            reason,
-                            issued_at: None,
-                            signature: None,
-                        },
-                        Authenticity::Verified,
-                    )
-                    .await;
-                let short = &plan_id.to_string()[..8];
-                match reply.outcome {
-                    DecisionOutcome::Accepted => {
-                        format!(":white_check_mark: Plan {short}: {}", reply.message)
-                    }
-                    DecisionOutcome::Refused => {
-                        format!(":no_entry: Refused for plan {short}: {}", reply.message)
-                    }
-                }
+                self.conductor
+                    .decide_for(who, DecisionChannel::Slack, plan_id, kind, reason)
+                    .await
             }
         }
     }

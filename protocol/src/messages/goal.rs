@@ -44,6 +44,37 @@ pub struct GoalStatement {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 1000))]
     pub reason: Option<String>,
+    /// Where the goal was proposed, when it comes from a repository: the plan is reported
+    /// there and approved from there too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<GoalSource>,
+}
+
+/// A goal's place in a GitHub repository: the commit its file was read at (for a pull
+/// request, the head), and the pull request that proposes it, if one does. The Conductor
+/// sets commit statuses on the commit and keeps one comment on the pull request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GoalSource {
+    /// `owner/name`.
+    #[schemars(regex(pattern = r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$"))]
+    pub repository: String,
+    #[schemars(regex(pattern = r"^[0-9a-f]{7,64}$"))]
+    pub commit: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub pull_request: Option<u64>,
+    /// The goal file's path in the repository.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1024))]
+    pub path: Option<String>,
+}
+
+impl GoalSource {
+    /// The repository's owner and name.
+    pub fn owner_and_name(&self) -> Option<(&str, &str)> {
+        self.repository.split_once('/')
+    }
 }
 
 impl GoalStatement {

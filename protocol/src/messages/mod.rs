@@ -14,7 +14,7 @@ pub use apply::{
 pub use apply::{OpsEvent, OpsEventKind};
 pub use build::{BuildOutcome, BuildStatus, ChangeAction, ChangeSet, DiffSummary, ResourceChange};
 pub use crew::{AgentRole, DeadLetter, DeadLetterKind, Heartbeat};
-pub use goal::{GoalRejected, GoalStatement, Intent, Rejection, Strategy};
+pub use goal::{GoalRejected, GoalSource, GoalStatement, Intent, Rejection, Strategy};
 pub use plan::{
     DesiredService, DesiredState, HealthPaths, PlanSpec, PlanStep, PlaybookRef, Resources,
 };

@@ -28,6 +28,9 @@ pub struct PlanSpec {
     pub desired: Vec<DesiredService>,
     pub risk: Risk,
     pub created_at: DateTime<Utc>,
+    /// The goal's place in a repository, when it came from one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<crate::GoalSource>,
 }
 
 message!(PlanSpec, "plan_spec", |plan| format!(

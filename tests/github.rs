@@ -1,0 +1,250 @@
+//! Plans on pull requests, end to end: four agent processes on a real nats-server, the
+//! Conductor reporting to a GitHub simulator that speaks GitHub's REST shapes, and webhook
+//! events signed with the webhook secret exactly as GitHub signs them.
+#![allow(clippy::unwrap_used)] // a test that unwraps fails with the error, which is what a test should do
+
+use infracrew_bus::Bus;
+use infracrew_e2e::{AgentProcess, crew_bus, start_crew_serving, submit, wait_for_state};
+use infracrew_protocol::{DecisionChannel, PlanId, PlanState};
+use infracrew_testkit::{
+    NatsServer,
+    github::{GithubSimulator, deliver_webhook, issue_comment_event, pull_request_review_event},
+    workspace_root,
+};
+
+const TOKEN: &str = "ghp_infracrewTestToken0123456789abcdefABCD";
+const SECRET: &[u8] = b"webhook secret shared with GitHub";
+const OWNER: &str = "acme";
+const REPO: &str = "infra";
+const PULL: u64 = 42;
+const COMMIT: &str = "6dcb09b5b57875f334f61aebed695e2e4193db5e";
+
+async fn github_crew() -> (NatsServer, GithubCrewParts) {
+    let server = NatsServer::start().unwrap();
+    let parts = GithubCrewParts::start(&server).await;
+    (server, parts)
+}
+
+/// A crew whose Conductor reports to the simulated GitHub and takes its webhook (the server
+/// is kept apart, for the CLI helpers).
+struct GithubCrewParts {
+    bus: Bus,
+    github: GithubSimulator,
+    agents: Vec<AgentProcess>,
+    webhook: String,
+    dir: tempfile::TempDir,
+}
+
+impl GithubCrewParts {
+    async fn start(server: &NatsServer) -> Self {
+        let bus = crew_bus(server).await;
+        let github = GithubSimulator::start(TOKEN).await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let demo = std::fs::read_to_string(workspace_root().join("config/demo.toml")).unwrap();
+        let config = format!(
+            "{demo}\n[github]\napi_url = \"{}\"\n\n[github.users]\nalice-gh = \"alice\"\nbob-gh = \"bob\"\ndave-gh = \"dave\"\n",
+            github.url()
+        );
+        let config_file = dir.path().join("conductor.toml");
+        std::fs::write(&config_file, config).unwrap();
+        let (agents, endpoint) = start_crew_serving(
+            server,
+            &["--config", config_file.to_str().unwrap()],
+            &[
+                ("INFRACREW_GITHUB_TOKEN", TOKEN),
+                (
+                    "INFRACREW_GITHUB_WEBHOOK_SECRET",
+                    std::str::from_utf8(SECRET).unwrap(),
+                ),
+            ],
+        )
+        .await;
+        GithubCrewParts {
+            bus,
+            github,
+            agents,
+            webhook: format!("{endpoint}/github/webhook"),
+            dir,
+        }
+    }
+
+    async fn wait_until<F, Fut>(&self, what: &str, condition: F)
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = bool>,
+    {
+        infracrew_e2e::wait_until(
+            what,
+            &self.agents,
+            || format!("GitHub saw {:#?}", self.github.requests()),
+            condition,
+        )
+        .await;
+    }
+
+    /// The staging sample goal, proposed in pull request 42.
+    fn goal_from_the_pull_request(&self) -> String {
+        let mut goal: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(
+                workspace_root().join("examples/goals/valid/social-intel-staging.json"),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        goal["source"] = serde_json::json!({
+            "repository": format!("{OWNER}/{REPO}"),
+            "commit": COMMIT,
+            "pull_request": PULL,
+            "path": "goals/social-intel-staging.json",
+        });
+        let path = self.dir.path().join("goal.json");
+        std::fs::write(&path, goal.to_string()).unwrap();
+        path.to_str().unwrap().to_owned()
+    }
+
+    /// The (context, state) of every status set on the commit, in order.
+    fn statuses(&self) -> Vec<(String, String)> {
+        self.github
+            .statuses(OWNER, REPO, COMMIT)
+            .into_iter()
+            .map(|status| (status.context, status.state))
+            .collect()
+    }
+
+    /// The comments on the pull request that report a plan (replies excluded).
+    fn plan_comments(&self, plan: PlanId) -> Vec<infracrew_testkit::github::RecordedComment> {
+        self.github
+            .comments(OWNER, REPO, PULL)
+            .into_iter()
+            .filter(|comment| {
+                comment.body.starts_with("### infracrew")
+                    && comment.body.contains(&plan.to_string()[..8])
+            })
+            .collect()
+    }
+
+    fn replies(&self) -> Vec<String> {
+        self.github
+            .comments(OWNER, REPO, PULL)
+            .into_iter()
+            .map(|comment| comment.body)
+            .filter(|body| !body.starts_with("### infracrew"))
+            .collect()
+    }
+
+    async fn comment(&self, login: &str, body: &str) -> (u16, String) {
+        let event = issue_comment_event(OWNER, REPO, PULL, login, body);
+        deliver_webhook(&self.webhook, "issue_comment", SECRET, &event)
+            .await
+            .unwrap()
+    }
+}
+
+fn has(statuses: &[(String, String)], context: &str, state: &str) -> bool {
+    statuses.iter().any(|(c, s)| c == context && s == state)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plan_on_a_pull_request_gets_statuses_one_comment_and_is_approved_by_a_comment() {
+    let (server, crew) = github_crew().await;
+    let plan = submit(&server, &crew.goal_from_the_pull_request());
+    wait_for_state(&crew.bus, plan, PlanState::Ready, &crew.agents).await;
+    crew.wait_until("the plan and apply statuses", || async {
+        let statuses = crew.statuses();
+        has(&statuses, "infracrew/plan", "success") && has(&statuses, "infracrew/apply", "pending")
+    })
+    .await;
+    let statuses = crew.statuses();
+    assert_eq!(
+        statuses[0],
+        ("infracrew/plan".to_owned(), "pending".to_owned()),
+        "{statuses:?}"
+    );
+    crew.wait_until("the plan's comment", || async {
+        crew.plan_comments(plan)
+            .iter()
+            .any(|comment| comment.body.contains(&format!("/approve {plan}")))
+    })
+    .await;
+    let comment = &crew.plan_comments(plan)[0];
+    assert!(comment.body.contains("```diff"), "{}", comment.body);
+    assert!(comment.body.contains("social-intel"), "{}", comment.body);
+
+    let (status, answer) = crew.comment("alice-gh", &format!("/approve {plan}")).await;
+    assert_eq!(status, 200, "{answer}");
+    assert!(answer.contains(&plan.to_string()[..8]), "{answer}");
+    let record = wait_for_state(&crew.bus, plan, PlanState::Applied, &crew.agents).await;
+    assert_eq!(record.approvals.len(), 1);
+    assert_eq!(record.approvals[0].approver, "alice");
+    assert_eq!(record.approvals[0].channel, DecisionChannel::Github);
+    crew.wait_until("the apply's success status", || async {
+        has(&crew.statuses(), "infracrew/apply", "success")
+    })
+    .await;
+    // One comment for the plan, edited in place as it moved; the command got a reply.
+    crew.wait_until("the comment to say APPLIED", || async {
+        crew.plan_comments(plan)
+            .iter()
+            .any(|comment| comment.body.contains("APPLIED"))
+    })
+    .await;
+    let comments = crew.plan_comments(plan);
+    assert_eq!(comments.len(), 1, "{comments:#?}");
+    assert!(comments[0].edits >= 2, "{comments:#?}");
+    assert!(
+        crew.replies()
+            .iter()
+            .any(|reply| reply.contains("white_check_mark")),
+        "{:?}",
+        crew.replies()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_refusals_say_why_and_an_approving_review_approves() {
+    let (server, crew) = github_crew().await;
+    let plan = submit(&server, &crew.goal_from_the_pull_request());
+    wait_for_state(&crew.bus, plan, PlanState::Ready, &crew.agents).await;
+
+    // Signed with another secret, or not at all: refused before anything is read.
+    let event = issue_comment_event(OWNER, REPO, PULL, "alice-gh", &format!("/approve {plan}"));
+    let (status, reason) = deliver_webhook(&crew.webhook, "issue_comment", b"a guess", &event)
+        .await
+        .unwrap();
+    assert_eq!(status, 401, "{reason}");
+    assert!(
+        reason.contains("X-Hub-Signature-256 does not match"),
+        "{reason}"
+    );
+
+    // A login nobody linked, and the requester approving their own plan: refused, with why.
+    let (status, answer) = crew.comment("mallory", &format!("/approve {plan}")).await;
+    assert_eq!(status, 200);
+    assert!(
+        answer.contains("GitHub user mallory is not linked"),
+        "{answer}"
+    );
+    assert!(answer.contains("[github.users]"), "{answer}");
+    let (_, answer) = crew.comment("dave-gh", &format!("/approve {plan}")).await;
+    assert!(answer.contains("Refused"), "{answer}");
+    assert!(answer.contains("dave"), "{answer}");
+    let record = wait_for_state(&crew.bus, plan, PlanState::Ready, &crew.agents).await;
+    assert!(record.approvals.is_empty());
+    crew.wait_until("the refusals replied on the pull request", || async {
+        crew.replies()
+            .iter()
+            .filter(|reply| reply.contains("Refused"))
+            .count()
+            >= 2
+    })
+    .await;
+
+    // An approving review from a linked approver approves the pull request's waiting plan.
+    let review = pull_request_review_event(OWNER, REPO, PULL, "bob-gh", "approved", COMMIT);
+    let (status, answer) = deliver_webhook(&crew.webhook, "pull_request_review", SECRET, &review)
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{answer}");
+    let record = wait_for_state(&crew.bus, plan, PlanState::Applied, &crew.agents).await;
+    assert_eq!(record.approvals[0].approver, "bob");
+}
