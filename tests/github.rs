@@ -4,8 +4,11 @@
 #![allow(clippy::unwrap_used)] // a test that unwraps fails with the error, which is what a test should do
 
 use infracrew_bus::Bus;
-use infracrew_e2e::{AgentProcess, crew_bus, start_crew_serving, submit, wait_for_state};
-use infracrew_protocol::{DecisionChannel, PlanId, PlanState};
+use infracrew_e2e::{
+    AgentProcess, crew as crew_cli, crew_bus, messages_on, start_crew_serving, submit, text,
+    wait_for_state,
+};
+use infracrew_protocol::{DecisionChannel, GoalStatement, PlanId, PlanState, subjects};
 use infracrew_testkit::{
     NatsServer,
     github::{GithubSimulator, deliver_webhook, issue_comment_event, pull_request_review_event},
@@ -247,4 +250,81 @@ async fn webhook_refusals_say_why_and_an_approving_review_approves() {
     assert_eq!(status, 200, "{answer}");
     let record = wait_for_state(&crew.bus, plan, PlanState::Applied, &crew.agents).await;
     assert_eq!(record.approvals[0].approver, "bob");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crew_submit_from_github_sends_a_pull_requests_goals_with_their_source_or_none() {
+    let (server, crew) = github_crew().await;
+    let goal = std::fs::read_to_string(
+        workspace_root().join("examples/goals/valid/social-intel-staging.json"),
+    )
+    .unwrap();
+    let head = "a1b2c3d4e5f60718293a4b5c6d7e8f9012345678";
+    crew.github.add_pull_request(
+        OWNER,
+        REPO,
+        7,
+        head,
+        "dave-gh",
+        [
+            ("goals/social-intel.json", goal.as_str()),
+            ("README.md", "not a goal"),
+        ],
+    );
+    let submit_from = |pull: &str| {
+        crew_cli(
+            &server,
+            &[
+                "submit",
+                "--from-github",
+                pull,
+                "--github-api-url",
+                &crew.github.url(),
+                "--github-token",
+                TOKEN,
+                "--json",
+            ],
+        )
+    };
+    let output = submit_from("acme/infra#7");
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let plan: PlanId = report["plan_id"].as_str().unwrap().parse().unwrap();
+    let record = wait_for_state(&crew.bus, plan, PlanState::Ready, &crew.agents).await;
+    let source = record.plan.source.unwrap();
+    assert_eq!(source.repository, "acme/infra");
+    assert_eq!(source.commit, head);
+    assert_eq!(source.pull_request, Some(7));
+    assert_eq!(source.path.as_deref(), Some("goals/social-intel.json"));
+    crew.wait_until("the plan status on the head commit", || async {
+        crew.github
+            .statuses(OWNER, REPO, head)
+            .iter()
+            .any(|status| status.context == "infracrew/plan" && status.state == "success")
+    })
+    .await;
+
+    // One broken goal file: the whole pull request is refused, each problem named.
+    crew.github.add_pull_request(
+        OWNER,
+        REPO,
+        8,
+        "b1b2c3d4e5f60718293a4b5c6d7e8f9012345678",
+        "dave-gh",
+        [
+            ("goals/fine.json", goal.as_str()),
+            ("goals/broken.json", "{\"intent\": \"deploy\""),
+        ],
+    );
+    let output = submit_from("acme/infra#8");
+    assert!(!output.status.success());
+    let stderr = text(&output.stderr);
+    assert!(stderr.contains("goals/broken.json"), "{stderr}");
+    assert!(stderr.contains("nothing was sent"), "{stderr}");
+    let goals: Vec<GoalStatement> = messages_on(&crew.bus, subjects::GOAL_SUBMITTED).await;
+    assert_eq!(goals.len(), 1, "only pull request 7's goal was sent");
+
+    let output = submit_from("acme/infra");
+    assert!(!output.status.success());
+    assert!(text(&output.stderr).contains("OWNER/REPO#NUMBER"));
 }

@@ -3,6 +3,7 @@
 mod bench;
 mod dead_letters;
 mod decisions;
+mod github;
 mod goals;
 mod plans;
 mod status;
@@ -38,12 +39,36 @@ pub enum Command {
     /// Check a goal file and submit it to the crew on crew.goal.submitted.
     ///
     /// The goal is checked locally first; nothing is sent when it is invalid. Submitting the
-    /// same goal again names the same goal and stores nothing new.
+    /// same goal again names the same goal and stores nothing new. With --from-github, the
+    /// goal files a pull request adds or changes are read at its head and submitted with the
+    /// pull request as their source: the Conductor reports each plan there (statuses and one
+    /// comment) and takes approvals from its comments and reviews.
     ///
-    /// Example: crew submit examples/goals/valid/social-intel-staging.json
+    /// Examples: crew submit examples/goals/valid/social-intel-staging.json
+    ///           crew submit --from-github acme/infra#42
     Submit {
         /// The goal file (JSON).
-        file: PathBuf,
+        #[arg(
+            required_unless_present = "from_github",
+            conflicts_with = "from_github"
+        )]
+        file: Option<PathBuf>,
+        /// Submit the goal files of a pull request, OWNER/REPO#NUMBER.
+        #[arg(long, value_name = "OWNER/REPO#PR")]
+        from_github: Option<github::PullRequestRef>,
+        /// With --from-github: only .json files under this folder are goals.
+        #[arg(long, default_value = "goals/")]
+        goals_under: String,
+        /// With --from-github: the GitHub REST API (GitHub Enterprise Server: https://HOST/api/v3).
+        #[arg(
+            long,
+            env = "INFRACREW_GITHUB_API_URL",
+            default_value = "https://api.github.com"
+        )]
+        github_api_url: String,
+        /// With --from-github: a token that may read the repository.
+        #[arg(long, env = "INFRACREW_GITHUB_TOKEN", hide_env_values = true)]
+        github_token: Option<String>,
         /// Follow the plan, printing each stage, until it waits for a decision, is blocked or
         /// rejected, or ends; exits non-zero when it was rejected, blocked or failed.
         #[arg(long)]
@@ -277,6 +302,8 @@ pub enum CliError {
     Bench(String),
     #[error("the approver key {path}: {reason}")]
     ApproverKey { path: PathBuf, reason: String },
+    #[error("{0}")]
+    Github(String),
 }
 
 /// Runs a parsed command; the exit code tells a script how it went.
@@ -285,14 +312,48 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Validate { files } => Ok(goals::validate(&files)),
         Command::Submit {
             file,
+            from_github,
+            goals_under,
+            github_api_url,
+            github_token,
             wait,
             timeout,
             json,
             bus,
         } => {
-            let goal = goals::read(&file)?;
+            // Each goal with the pull request's file it came from, if it did.
+            let goals: Vec<(Option<String>, infracrew_protocol::GoalStatement)> =
+                match (file, from_github) {
+                    (Some(file), _) => vec![(None, goals::read(&file)?)],
+                    (None, Some(pull_request)) => {
+                        let from = github::GoalsFromGithub {
+                            api_url: github_api_url,
+                            token: github_token,
+                            pull_request,
+                            under: goals_under,
+                        };
+                        github::goals_of(&from)
+                            .await
+                            .map_err(CliError::Github)?
+                            .into_iter()
+                            .map(|(path, goal)| {
+                                (Some(format!("{} {path}", from.pull_request)), goal)
+                            })
+                            .collect()
+                    }
+                    (None, None) => Vec::new(),
+                };
             let bus = connect(&bus).await?;
-            let code = goals::submit(&bus, goal, json, wait.then_some(timeout)).await?;
+            let mut code = ExitCode::SUCCESS;
+            for (origin, goal) in goals {
+                if let Some(origin) = origin.filter(|_| !json) {
+                    println!("{origin}:");
+                }
+                let submitted = goals::submit(&bus, goal, json, wait.then_some(timeout)).await?;
+                if submitted != ExitCode::SUCCESS {
+                    code = submitted;
+                }
+            }
             bus.drain().await;
             Ok(code)
         }
