@@ -136,6 +136,7 @@ impl Fixture {
         let (progress, mut lines) = Progress::channel();
         let context = ApplyContext {
             plan_id: examples::plan_spec().plan_id,
+            digest: "sha256:deploy-test".into(),
             strategy,
             progress,
         };

@@ -29,6 +29,10 @@ const SERVICES: [&str; 5] = [
 ];
 const AGENTS: [&str; 4] = ["atlas", "forge", "sentinel", "conductor"];
 
+/// One fault run at a time: each loads both cores with a crew (three servers for the
+/// cluster), and runs side by side would measure the machine rather than the crew.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn setting(name: &str, default: usize) -> usize {
     std::env::var(name)
         .ok()
@@ -273,6 +277,7 @@ async fn check_outcome(url: &str, plans: &[PlanId], crew: &Crew, patience: Durat
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agents_killed_at_random_and_restarted_lose_nothing_and_apply_nothing_twice() {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let server = NatsServer::start().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let plans_wanted = setting("INFRACREW_SOAK_PLANS", 50);
@@ -293,6 +298,7 @@ async fn agents_killed_at_random_and_restarted_lose_nothing_and_apply_nothing_tw
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_nats_server_killed_and_restarted_on_its_store_loses_nothing() {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let mut server = NatsServer::start().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let crew = Crew::start(server.url(), 1, Vec::new());
@@ -311,6 +317,7 @@ async fn the_nats_server_killed_and_restarted_on_its_store_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_of_every_agent_split_the_work_and_do_nothing_twice() {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let server = NatsServer::start().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let crew = Crew::start(server.url(), 2, Vec::new());
@@ -331,6 +338,7 @@ async fn two_replicas_of_every_agent_split_the_work_and_do_nothing_twice() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_three_node_cluster_losing_a_node_carries_on() {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let cluster_ports: Vec<u16> = (0..3).map(|_| infracrew_testkit::free_port()).collect();
     let routes = cluster_ports
         .iter()

@@ -23,8 +23,15 @@ const PULL: u64 = 42;
 const COMMIT: &str = "6dcb09b5b57875f334f61aebed695e2e4193db5e";
 
 async fn github_crew() -> (NatsServer, GithubCrewParts) {
+    github_crew_with_forge(|_| Vec::new()).await
+}
+
+/// The crew with Forge's arguments made from the simulator's address.
+async fn github_crew_with_forge(
+    forge_args: impl FnOnce(&str) -> Vec<String>,
+) -> (NatsServer, GithubCrewParts) {
     let server = NatsServer::start().unwrap();
-    let parts = GithubCrewParts::start(&server).await;
+    let parts = GithubCrewParts::start(&server, forge_args).await;
     (server, parts)
 }
 
@@ -39,9 +46,13 @@ struct GithubCrewParts {
 }
 
 impl GithubCrewParts {
-    async fn start(server: &NatsServer) -> Self {
+    async fn start(server: &NatsServer, forge_args: impl FnOnce(&str) -> Vec<String>) -> Self {
         let bus = crew_bus(server).await;
         let github = GithubSimulator::start(TOKEN).await.unwrap();
+        // The workflow the ci-dispatch driver dispatches (Forge is ready once it reads it).
+        github.add_workflow("acme", "deploys", "deploy.yml");
+        let forge_args = forge_args(&github.url());
+        let forge_args: Vec<&str> = forge_args.iter().map(String::as_str).collect();
         let dir = tempfile::tempdir().unwrap();
         let demo = std::fs::read_to_string(workspace_root().join("config/demo.toml")).unwrap();
         let config = format!(
@@ -60,6 +71,7 @@ impl GithubCrewParts {
                     std::str::from_utf8(SECRET).unwrap(),
                 ),
             ],
+            &forge_args,
         )
         .await;
         GithubCrewParts {
@@ -327,4 +339,72 @@ async fn crew_submit_from_github_sends_a_pull_requests_goals_with_their_source_o
     let output = submit_from("acme/infra");
     assert!(!output.status.success());
     assert!(text(&output.stderr).contains("OWNER/REPO#NUMBER"));
+}
+
+/// Forge deploying social-intel through the `deploy.yml` workflow of acme/deploys.
+fn ci_dispatch_forge(api_url: &str) -> Vec<String> {
+    [
+        "--service-driver",
+        "social-intel=ci-dispatch",
+        "--ci-repository",
+        "acme/deploys",
+        "--ci-workflow",
+        "deploy.yml",
+        "--ci-poll",
+        "50ms",
+        "--github-api-url",
+        api_url,
+        "--github-token",
+        TOKEN,
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ci_dispatch_driver_deploys_through_the_workflow_run_it_follows() {
+    let (server, crew) = github_crew_with_forge(ci_dispatch_forge).await;
+    let plan = submit(&server, "examples/goals/valid/social-intel-staging.json");
+    let record = wait_for_state(&crew.bus, plan, PlanState::Ready, &crew.agents).await;
+    let digest = record.digest().unwrap().to_string();
+    let approved = infracrew_e2e::approve(&server, plan, "alice");
+    assert!(approved.status.success(), "{}", text(&approved.stderr));
+    let record = wait_for_state(&crew.bus, plan, PlanState::Applied, &crew.agents).await;
+    assert!(record.history.last().unwrap().why.contains("ci-dispatch"));
+
+    let dispatches = crew.github.dispatches("acme", "deploys");
+    assert_eq!(dispatches.len(), 1, "{dispatches:#?}");
+    let inputs = &dispatches[0].inputs;
+    assert_eq!(dispatches[0].r#ref, "main");
+    assert_eq!(inputs["plan_id"], plan.to_string());
+    assert_eq!(inputs["digest"], digest);
+    assert_eq!(inputs["service"], "social-intel");
+    assert_eq!(inputs["environment"], "staging");
+    assert_eq!(inputs["version"], "infracrew/social-intel:1.4.0");
+    // The run's steps came back as the apply's progress.
+    let events: Vec<infracrew_protocol::OpsEvent> =
+        messages_on(&crew.bus, subjects::OPS_EVENT).await;
+    assert!(
+        events
+            .iter()
+            .any(|event| event.message.contains("Deploy social-intel: success")),
+        "{:#?}",
+        events.iter().map(|e| &e.message).collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_workflow_run_fails_the_plan_with_the_runs_address() {
+    let (server, crew) = github_crew_with_forge(ci_dispatch_forge).await;
+    crew.github.fail_runs_with("service", "social-intel");
+    let plan = submit(&server, "examples/goals/valid/social-intel-staging.json");
+    wait_for_state(&crew.bus, plan, PlanState::Ready, &crew.agents).await;
+    let approved = infracrew_e2e::approve(&server, plan, "alice");
+    assert!(approved.status.success(), "{}", text(&approved.stderr));
+    let record = wait_for_state(&crew.bus, plan, PlanState::Failed, &crew.agents).await;
+    let why = &record.history.last().unwrap().why;
+    assert!(why.contains("/actions/runs/"), "{why}");
+    assert!(why.contains("ended failure"), "{why}");
+    // Nothing was rolled back: one dispatch only.
+    assert_eq!(crew.github.dispatches("acme", "deploys").len(), 1);
 }

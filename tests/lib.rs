@@ -270,17 +270,22 @@ pub fn submit(server: &NatsServer, goal: &str) -> PlanId {
 }
 
 /// The crew with the Conductor serving HTTP on a free port (its configuration in
-/// `conductor_args`, its secrets in `env`), once the Conductor is ready: its consumers bound
-/// and its routes mounted. Returns the agents and the Conductor's `http://` address.
+/// `conductor_args`, its secrets in `env`) and Forge started with `forge_args`, once the
+/// Conductor is ready: its consumers bound and its routes mounted. Returns the agents and the
+/// Conductor's `http://` address.
 pub async fn start_crew_serving(
     server: &NatsServer,
     conductor_args: &[&str],
     env: &[(&str, &str)],
+    forge_args: &[&str],
 ) -> (Vec<AgentProcess>, String) {
     let listen = format!("127.0.0.1:{}", free_port());
     let mut agents: Vec<AgentProcess> = ["atlas", "forge", "sentinel"]
         .iter()
-        .map(|name| AgentProcess::start(name, server, &[]))
+        .map(|name| {
+            let args = if *name == "forge" { forge_args } else { &[] };
+            AgentProcess::start(name, server, args)
+        })
         .collect();
     let mut args = vec!["--listen", listen.as_str()];
     args.extend_from_slice(conductor_args);

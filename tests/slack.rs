@@ -68,6 +68,7 @@ async fn slack_crew_with(channel: &str, mode: &str, conductor_args: &[&str]) -> 
             ("SLACK_SIGNING_SECRET", SIGNING_SECRET),
             ("SLACK_APP_TOKEN", APP_TOKEN),
         ],
+        &[],
     )
     .await;
     SlackCrew {

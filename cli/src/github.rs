@@ -62,7 +62,12 @@ pub struct GoalsFromGithub {
 /// unless every one is valid: a pull request's goals go in together or not at all.
 pub async fn goals_of(from: &GoalsFromGithub) -> Result<Vec<(String, GoalStatement)>, String> {
     let pull = &from.pull_request;
-    let github = |error: octocrab::Error| format!("GitHub answered about {pull}: {error}");
+    let github = |error: octocrab::Error| {
+        format!(
+            "reading {pull}: {}",
+            infracrew_forge::ci_dispatch::github_error_text(&error)
+        )
+    };
     let mut client = Octocrab::builder()
         .base_uri(from.api_url.as_str())
         .map_err(|error| format!("--github-api-url {} is not a URL: {error}", from.api_url))?;

@@ -1,9 +1,11 @@
 //! A GitHub REST API simulator for tests, speaking GitHub's wire format: the endpoints the
 //! crew uses (commit statuses, issue comments, pull requests, their files and contents) with
 //! token checks, real-shaped answers that octocrab deserializes, and failures on demand
-//! (HTTP 5xx, a primary rate limit with its headers). Beside it, the signing and payloads of
-//! the webhooks GitHub sends, so tests deliver `issue_comment` and `pull_request_review`
-//! events exactly as GitHub does.
+//! (HTTP 5xx, a primary rate limit with its headers). GitHub Actions too, for deployments
+//! that dispatch a workflow: workflows, `workflow_dispatch` events, and the runs they start,
+//! which advance one step each time they are read so a poller sees them queue, run and
+//! conclude. Beside it, the signing and payloads of the webhooks GitHub sends, so tests
+//! deliver `issue_comment` and `pull_request_review` events exactly as GitHub does.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -58,6 +60,17 @@ pub struct RecordedComment {
     pub edits: usize,
 }
 
+/// A `workflow_dispatch` event as it was accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordedDispatch {
+    /// The workflow's file name (`deploy.yml`), whether the request named it so or by id.
+    pub workflow: String,
+    /// The git ref as the request gave it.
+    pub r#ref: String,
+    /// The inputs, every value a string (GitHub refuses others); empty when none were sent.
+    pub inputs: Map<String, Value>,
+}
+
 /// A failure the simulator gives instead of the next API answer.
 #[derive(Debug, Clone, Copy)]
 enum Failure {
@@ -105,6 +118,40 @@ struct Status {
     recorded: RecordedStatus,
 }
 
+#[derive(Debug, Clone)]
+struct Workflow {
+    owner: String,
+    repo: String,
+    id: u64,
+    /// The file name under `.github/workflows/`, by which the API also finds it.
+    file: String,
+    created_at: String,
+}
+
+/// A workflow run started by a dispatch. It moves only when read with `GET
+/// /actions/runs/{id}`, so a test decides how far it has got by how often it polls, and
+/// never waits on a clock.
+#[derive(Debug, Clone)]
+struct WorkflowRun {
+    owner: String,
+    repo: String,
+    id: u64,
+    workflow_id: u64,
+    run_number: u64,
+    check_suite_id: u64,
+    job_id: u64,
+    head_branch: String,
+    head_sha: String,
+    dispatch: RecordedDispatch,
+    created_at: String,
+    /// When each read that moved the run happened: the first started its job and the job's
+    /// first step, each later one finished a step and started the next, and the one after
+    /// the last step completed the run. Their number is how far the run has got.
+    moments: Vec<String>,
+    /// Whether the deploy step failed, decided when it finishes.
+    failed: bool,
+}
+
 #[derive(Debug, Default)]
 struct Github {
     token: String,
@@ -118,6 +165,19 @@ struct Github {
     trees: Vec<Tree>,
     /// The default branch's files, by (owner, repo, path).
     base_files: Vec<(String, String, String, String)>,
+    workflows: Vec<Workflow>,
+    /// Every run, oldest first; each is one accepted dispatch.
+    runs: Vec<WorkflowRun>,
+    /// `(input, value)` pairs: a run dispatched with any of them fails its deploy step.
+    failing_inputs: Vec<(String, String)>,
+}
+
+impl Github {
+    fn fails(&self, inputs: &Map<String, Value>) -> bool {
+        self.failing_inputs
+            .iter()
+            .any(|(name, value)| inputs.get(name).and_then(Value::as_str) == Some(value))
+    }
 }
 
 type Shared = Arc<Mutex<Github>>;
@@ -165,6 +225,23 @@ impl GithubSimulator {
                 get(list_files),
             )
             .route("/repos/{owner}/{repo}/contents/{*path}", get(get_content))
+            .route(
+                "/repos/{owner}/{repo}/actions/workflows/{workflow_id}",
+                get(get_workflow),
+            )
+            .route(
+                "/repos/{owner}/{repo}/actions/workflows/{workflow_id}/dispatches",
+                post(dispatch_workflow),
+            )
+            .route(
+                "/repos/{owner}/{repo}/actions/workflows/{workflow_id}/runs",
+                get(list_workflow_runs),
+            )
+            .route("/repos/{owner}/{repo}/actions/runs/{run_id}", get(get_run))
+            .route(
+                "/repos/{owner}/{repo}/actions/runs/{run_id}/jobs",
+                get(list_run_jobs),
+            )
             // GitHub answers an unknown route, or a known one with the wrong method, 404.
             .fallback(unknown)
             .method_not_allowed_fallback(unknown)
@@ -291,6 +368,49 @@ impl GithubSimulator {
                 body: comment.body.clone(),
                 edits: comment.edits,
             })
+            .collect()
+    }
+
+    /// Registers the workflow `.github/workflows/{workflow_file}` of `owner/repo`, active and
+    /// named after its file (`deploy.yml` is `deploy`), and returns its numeric id. The API
+    /// finds it by file name or by that id; adding a known file again keeps it as it is.
+    pub fn add_workflow(&self, owner: &str, repo: &str, workflow_file: &str) -> u64 {
+        let mut github = self.lock();
+        if let Some(known) = github
+            .workflows
+            .iter()
+            .find(|w| same_repo(&w.owner, &w.repo, owner, repo) && w.file == workflow_file)
+        {
+            return known.id;
+        }
+        let id = next_id();
+        github.workflows.push(Workflow {
+            owner: owner.to_owned(),
+            repo: repo.to_owned(),
+            id,
+            file: workflow_file.to_owned(),
+            created_at: now(),
+        });
+        id
+    }
+
+    /// Runs dispatched with input `input_name` set to `input_value` fail: their deploy step
+    /// concludes `failure`, the health check after it is skipped, and the run concludes
+    /// `failure`. Decided when the deploy step finishes, so it also holds for runs already
+    /// dispatched but not that far yet.
+    pub fn fail_runs_with(&self, input_name: &str, input_value: &str) {
+        self.lock()
+            .failing_inputs
+            .push((input_name.to_owned(), input_value.to_owned()));
+    }
+
+    /// The `workflow_dispatch` events `owner/repo` accepted, oldest first.
+    pub fn dispatches(&self, owner: &str, repo: &str) -> Vec<RecordedDispatch> {
+        self.lock()
+            .runs
+            .iter()
+            .filter(|run| same_repo(&run.owner, &run.repo, owner, repo))
+            .map(|run| run.dispatch.clone())
             .collect()
     }
 
@@ -687,6 +807,484 @@ async fn get_content(
     .into_response()
 }
 
+const WORKFLOW_DOCS: &str = "https://docs.github.com/rest/actions/workflows#get-a-workflow";
+const DISPATCH_DOCS: &str =
+    "https://docs.github.com/rest/actions/workflows#create-a-workflow-dispatch-event";
+const RUNS_DOCS: &str =
+    "https://docs.github.com/rest/actions/workflow-runs#list-workflow-runs-for-a-workflow";
+const RUN_DOCS: &str = "https://docs.github.com/rest/actions/workflow-runs#get-a-workflow-run";
+const JOBS_DOCS: &str =
+    "https://docs.github.com/rest/actions/workflow-jobs#list-jobs-for-a-workflow-run";
+
+/// The steps of the one job every run has, in order; the deploy step (the second) is the
+/// one a failing run fails.
+const STEP_COUNT: usize = 3;
+const DEPLOY_STEP: usize = 2;
+
+async fn get_workflow(
+    State(github): State<Shared>,
+    Path((owner, repo, workflow_id)): Path<(String, String, String)>,
+) -> Response {
+    let github = lock(&github);
+    match find_workflow(&github, &owner, &repo, &workflow_id) {
+        Some(workflow) => Json(workflow_json(&github.api, workflow)).into_response(),
+        None => not_found(WORKFLOW_DOCS),
+    }
+}
+
+async fn dispatch_workflow(
+    State(github): State<Shared>,
+    Path((owner, repo, workflow_id)): Path<(String, String, String)>,
+    body: Bytes,
+) -> Response {
+    let mut github = lock(&github);
+    let Some(workflow) = find_workflow(&github, &owner, &repo, &workflow_id).cloned() else {
+        return not_found(DISPATCH_DOCS);
+    };
+    let request = match json_object(&body, DISPATCH_DOCS) {
+        Ok(request) => request,
+        Err(response) => return *response,
+    };
+    let reference = match request.get("ref") {
+        None | Some(Value::Null) => return not_supplied("ref", DISPATCH_DOCS),
+        Some(Value::String(reference)) => reference.clone(),
+        Some(other) => return invalid_property("ref", other, "a string"),
+    };
+    let inputs = match request.get("inputs") {
+        None | Some(Value::Null) => Map::new(),
+        Some(Value::Object(inputs)) => inputs.clone(),
+        Some(other) => return invalid_property("inputs", other, "an object"),
+    };
+    if let Some((name, value)) = inputs.iter().find(|(_, value)| !value.is_string()) {
+        return invalid_property(name, value, "a string");
+    }
+    let branch = reference
+        .strip_prefix("refs/heads/")
+        .unwrap_or(&reference)
+        .to_owned();
+    let head_sha = ref_sha(&github, &owner, &repo, &branch);
+    let run_number = 1 + github
+        .runs
+        .iter()
+        .filter(|run| run.workflow_id == workflow.id)
+        .count() as u64;
+    let run = WorkflowRun {
+        owner,
+        repo,
+        id: next_id(),
+        workflow_id: workflow.id,
+        run_number,
+        check_suite_id: next_id(),
+        job_id: next_id(),
+        head_branch: branch,
+        head_sha,
+        dispatch: RecordedDispatch {
+            workflow: workflow.file,
+            r#ref: reference,
+            inputs,
+        },
+        created_at: now(),
+        moments: Vec::new(),
+        failed: false,
+    };
+    github.runs.push(run);
+    StatusCode::NO_CONTENT.into_response()
+}
+
+/// GitHub's 422 for a request property of the wrong type, as its schema check words it.
+fn invalid_property(name: &str, value: &Value, expected: &str) -> Response {
+    github_error(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        &format!("Invalid request.\n\nFor 'properties/{name}', {value} is not {expected}."),
+        DISPATCH_DOCS,
+    )
+}
+
+/// The commit a dispatch on `branch` runs: `main`'s head, a pull request's head for its
+/// branch, a full commit id as itself, or a stable made-up commit for any other branch.
+fn ref_sha(github: &Github, owner: &str, repo: &str, branch: &str) -> String {
+    if branch == "main" {
+        return base_sha(owner, repo);
+    }
+    if let Some(pr) = github
+        .pulls
+        .iter()
+        .find(|pr| same_repo(&pr.owner, &pr.repo, owner, repo) && head_ref(pr.number) == branch)
+    {
+        return pr.head_sha.clone();
+    }
+    if branch.len() == 40 && branch.bytes().all(|byte| byte.is_ascii_hexdigit()) {
+        return branch.to_owned();
+    }
+    fake_sha(&format!("{branch} of {owner}/{repo}"))
+}
+
+/// The runs of a workflow, newest first. Listing does not move them: only reading a run
+/// does. Filters as GitHub's: `event`, `branch`, `actor`, `status` (a status or a
+/// conclusion), `head_sha` and `created` (`>=`, `>`, `<=`, `<`, `from..to` or one day, in
+/// dates or RFC 3339 times).
+async fn list_workflow_runs(
+    State(github): State<Shared>,
+    Path((owner, repo, workflow_id)): Path<(String, String, String)>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    let github = lock(&github);
+    let Some(workflow) = find_workflow(&github, &owner, &repo, &workflow_id) else {
+        return not_found(RUNS_DOCS);
+    };
+    let wanted = |name: &str, value: &str| query.get(name).is_none_or(|wanted| wanted == value);
+    let runs: Vec<Value> = github
+        .runs
+        .iter()
+        .rev()
+        .filter(|run| run.workflow_id == workflow.id)
+        .filter(|_| wanted("event", "workflow_dispatch"))
+        .filter(|run| wanted("branch", &run.head_branch))
+        .filter(|run| wanted("head_sha", &run.head_sha))
+        .filter(|_| {
+            query
+                .get("actor")
+                .is_none_or(|actor| actor.eq_ignore_ascii_case(BOT_LOGIN))
+        })
+        .filter(|run| {
+            let (status, conclusion) = run_state(run);
+            query
+                .get("status")
+                .is_none_or(|wanted| wanted == status || Some(wanted.as_str()) == conclusion)
+        })
+        .filter(|run| {
+            query
+                .get("created")
+                .is_none_or(|created| created_matches(created, &run.created_at))
+        })
+        .map(|run| run_json(&github.api, run))
+        .collect();
+    let url = format!(
+        "{}/repos/{owner}/{repo}/actions/workflows/{workflow_id}/runs",
+        github.api
+    );
+    paginated_object("workflow_runs", runs, &query, &url)
+}
+
+/// Whether a run created at `created_at` matches GitHub's `created` filter; one the
+/// simulator cannot read matches nothing, so a wrong filter shows as a missing run.
+fn created_matches(filter: &str, created_at: &str) -> bool {
+    use chrono::{DateTime, NaiveDate, Utc};
+    /// A time, or a day's first (or, for an upper bound, last) second.
+    fn bound(text: &str, end_of_day: bool) -> Option<DateTime<Utc>> {
+        if let Ok(time) = DateTime::parse_from_rfc3339(text) {
+            return Some(time.with_timezone(&Utc));
+        }
+        let day = NaiveDate::parse_from_str(text, "%Y-%m-%d").ok()?;
+        let time = if end_of_day {
+            day.and_hms_opt(23, 59, 59)?
+        } else {
+            day.and_hms_opt(0, 0, 0)?
+        };
+        Some(time.and_utc())
+    }
+    let Ok(at) = DateTime::parse_from_rfc3339(created_at) else {
+        return false;
+    };
+    let at = at.with_timezone(&Utc);
+    let from = |text: &str| {
+        (text == "*")
+            .then_some(true)
+            .or_else(|| bound(text, false).map(|b| at >= b))
+    };
+    let to = |text: &str| {
+        (text == "*")
+            .then_some(true)
+            .or_else(|| bound(text, true).map(|b| at <= b))
+    };
+    let matched = if let Some(text) = filter.strip_prefix(">=") {
+        from(text)
+    } else if let Some(text) = filter.strip_prefix('>') {
+        bound(text, true).map(|b| at > b)
+    } else if let Some(text) = filter.strip_prefix("<=") {
+        to(text)
+    } else if let Some(text) = filter.strip_prefix('<') {
+        bound(text, false).map(|b| at < b)
+    } else if let Some((start, end)) = filter.split_once("..") {
+        from(start)
+            .zip(to(end))
+            .map(|(after, before)| after && before)
+    } else {
+        from(filter)
+            .zip(to(filter))
+            .map(|(after, before)| after && before)
+    };
+    matched.unwrap_or(false)
+}
+
+/// Answers a run after moving it one step, as a poller would see it progress.
+async fn get_run(
+    State(github): State<Shared>,
+    Path((owner, repo, run_id)): Path<(String, String, String)>,
+) -> Response {
+    let mut github = lock(&github);
+    let Some(index) = find_run(&github, &owner, &repo, &run_id) else {
+        return not_found(RUN_DOCS);
+    };
+    let failing = github.fails(&github.runs[index].dispatch.inputs);
+    let run = &mut github.runs[index];
+    advance(run, failing);
+    let run = &github.runs[index];
+    Json(run_json(&github.api, run)).into_response()
+}
+
+/// The run's one job, `deploy`; reading it does not move the run.
+async fn list_run_jobs(
+    State(github): State<Shared>,
+    Path((owner, repo, run_id)): Path<(String, String, String)>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    let github = lock(&github);
+    let Some(index) = find_run(&github, &owner, &repo, &run_id) else {
+        return not_found(JOBS_DOCS);
+    };
+    let run = &github.runs[index];
+    let url = format!(
+        "{}/repos/{owner}/{repo}/actions/runs/{}/jobs",
+        github.api, run.id
+    );
+    paginated_object("jobs", vec![job_json(&github.api, run)], &query, &url)
+}
+
+/// A run moves one step: its job starts, then each read finishes a step and starts the next,
+/// and the read after the last step completes it. A failing run's deploy step fails and the
+/// health check after it is skipped, but the run still completes a read later, as GitHub's
+/// job wraps up after its last step.
+fn advance(run: &mut WorkflowRun, failing: bool) {
+    if run.moments.len() > STEP_COUNT {
+        return;
+    }
+    run.moments.push(now());
+    if finished_steps(run) == DEPLOY_STEP {
+        run.failed = failing;
+    }
+}
+
+fn finished_steps(run: &WorkflowRun) -> usize {
+    run.moments.len().saturating_sub(1)
+}
+
+/// The run's `status` and `conclusion`.
+fn run_state(run: &WorkflowRun) -> (&'static str, Option<&'static str>) {
+    match run.moments.len() {
+        0 => ("queued", None),
+        moved if moved > STEP_COUNT => (
+            "completed",
+            Some(if run.failed { "failure" } else { "success" }),
+        ),
+        _ => ("in_progress", None),
+    }
+}
+
+fn find_workflow<'a>(
+    github: &'a Github,
+    owner: &str,
+    repo: &str,
+    workflow_id: &str,
+) -> Option<&'a Workflow> {
+    github.workflows.iter().find(|workflow| {
+        same_repo(&workflow.owner, &workflow.repo, owner, repo)
+            && (workflow.file == workflow_id || workflow.id.to_string() == workflow_id)
+    })
+}
+
+fn find_run(github: &Github, owner: &str, repo: &str, run_id: &str) -> Option<usize> {
+    github.runs.iter().position(|run| {
+        same_repo(&run.owner, &run.repo, owner, repo) && run.id.to_string() == run_id
+    })
+}
+
+/// A workflow's name when its file sets none: GitHub shows the file name; the simulator
+/// drops the extension, so `deploy.yml` is `deploy`.
+fn workflow_name(file: &str) -> &str {
+    file.rsplit_once('.').map_or(file, |(stem, _)| stem)
+}
+
+fn workflow_json(api: &str, workflow: &Workflow) -> Value {
+    let Workflow {
+        owner,
+        repo,
+        id,
+        file,
+        created_at,
+    } = workflow;
+    let name = workflow_name(file);
+    json!({
+        "id": id,
+        "node_id": format!("W_sim{id}"),
+        "name": name,
+        "path": format!(".github/workflows/{file}"),
+        "state": "active",
+        "created_at": created_at,
+        "updated_at": created_at,
+        "url": format!("{api}/repos/{owner}/{repo}/actions/workflows/{id}"),
+        "html_url": format!("https://github.com/{owner}/{repo}/blob/main/.github/workflows/{file}"),
+        "badge_url": format!("https://github.com/{owner}/{repo}/workflows/{name}/badge.svg"),
+    })
+}
+
+/// A run as GitHub gives it. Its `display_title` is what the workflow's `run-name: deploy
+/// ${{ inputs.plan_id }}` makes of the dispatch, by which a dispatcher finds its own run
+/// among the others of the workflow (GitHub's dispatch answers 204 without the run).
+fn run_json(api: &str, run: &WorkflowRun) -> Value {
+    let WorkflowRun {
+        owner,
+        repo,
+        id,
+        head_sha,
+        ..
+    } = run;
+    let name = workflow_name(&run.dispatch.workflow);
+    let display_title = match run.dispatch.inputs.get("plan_id").and_then(Value::as_str) {
+        Some(plan_id) => format!("deploy {plan_id}"),
+        None => name.to_owned(),
+    };
+    let (status, conclusion) = run_state(run);
+    let url = format!("{api}/repos/{owner}/{repo}/actions/runs/{id}");
+    let check_suite_url = format!(
+        "{api}/repos/{owner}/{repo}/check-suites/{}",
+        run.check_suite_id
+    );
+    let repository = repository(api, owner, repo);
+    json!({
+        "id": id,
+        "name": name,
+        "node_id": format!("WFR_sim{id}"),
+        "head_branch": run.head_branch,
+        "head_sha": head_sha,
+        "path": format!(".github/workflows/{}", run.dispatch.workflow),
+        "display_title": display_title,
+        "run_number": run.run_number,
+        "event": "workflow_dispatch",
+        "status": status,
+        "conclusion": conclusion,
+        "workflow_id": run.workflow_id,
+        "check_suite_id": run.check_suite_id,
+        "check_suite_node_id": format!("CS_sim{}", run.check_suite_id),
+        "url": url,
+        "html_url": format!("https://github.com/{owner}/{repo}/actions/runs/{id}"),
+        "pull_requests": [],
+        "created_at": run.created_at,
+        "updated_at": run.moments.last().unwrap_or(&run.created_at),
+        "actor": user(api, BOT_LOGIN),
+        "triggering_actor": user(api, BOT_LOGIN),
+        "run_attempt": 1,
+        "referenced_workflows": [],
+        "run_started_at": run.created_at,
+        "jobs_url": format!("{url}/jobs"),
+        "logs_url": format!("{url}/logs"),
+        "check_suite_url": check_suite_url,
+        "artifacts_url": format!("{url}/artifacts"),
+        "cancel_url": format!("{url}/cancel"),
+        "rerun_url": format!("{url}/rerun"),
+        "previous_attempt_url": null,
+        "workflow_url": format!("{api}/repos/{owner}/{repo}/actions/workflows/{}", run.workflow_id),
+        "head_commit": {
+            "id": head_sha,
+            "tree_id": fake_sha(&format!("tree of {head_sha}")),
+            "message": format!("Update {}", run.head_branch),
+            "timestamp": run.created_at,
+            "author": {"name": owner, "email": format!("{owner}@users.noreply.github.com")},
+            "committer": {"name": "GitHub", "email": "noreply@github.com"},
+        },
+        "repository": repository,
+        "head_repository": repository,
+    })
+}
+
+/// The run's job `deploy`, whose steps show how far the run has got.
+fn job_json(api: &str, run: &WorkflowRun) -> Value {
+    let WorkflowRun {
+        owner,
+        repo,
+        id: run_id,
+        job_id,
+        ..
+    } = run;
+    let (status, conclusion) = run_state(run);
+    let started = !run.moments.is_empty();
+    let service = run
+        .dispatch
+        .inputs
+        .get("service")
+        .and_then(Value::as_str)
+        .unwrap_or("service");
+    let names = [
+        "Set up job".to_owned(),
+        format!("Deploy {service}"),
+        "Check health".to_owned(),
+    ];
+    let steps: Vec<Value> = names
+        .iter()
+        .enumerate()
+        .map(|(index, name)| step_json(run, index + 1, name))
+        .collect();
+    json!({
+        "id": job_id,
+        "run_id": run_id,
+        "workflow_name": workflow_name(&run.dispatch.workflow),
+        "head_branch": run.head_branch,
+        "run_url": format!("{api}/repos/{owner}/{repo}/actions/runs/{run_id}"),
+        "run_attempt": 1,
+        "node_id": format!("CR_sim{job_id}"),
+        "head_sha": run.head_sha,
+        "url": format!("{api}/repos/{owner}/{repo}/actions/jobs/{job_id}"),
+        "html_url": format!("https://github.com/{owner}/{repo}/actions/runs/{run_id}/job/{job_id}"),
+        "status": status,
+        "conclusion": conclusion,
+        "created_at": run.created_at,
+        // GitHub gives a queued job its creation time as its start.
+        "started_at": run.moments.first().unwrap_or(&run.created_at),
+        "completed_at": conclusion.and(run.moments.last()),
+        "name": "deploy",
+        "steps": steps,
+        "check_run_url": format!("{api}/repos/{owner}/{repo}/check-runs/{job_id}"),
+        "labels": ["ubuntu-latest"],
+        "runner_id": started.then_some(1),
+        "runner_name": started.then_some("GitHub Actions 1"),
+        "runner_group_id": started.then_some(0),
+        "runner_group_name": started.then_some("GitHub Actions"),
+    })
+}
+
+/// Step `number` (from 1): finished once later reads moved past it, running while the run
+/// is at it, queued before; after a failed deploy step, the rest are skipped at once.
+fn step_json(run: &WorkflowRun, number: usize, name: &str) -> Value {
+    let finished = finished_steps(run);
+    let moment = |index: usize| run.moments.get(index).cloned();
+    let (status, conclusion, started_at, completed_at) =
+        if number <= finished && !(run.failed && number > DEPLOY_STEP) {
+            let failed = run.failed && number == DEPLOY_STEP;
+            let conclusion = if failed { "failure" } else { "success" };
+            (
+                "completed",
+                Some(conclusion),
+                moment(number - 1),
+                moment(number),
+            )
+        } else if run.failed && number > DEPLOY_STEP {
+            let skipped_at = moment(DEPLOY_STEP);
+            ("completed", Some("skipped"), skipped_at.clone(), skipped_at)
+        } else if number == run.moments.len() {
+            ("in_progress", None, moment(number - 1), None)
+        } else {
+            ("queued", None, None, None)
+        };
+    json!({
+        "name": name,
+        "status": status,
+        "conclusion": conclusion,
+        "number": number,
+        "started_at": started_at,
+        "completed_at": completed_at,
+    })
+}
+
 fn find_pull<'a>(
     github: &'a Github,
     owner: &str,
@@ -700,9 +1298,37 @@ fn find_pull<'a>(
         .find(|pr| same_repo(&pr.owner, &pr.repo, owner, repo) && pr.number == number)
 }
 
-/// One page of `items` as GitHub pages a list: `per_page` (30 unless asked, at most 100),
-/// `page` from 1, and a `Link` header to the neighbours.
+/// One page of `items` as GitHub pages most lists: a bare array (see [`page_of`]).
 fn paginated(items: Vec<Value>, query: &HashMap<String, String>, url: &str) -> Response {
+    let (items, links) = page_of(items, query, url);
+    with_links(Json(Value::Array(items)).into_response(), &links)
+}
+
+/// One page of `items` as the Actions API pages a list: an object with the number of all
+/// matches in `total_count` and the page under `key` (`workflow_runs`, `jobs`), which is
+/// where octocrab's `Page` looks for them.
+fn paginated_object(
+    key: &str,
+    items: Vec<Value>,
+    query: &HashMap<String, String>,
+    url: &str,
+) -> Response {
+    let total_count = items.len();
+    let (items, links) = page_of(items, query, url);
+    let mut answer = Map::new();
+    answer.insert("total_count".to_owned(), total_count.into());
+    answer.insert(key.to_owned(), Value::Array(items));
+    with_links(Json(Value::Object(answer)).into_response(), &links)
+}
+
+/// The page of `items` a query asks for as GitHub pages a list: `per_page` (30 unless
+/// asked, at most 100), `page` from 1, and the `Link` header's entries to the neighbours,
+/// which keep the query's filters so the next page is of the same list.
+fn page_of(
+    items: Vec<Value>,
+    query: &HashMap<String, String>,
+    url: &str,
+) -> (Vec<Value>, Vec<String>) {
     let number = |name: &str, default: usize| {
         query
             .get(name)
@@ -713,8 +1339,18 @@ fn paginated(items: Vec<Value>, query: &HashMap<String, String>, url: &str) -> R
     let per_page = number("per_page", 30).min(100);
     let page = number("page", 1);
     let last = items.len().div_ceil(per_page).max(1);
-    let link =
-        |page: usize, rel: &str| format!("<{url}?per_page={per_page}&page={page}>; rel=\"{rel}\"");
+    let mut filters: Vec<(&String, &String)> = query
+        .iter()
+        .filter(|(name, _)| *name != "page" && *name != "per_page")
+        .collect();
+    filters.sort();
+    let filters = match serde_urlencoded::to_string(&filters) {
+        Ok(filters) if !filters.is_empty() => filters + "&",
+        _ => String::new(),
+    };
+    let link = |page: usize, rel: &str| {
+        format!("<{url}?{filters}per_page={per_page}&page={page}>; rel=\"{rel}\"")
+    };
     let mut links = Vec::new();
     if page < last {
         links.push(link(page + 1, "next"));
@@ -724,12 +1360,15 @@ fn paginated(items: Vec<Value>, query: &HashMap<String, String>, url: &str) -> R
         links.push(link(1, "first"));
         links.push(link(page.min(last + 1) - 1, "prev"));
     }
-    let items: Vec<Value> = items
+    let items = items
         .into_iter()
         .skip((page - 1).saturating_mul(per_page))
         .take(per_page)
         .collect();
-    let mut response = Json(Value::Array(items)).into_response();
+    (items, links)
+}
+
+fn with_links(mut response: Response, links: &[String]) -> Response {
     if let Ok(value) = HeaderValue::from_str(&links.join(", "))
         && !links.is_empty()
     {

@@ -13,12 +13,17 @@ use axum::{
 };
 use http_body_util::Full;
 use infracrew_testkit::github::{
-    self, BOT_LOGIN, GithubSimulator, RecordedComment, RecordedStatus,
+    self, BOT_LOGIN, GithubSimulator, RecordedComment, RecordedDispatch, RecordedStatus,
 };
 use octocrab::{
     Octocrab,
-    models::{CommentId, StatusState, repos::DiffEntryStatus},
+    models::{
+        CommentId, RunId, StatusState,
+        repos::DiffEntryStatus,
+        workflows::{Conclusion, Run, Status},
+    },
 };
+use serde_json::{Value, json};
 
 const TOKEN: &str = "ghs_simulated";
 const HEAD: &str = "0123456789abcdef0123456789abcdef01234567";
@@ -390,4 +395,340 @@ async fn webhooks_are_signed_and_shaped_as_github_sends_them() {
         deliveries[1].0["x-github-delivery"]
     );
     assert_eq!(deliveries[2].0["x-hub-signature-256"], "sha256=00");
+}
+
+/// The `display_title`s of the workflow's runs, newest first: octocrab's `Run` has no such
+/// field, so a dispatcher reads the list as JSON to find its own run.
+async fn display_titles(octocrab: &Octocrab, query: &[(&str, &str)]) -> Vec<(u64, String)> {
+    let runs: Value = octocrab
+        .get(
+            "/repos/acme/infra/actions/workflows/deploy.yml/runs",
+            Some(query),
+        )
+        .await
+        .unwrap();
+    runs["workflow_runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|run| {
+            (
+                run["id"].as_u64().unwrap(),
+                run["display_title"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// Reads the run until it completes, returning every status seen and the last answer.
+async fn poll(octocrab: &Octocrab, run: RunId) -> (Vec<String>, Run) {
+    let mut seen = Vec::new();
+    for _ in 0..10 {
+        let answer = octocrab.workflows("acme", "infra").get(run).await.unwrap();
+        seen.push(answer.status.clone());
+        if answer.status == "completed" {
+            return (seen, answer);
+        }
+    }
+    panic!("run {run} never completed: {seen:?}");
+}
+
+fn step_states(job: &octocrab::models::workflows::Job) -> Vec<(Status, Option<Conclusion>)> {
+    job.steps
+        .iter()
+        .map(|step| (step.status.clone(), step.conclusion.clone()))
+        .collect()
+}
+
+#[tokio::test]
+async fn dispatched_workflow_runs_advance_as_they_are_read() {
+    let simulator = GithubSimulator::start(TOKEN).await.unwrap();
+    let octocrab = client(&simulator, TOKEN);
+    let workflow_id = simulator.add_workflow("acme", "infra", "deploy.yml");
+    assert_eq!(
+        simulator.add_workflow("acme", "infra", "deploy.yml"),
+        workflow_id
+    );
+
+    let workflows = octocrab.workflows("acme", "infra");
+    let workflow = workflows.get_workflow("deploy.yml").await.unwrap();
+    assert_eq!(workflow.id.0, workflow_id);
+    assert_eq!(workflow.name, "deploy");
+    assert_eq!(workflow.path, ".github/workflows/deploy.yml");
+    assert_eq!(workflow.state, "active");
+    assert_eq!(
+        workflows
+            .get_workflow(workflow_id.to_string())
+            .await
+            .unwrap(),
+        workflow
+    );
+
+    simulator.fail_runs_with("service", "legal-compliance");
+    for (plan, service) in [("plan-1", "billing"), ("plan-2", "legal-compliance")] {
+        octocrab
+            .actions()
+            .create_workflow_dispatch("acme", "infra", "deploy.yml", "main")
+            .inputs(json!({"plan_id": plan, "service": service}))
+            .send()
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        simulator.dispatches("acme", "infra"),
+        vec![
+            RecordedDispatch {
+                workflow: "deploy.yml".into(),
+                r#ref: "main".into(),
+                inputs: json!({"plan_id": "plan-1", "service": "billing"})
+                    .as_object()
+                    .unwrap()
+                    .clone(),
+            },
+            RecordedDispatch {
+                workflow: "deploy.yml".into(),
+                r#ref: "main".into(),
+                inputs: json!({"plan_id": "plan-2", "service": "legal-compliance"})
+                    .as_object()
+                    .unwrap()
+                    .clone(),
+            },
+        ]
+    );
+
+    let listed = workflows
+        .list_runs("deploy.yml")
+        .event("workflow_dispatch")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(listed.total_count, Some(2));
+    assert_eq!(listed.items.len(), 2);
+    for run in &listed.items {
+        assert_eq!(run.workflow_id.0, workflow_id);
+        assert_eq!(run.name, "deploy");
+        assert_eq!(run.event, "workflow_dispatch");
+        assert_eq!(run.status, "queued");
+        assert_eq!(run.conclusion, None);
+        assert_eq!(run.head_branch, "main");
+        assert_eq!(run.head_sha.len(), 40);
+        assert_eq!(run.repository.full_name.as_deref(), Some("acme/infra"));
+        assert_eq!(
+            run.html_url.as_str(),
+            format!("https://github.com/acme/infra/actions/runs/{}", run.id)
+        );
+    }
+    assert_eq!(
+        listed
+            .items
+            .iter()
+            .map(|run| run.run_number)
+            .collect::<Vec<_>>(),
+        [2, 1],
+        "newest first"
+    );
+    let titles = display_titles(&octocrab, &[("event", "workflow_dispatch")]).await;
+    let titled: Vec<_> = titles.iter().map(|(_, title)| title.as_str()).collect();
+    assert_eq!(titled, ["deploy plan-2", "deploy plan-1"]);
+    let own = |plan: &str| {
+        RunId(
+            titles
+                .iter()
+                .find(|(_, title)| *title == format!("deploy {plan}"))
+                .unwrap()
+                .0,
+        )
+    };
+    let (succeeding, failing) = (own("plan-1"), own("plan-2"));
+    assert!(
+        workflows
+            .list_runs("deploy.yml")
+            .event("push")
+            .send()
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+    assert!(
+        display_titles(&octocrab, &[("created", "<2000-01-01")])
+            .await
+            .is_empty()
+    );
+    assert_eq!(
+        display_titles(&octocrab, &[("created", ">=2000-01-01")])
+            .await
+            .len(),
+        2
+    );
+    let first_page = workflows
+        .list_runs(workflow_id.to_string())
+        .event("workflow_dispatch")
+        .per_page(1)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(first_page.items.len(), 1);
+    let next = first_page.next.unwrap().to_string();
+    assert!(
+        next.contains("event=workflow_dispatch") && next.contains("page=2"),
+        "{next}"
+    );
+
+    let jobs = workflows.list_jobs(succeeding).send().await.unwrap();
+    assert_eq!(jobs.total_count, Some(1));
+    assert_eq!(jobs.items[0].name, "deploy");
+    assert_eq!(jobs.items[0].status, Status::Queued);
+    assert_eq!(
+        step_states(&jobs.items[0]),
+        vec![
+            (Status::Queued, None),
+            (Status::Queued, None),
+            (Status::Queued, None)
+        ]
+    );
+
+    let first = workflows.get(succeeding).await.unwrap();
+    assert_eq!(
+        (first.status.as_str(), first.conclusion.as_deref()),
+        ("in_progress", None)
+    );
+    let job = workflows
+        .list_jobs(succeeding)
+        .send()
+        .await
+        .unwrap()
+        .items
+        .remove(0);
+    assert_eq!(job.run_id, succeeding);
+    assert_eq!(job.status, Status::InProgress);
+    let names: Vec<_> = job.steps.iter().map(|step| step.name.as_str()).collect();
+    assert_eq!(names, ["Set up job", "Deploy billing", "Check health"]);
+    assert_eq!(
+        step_states(&job),
+        vec![
+            (Status::InProgress, None),
+            (Status::Queued, None),
+            (Status::Queued, None)
+        ]
+    );
+    assert!(job.steps[0].started_at.is_some() && job.steps[1].started_at.is_none());
+
+    let (seen, done) = poll(&octocrab, succeeding).await;
+    assert_eq!(seen, ["in_progress", "in_progress", "completed"]);
+    assert_eq!(done.conclusion.as_deref(), Some("success"));
+    let again = workflows.get(succeeding).await.unwrap();
+    assert_eq!(
+        (again.status.as_str(), again.conclusion.as_deref()),
+        ("completed", Some("success"))
+    );
+    let job = workflows
+        .list_jobs(succeeding)
+        .send()
+        .await
+        .unwrap()
+        .items
+        .remove(0);
+    assert_eq!(
+        (job.status.clone(), job.conclusion.clone()),
+        (Status::Completed, Some(Conclusion::Success))
+    );
+    assert!(job.completed_at.is_some());
+    assert_eq!(
+        step_states(&job),
+        vec![(Status::Completed, Some(Conclusion::Success)); 3]
+    );
+
+    let (seen, done) = poll(&octocrab, failing).await;
+    assert_eq!(
+        seen,
+        ["in_progress", "in_progress", "in_progress", "completed"]
+    );
+    assert_eq!(done.conclusion.as_deref(), Some("failure"));
+    let job = workflows
+        .list_jobs(failing)
+        .send()
+        .await
+        .unwrap()
+        .items
+        .remove(0);
+    assert_eq!(job.conclusion, Some(Conclusion::Failure));
+    assert_eq!(job.steps[1].name, "Deploy legal-compliance");
+    assert_eq!(
+        step_states(&job),
+        vec![
+            (Status::Completed, Some(Conclusion::Success)),
+            (Status::Completed, Some(Conclusion::Failure)),
+            (Status::Completed, Some(Conclusion::Skipped)),
+        ]
+    );
+    simulator.shutdown().await;
+}
+
+#[tokio::test]
+async fn refuses_dispatches_as_github_does() {
+    let simulator = GithubSimulator::start(TOKEN).await.unwrap();
+    let octocrab = client(&simulator, TOKEN);
+    simulator.add_workflow("acme", "infra", "deploy.yml");
+    let workflows = octocrab.workflows("acme", "infra");
+
+    let missing = github_error(workflows.get_workflow("other.yml").await.unwrap_err());
+    assert_eq!(missing.status_code, 404);
+    let missing = octocrab
+        .actions()
+        .create_workflow_dispatch("acme", "infra", "other.yml", "main")
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(github_error(missing).status_code, 404);
+    let not_text = octocrab
+        .actions()
+        .create_workflow_dispatch("acme", "infra", "deploy.yml", "main")
+        .inputs(json!({"plan_id": 7}))
+        .send()
+        .await
+        .unwrap_err();
+    let not_text = github_error(not_text);
+    assert_eq!(not_text.status_code, 422);
+    assert!(
+        not_text
+            .message
+            .contains("'properties/plan_id', 7 is not a string"),
+        "{not_text}"
+    );
+
+    let no_ref = Request::post(format!(
+        "{}/repos/acme/infra/actions/workflows/deploy.yml/dispatches",
+        simulator.url()
+    ))
+    .header("authorization", format!("Bearer {TOKEN}"))
+    .body(Full::new(Bytes::from(r#"{"inputs":{"plan_id":"p"}}"#)))
+    .unwrap();
+    let (status, body) = infracrew_testkit::http::send(no_ref).await.unwrap();
+    assert_eq!(status, 422);
+    assert!(body.contains(r#"\"ref\" wasn't supplied"#), "{body}");
+    assert!(simulator.dispatches("acme", "infra").is_empty());
+
+    let missing = github_error(workflows.get(RunId(424242)).await.unwrap_err());
+    assert_eq!(missing.status_code, 404);
+    let missing = workflows.list_jobs(RunId(424242)).send().await.unwrap_err();
+    assert_eq!(github_error(missing).status_code, 404);
+    let missing = workflows.list_runs("other.yml").send().await.unwrap_err();
+    assert_eq!(github_error(missing).status_code, 404);
+
+    // Without inputs, the run is titled after its workflow.
+    octocrab
+        .actions()
+        .create_workflow_dispatch("acme", "infra", "deploy.yml", "refs/heads/main")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        simulator.dispatches("acme", "infra")[0].r#ref,
+        "refs/heads/main"
+    );
+    let titles = display_titles(&octocrab, &[]).await;
+    assert_eq!(titles.len(), 1);
+    assert_eq!(titles[0].1, "deploy");
+    simulator.shutdown().await;
 }

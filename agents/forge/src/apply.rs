@@ -160,6 +160,8 @@ pub enum ApplyEnd {
     Refused,
     Applied,
     RolledBack,
+    /// A step failed on a driver that does not roll back.
+    Failed,
 }
 
 /// Checks the gate, then applies, verifies, and rolls back what it applied on a failure.
@@ -194,7 +196,7 @@ pub async fn apply<D: Apply>(
         }
     };
     let change = &build.change;
-    let driver = drivers.get(&build.plan.environment);
+    let driver = drivers.get(&build.plan.environment, &build.plan.service);
     steps.driver = driver.name();
     if steps.attempt > 1 {
         tracing::info!(plan = %request.plan_id, attempt = steps.attempt, "picking up an apply that did not finish; converging from what runs");
@@ -238,6 +240,7 @@ pub async fn apply<D: Apply>(
         let outcome = with_progress(&mut steps, &step, delivery, |progress| async move {
             let context = ApplyContext {
                 plan_id: request.plan_id,
+                digest: request.digest.to_string(),
                 strategy,
                 progress,
             };
@@ -251,12 +254,23 @@ pub async fn apply<D: Apply>(
             steps
                 .event(OpsEventKind::StepFailed, Some(step), error.to_string())
                 .await?;
+            if !driver.rolls_back() {
+                steps
+                    .event(
+                        OpsEventKind::ApplyFailed,
+                        None,
+                        format!("failed, nothing rolled back by {}: {error}", driver.name()),
+                    )
+                    .await?;
+                return Ok(ApplyEnd::Failed);
+            }
             applied.push((environment, service, before));
             for (environment, service, before) in applied.iter().rev() {
                 let step = format!("roll back {}", resource_name(environment, service));
                 with_progress(&mut steps, &step, delivery, |progress| async move {
                     let context = ApplyContext {
                         plan_id: request.plan_id,
+                        digest: request.digest.to_string(),
                         strategy: Strategy::Rolling,
                         progress,
                     };

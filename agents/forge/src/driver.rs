@@ -39,6 +39,8 @@ pub trait Driver: Send + Sync + 'static {
 pub struct ApplyContext {
     /// The approved plan the change belongs to; drivers tag what they create with it.
     pub plan_id: PlanId,
+    /// The approved change's digest, for drivers that hand the change on (a CI workflow).
+    pub digest: String,
     pub strategy: Strategy,
     pub progress: Progress,
 }
@@ -92,4 +94,10 @@ pub trait Apply: Driver {
 
     /// Whether the target answers now, and what it is: Forge's readiness.
     fn check(&self) -> impl Future<Output = Result<String, DriverError>> + Send;
+
+    /// Whether Forge puts back what it applied when a step fails. A driver that hands the
+    /// change to something else (a CI workflow) says no: the apply then ends FAILED.
+    fn rolls_back(&self) -> bool {
+        true
+    }
 }

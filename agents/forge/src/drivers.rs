@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use infracrew_protocol::ServiceState;
 
 use crate::{
+    ci_dispatch::CiDispatchDriver,
     container::ContainerDriver,
     driver::{Apply, ApplyContext, Driver, DriverError},
     dry_run::DryRunDriver,
@@ -14,9 +15,10 @@ use crate::{
 /// Every driver Forge can run, behind one type.
 #[derive(Debug, Clone)]
 pub enum AnyDriver {
-    // Boxed: the two differ a lot in size.
+    // Boxed: they differ a lot in size.
     DryRun(Box<DryRunDriver>),
     Container(Box<ContainerDriver>),
+    CiDispatch(Box<CiDispatchDriver>),
 }
 
 impl Driver for AnyDriver {
@@ -24,6 +26,7 @@ impl Driver for AnyDriver {
         match self {
             AnyDriver::DryRun(driver) => driver.name(),
             AnyDriver::Container(driver) => driver.name(),
+            AnyDriver::CiDispatch(driver) => driver.name(),
         }
     }
 
@@ -35,6 +38,7 @@ impl Driver for AnyDriver {
         match self {
             AnyDriver::DryRun(driver) => driver.current(environment, service).await,
             AnyDriver::Container(driver) => driver.current(environment, service).await,
+            AnyDriver::CiDispatch(driver) => driver.current(environment, service).await,
         }
     }
 
@@ -46,15 +50,25 @@ impl Driver for AnyDriver {
         match self {
             AnyDriver::DryRun(driver) => driver.previous(environment, service).await,
             AnyDriver::Container(driver) => driver.previous(environment, service).await,
+            AnyDriver::CiDispatch(driver) => driver.previous(environment, service).await,
         }
     }
 }
 
 impl Apply for AnyDriver {
+    fn rolls_back(&self) -> bool {
+        match self {
+            AnyDriver::DryRun(driver) => driver.rolls_back(),
+            AnyDriver::Container(driver) => driver.rolls_back(),
+            AnyDriver::CiDispatch(driver) => driver.rolls_back(),
+        }
+    }
+
     async fn check(&self) -> Result<String, DriverError> {
         match self {
             AnyDriver::DryRun(driver) => driver.check().await,
             AnyDriver::Container(driver) => driver.check().await,
+            AnyDriver::CiDispatch(driver) => driver.check().await,
         }
     }
 
@@ -70,6 +84,9 @@ impl Apply for AnyDriver {
             AnyDriver::Container(driver) => {
                 driver.apply(environment, service, state, context).await
             }
+            AnyDriver::CiDispatch(driver) => {
+                driver.apply(environment, service, state, context).await
+            }
         }
     }
 
@@ -82,15 +99,18 @@ impl Apply for AnyDriver {
         match self {
             AnyDriver::DryRun(driver) => driver.verify(environment, service, state).await,
             AnyDriver::Container(driver) => driver.verify(environment, service, state).await,
+            AnyDriver::CiDispatch(driver) => driver.verify(environment, service, state).await,
         }
     }
 }
 
-/// The driver of each environment, and the one for environments not named.
+/// The driver of each service and of each environment, and the one for the rest: a
+/// service's own driver comes first, then its environment's.
 #[derive(Debug, Clone)]
 pub struct DriverMap<D> {
     default: D,
     by_environment: BTreeMap<String, D>,
+    by_service: BTreeMap<String, D>,
 }
 
 impl<D> DriverMap<D> {
@@ -99,6 +119,7 @@ impl<D> DriverMap<D> {
         DriverMap {
             default,
             by_environment: BTreeMap::new(),
+            by_service: BTreeMap::new(),
         }
     }
 
@@ -108,15 +129,25 @@ impl<D> DriverMap<D> {
         self
     }
 
-    pub fn get(&self, environment: &str) -> &D {
-        self.by_environment
-            .get(environment)
+    /// `driver` for `service`, in every environment.
+    pub fn with_service(mut self, service: impl Into<String>, driver: D) -> Self {
+        self.by_service.insert(service.into(), driver);
+        self
+    }
+
+    /// The driver of `service` in `environment`.
+    pub fn get(&self, environment: &str, service: &str) -> &D {
+        self.by_service
+            .get(service)
+            .or_else(|| self.by_environment.get(environment))
             .unwrap_or(&self.default)
     }
 
-    /// The default driver, then each environment's.
+    /// The default driver, then each environment's and each service's.
     pub fn all(&self) -> impl Iterator<Item = &D> {
-        std::iter::once(&self.default).chain(self.by_environment.values())
+        std::iter::once(&self.default)
+            .chain(self.by_environment.values())
+            .chain(self.by_service.values())
     }
 }
 
@@ -127,6 +158,20 @@ pub enum DriverKind {
     DryRun,
     /// Containers on a Docker Engine API (Docker, or Podman's compatible service).
     Container,
+    /// A GitHub Actions workflow, dispatched and followed (--ci-repository, --ci-workflow).
+    CiDispatch,
+}
+
+/// `SERVICE=DRIVER`, as `--service-driver` takes it.
+pub fn parse_service_driver(text: &str) -> Result<(String, DriverKind), String> {
+    parse_environment_driver(text).map_err(|error| {
+        error
+            .replace(
+                "ENVIRONMENT=DRIVER, for example dev=container",
+                "SERVICE=DRIVER, for example alfred-bot=ci-dispatch",
+            )
+            .replace("names no environment", "names no service")
+    })
 }
 
 /// `ENV=DRIVER`, as `--environment-driver` takes it.
@@ -136,7 +181,7 @@ pub fn parse_environment_driver(text: &str) -> Result<(String, DriverKind), Stri
         .split_once('=')
         .ok_or_else(|| format!("{text:?} is not ENVIRONMENT=DRIVER, for example dev=container"))?;
     let driver = DriverKind::from_str(driver, true).map_err(|_| {
-        format!("{driver:?} is not a driver; the drivers are dry-run and container")
+        format!("{driver:?} is not a driver; the drivers are dry-run, container and ci-dispatch")
     })?;
     if environment.is_empty() {
         return Err(format!("{text:?} names no environment"));
@@ -159,6 +204,40 @@ pub struct DriverArgs {
         value_parser = parse_environment_driver
     )]
     pub by_environment: Vec<(String, DriverKind)>,
+    /// The driver of one service in every environment, as SERVICE=DRIVER (repeatable; the
+    /// variable takes a comma-separated list); it comes before its environment's.
+    #[arg(
+        long = "service-driver",
+        env = "INFRACREW_SERVICE_DRIVERS",
+        value_delimiter = ',',
+        value_parser = parse_service_driver
+    )]
+    pub by_service: Vec<(String, DriverKind)>,
+    /// The repository whose workflow deploys (ci-dispatch driver), OWNER/REPO.
+    #[arg(long, env = "INFRACREW_CI_REPOSITORY")]
+    pub ci_repository: Option<String>,
+    /// The workflow file (or id) the ci-dispatch driver dispatches.
+    #[arg(long, env = "INFRACREW_CI_WORKFLOW", default_value = "deploy.yml")]
+    pub ci_workflow: String,
+    /// The branch or tag the workflow runs on.
+    #[arg(long, env = "INFRACREW_CI_REF", default_value = "main")]
+    pub ci_ref: String,
+    /// How often a workflow run is looked at.
+    #[arg(long, env = "INFRACREW_CI_POLL", default_value = "5s", value_parser = infracrew_bus::parse_duration)]
+    pub ci_poll: std::time::Duration,
+    /// How long a workflow run may take before the apply fails.
+    #[arg(long, env = "INFRACREW_CI_TIMEOUT", default_value = "30m", value_parser = infracrew_bus::parse_duration)]
+    pub ci_timeout: std::time::Duration,
+    /// The GitHub REST API (GitHub Enterprise Server: https://HOST/api/v3).
+    #[arg(
+        long,
+        env = "INFRACREW_GITHUB_API_URL",
+        default_value = "https://api.github.com"
+    )]
+    pub github_api_url: String,
+    /// A token that may dispatch the workflow and read its runs (Actions: read and write).
+    #[arg(long, env = "INFRACREW_GITHUB_TOKEN", hide_env_values = true)]
+    pub github_token: Option<String>,
     /// How long a new replica may take to answer its readiness path before the rollout is
     /// rolled back (container driver).
     #[arg(long, env = "INFRACREW_HEALTH_TIMEOUT", default_value = "60s", value_parser = infracrew_bus::parse_duration)]
@@ -187,6 +266,8 @@ pub enum OpenError {
     DryRun(#[from] infracrew_bus::KvError),
     #[error("the container driver: {0}")]
     Container(#[from] crate::container::ConnectError),
+    #[error("the ci-dispatch driver: {0}")]
+    CiDispatch(String),
 }
 
 impl DriverArgs {
@@ -197,6 +278,10 @@ impl DriverArgs {
         for (environment, kind) in &self.by_environment {
             let driver = self.opened(bus, *kind, &mut opened).await?;
             map = map.with(environment.clone(), driver);
+        }
+        for (service, kind) in &self.by_service {
+            let driver = self.opened(bus, *kind, &mut opened).await?;
+            map = map.with_service(service.clone(), driver);
         }
         Ok(map)
     }
@@ -224,6 +309,27 @@ impl DriverArgs {
                 };
                 AnyDriver::Container(Box::new(ContainerDriver::connect(settings).await?))
             }
+            DriverKind::CiDispatch => {
+                let repository = self.ci_repository.clone().ok_or_else(|| {
+                    OpenError::CiDispatch(
+                        "it needs --ci-repository (INFRACREW_CI_REPOSITORY), the OWNER/REPO whose workflow deploys".into(),
+                    )
+                })?;
+                let settings = crate::ci_dispatch::CiDispatchSettings {
+                    api_url: self.github_api_url.clone(),
+                    token: self.github_token.clone(),
+                    repository,
+                    workflow: self.ci_workflow.clone(),
+                    git_ref: self.ci_ref.clone(),
+                    poll: self.ci_poll,
+                    timeout: self.ci_timeout,
+                };
+                AnyDriver::CiDispatch(Box::new(
+                    CiDispatchDriver::open(bus, settings)
+                        .await
+                        .map_err(OpenError::CiDispatch)?,
+                ))
+            }
         };
         opened.insert(name, driver.clone());
         Ok(driver)
@@ -235,6 +341,9 @@ impl DriverArgs {
         for (environment, kind) in &self.by_environment {
             text.push_str(&format!(", {} in {environment}", kind_name(*kind)));
         }
+        for (service, kind) in &self.by_service {
+            text.push_str(&format!(", {} for {service}", kind_name(*kind)));
+        }
         text
     }
 }
@@ -243,6 +352,7 @@ fn kind_name(kind: DriverKind) -> &'static str {
     match kind {
         DriverKind::DryRun => DryRunDriver::NAME,
         DriverKind::Container => ContainerDriver::NAME,
+        DriverKind::CiDispatch => CiDispatchDriver::NAME,
     }
 }
 
@@ -252,9 +362,12 @@ mod tests {
 
     #[test]
     fn each_environment_gets_its_driver_and_the_rest_the_default() {
-        let map = DriverMap::new("dry-run").with("dev", "container");
-        assert_eq!(*map.get("dev"), "container");
-        assert_eq!(*map.get("prod"), "dry-run");
+        let map = DriverMap::new("dry-run")
+            .with("dev", "container")
+            .with_service("alfred-bot", "ci-dispatch");
+        assert_eq!(*map.get("dev", "social-intel"), "container");
+        assert_eq!(*map.get("prod", "social-intel"), "dry-run");
+        assert_eq!(*map.get("dev", "alfred-bot"), "ci-dispatch");
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! applies approved plans step by step.
 
 pub mod apply;
+pub mod ci_dispatch;
 pub mod container;
 pub mod driver;
 pub mod drivers;
@@ -163,7 +164,7 @@ impl<D: Apply> Forge<D> {
     /// blocked, anything else goes to Sentinel. The build record is written for every
     /// outcome, so a late verdict on an earlier rendering never overrides a newer one.
     async fn build(&self, plan: PlanSpec) -> Result<(), HandlerError> {
-        let driver = self.drivers.get(&plan.environment);
+        let driver = self.drivers.get(&plan.environment, &plan.service);
         let (change, blocked_by) = match render(&plan, driver).await {
             Ok(change) => (change, None),
             Err(RenderError::Driver(error)) => return Err(retry(error)),

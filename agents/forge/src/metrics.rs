@@ -68,7 +68,7 @@ impl ForgeMetrics {
         let outcome = match end {
             Ok(ApplyEnd::Refused) => return,
             Ok(ApplyEnd::Applied) => OUTCOMES[0],
-            Err(_) => OUTCOMES[1],
+            Err(_) | Ok(ApplyEnd::Failed) => OUTCOMES[1],
             Ok(ApplyEnd::RolledBack) => {
                 self.rollbacks.inc();
                 OUTCOMES[2]
