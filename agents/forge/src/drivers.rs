@@ -164,29 +164,27 @@ pub enum DriverKind {
 
 /// `SERVICE=DRIVER`, as `--service-driver` takes it.
 pub fn parse_service_driver(text: &str) -> Result<(String, DriverKind), String> {
-    parse_environment_driver(text).map_err(|error| {
-        error
-            .replace(
-                "ENVIRONMENT=DRIVER, for example dev=container",
-                "SERVICE=DRIVER, for example alfred-bot=ci-dispatch",
-            )
-            .replace("names no environment", "names no service")
-    })
+    parse_driver_of("SERVICE", "alfred-bot=ci-dispatch", text)
 }
 
 /// `ENV=DRIVER`, as `--environment-driver` takes it.
 pub fn parse_environment_driver(text: &str) -> Result<(String, DriverKind), String> {
+    parse_driver_of("ENVIRONMENT", "dev=container", text)
+}
+
+/// `NAME=DRIVER`, where NAME is a `what` (`SERVICE`, `ENVIRONMENT`).
+fn parse_driver_of(what: &str, example: &str, text: &str) -> Result<(String, DriverKind), String> {
     use clap::ValueEnum as _;
-    let (environment, driver) = text
+    let (name, driver) = text
         .split_once('=')
-        .ok_or_else(|| format!("{text:?} is not ENVIRONMENT=DRIVER, for example dev=container"))?;
+        .ok_or_else(|| format!("{text:?} is not {what}=DRIVER, for example {example}"))?;
     let driver = DriverKind::from_str(driver, true).map_err(|_| {
         format!("{driver:?} is not a driver; the drivers are dry-run, container and ci-dispatch")
     })?;
-    if environment.is_empty() {
-        return Err(format!("{text:?} names no environment"));
+    if name.is_empty() {
+        return Err(format!("{text:?} names no {}", what.to_lowercase()));
     }
-    Ok((environment.to_owned(), driver))
+    Ok((name.to_owned(), driver))
 }
 
 /// Forge's driver flags.
@@ -382,8 +380,19 @@ mod tests {
         );
         assert_eq!(
             parse_environment_driver("dev=k8s"),
-            Err("\"k8s\" is not a driver; the drivers are dry-run and container".to_owned())
+            Err(
+                "\"k8s\" is not a driver; the drivers are dry-run, container and ci-dispatch"
+                    .to_owned()
+            )
         );
         assert!(parse_environment_driver("=container").is_err());
+        assert_eq!(
+            parse_service_driver("alfred-bot=ci-dispatch"),
+            Ok(("alfred-bot".to_owned(), DriverKind::CiDispatch))
+        );
+        assert_eq!(
+            parse_service_driver("=container"),
+            Err("\"=container\" names no service".to_owned())
+        );
     }
 }
