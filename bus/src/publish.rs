@@ -32,6 +32,16 @@ pub struct Published {
     pub duplicate: bool,
 }
 
+impl From<async_nats::jetstream::publish::PublishAck> for Published {
+    fn from(ack: async_nats::jetstream::publish::PublishAck) -> Self {
+        Published {
+            stream: ack.stream,
+            sequence: ack.sequence,
+            duplicate: ack.duplicate,
+        }
+    }
+}
+
 /// Why a publish did not get stored.
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
@@ -155,15 +165,10 @@ impl Bus {
     /// reported as `publish` reports it.
     pub async fn confirm(&self, sent: Vec<Sent>) -> Result<Vec<Published>, PublishError> {
         futures::future::try_join_all(sent.into_iter().map(|sent| async move {
-            if let Some(Ok(ack)) = match sent.ack {
-                Some(ack) => Some(ack.await),
-                None => None,
-            } {
-                return Ok(Published {
-                    stream: ack.stream,
-                    sequence: ack.sequence,
-                    duplicate: ack.duplicate,
-                });
+            if let Some(ack) = sent.ack
+                && let Ok(ack) = ack.await
+            {
+                return Ok(Published::from(ack));
             }
             self.publish_bytes(&sent.subject, sent.kind, &sent.message_id, sent.payload)
                 .await
@@ -192,13 +197,7 @@ impl Bus {
                 Err(error) => Err(error),
             };
             match result {
-                Ok(ack) => {
-                    return Ok(Published {
-                        stream: ack.stream,
-                        sequence: ack.sequence,
-                        duplicate: ack.duplicate,
-                    });
-                }
+                Ok(ack) => return Ok(Published::from(ack)),
                 Err(error) => match error.kind() {
                     // On a cluster electing a new stream leader the stream reads as missing
                     // for a moment: tried again like a lost ack, reported if it stays so.

@@ -322,27 +322,25 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             bus,
         } => {
             // Each goal with the pull request's file it came from, if it did.
-            let goals: Vec<(Option<String>, infracrew_protocol::GoalStatement)> =
-                match (file, from_github) {
-                    (Some(file), _) => vec![(None, goals::read(&file)?)],
-                    (None, Some(pull_request)) => {
-                        let from = github::GoalsFromGithub {
-                            api_url: github_api_url,
-                            token: github_token,
-                            pull_request,
-                            under: goals_under,
-                        };
-                        github::goals_of(&from)
-                            .await
-                            .map_err(CliError::Github)?
-                            .into_iter()
-                            .map(|(path, goal)| {
-                                (Some(format!("{} {path}", from.pull_request)), goal)
-                            })
-                            .collect()
-                    }
-                    (None, None) => Vec::new(),
-                };
+            let goals: Vec<(Option<String>, infracrew_protocol::GoalStatement)> = match from_github
+            {
+                // clap requires the file without --from-github.
+                None => vec![(None, goals::read(&file.unwrap_or_default())?)],
+                Some(pull_request) => {
+                    let from = github::GoalsFromGithub {
+                        api_url: github_api_url,
+                        token: github_token,
+                        pull_request,
+                        under: goals_under,
+                    };
+                    github::goals_of(&from)
+                        .await
+                        .map_err(CliError::Github)?
+                        .into_iter()
+                        .map(|(path, goal)| (Some(format!("{} {path}", from.pull_request)), goal))
+                        .collect()
+                }
+            };
             let bus = connect(&bus).await?;
             let mut code = ExitCode::SUCCESS;
             for (origin, goal) in goals {

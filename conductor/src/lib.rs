@@ -6,14 +6,15 @@ pub mod config;
 pub mod github;
 pub mod metrics;
 pub mod orchestrator;
+pub mod replay;
 pub mod slack;
 pub mod watch;
 
 use std::{sync::Arc, time::Duration};
 
 use infracrew_agent_runtime::{Agent, WorkError};
-use infracrew_bus::{ConsumerSettings, Delivery, HandlerError, Shutdown, buckets, consumers};
-use infracrew_protocol::signing::Signer;
+use infracrew_bus::{ConsumerSettings, Delivery, HandlerError, Kv, Shutdown, buckets, consumers};
+use infracrew_protocol::{PlanRecord, signing::Signer};
 use tokio::task::JoinHandle;
 
 use crate::{
@@ -21,6 +22,7 @@ use crate::{
     github::{GithubSetup, report::GithubReports, webhook::GithubEndpoint},
     metrics::ConductorMetrics,
     orchestrator::{Conductor, ConductorMessage},
+    replay::SeenRecently,
     slack::{
         SlackDesk, SlackInbound, SlackSetup,
         endpoint::SlackEndpoint,
@@ -67,7 +69,7 @@ pub async fn run(
         crew: crew.clone(),
         metrics,
         signer: Arc::new(options.signer),
-        seen_decisions: Default::default(),
+        seen_decisions: SeenRecently::new(orchestrator::SIGNED_DECISION_WINDOW * 2),
         written: Default::default(),
         finished: Default::default(),
     });
@@ -121,17 +123,39 @@ pub async fn run(
 /// Slack. GitHub goes first because an outage there is retried by redelivering the move,
 /// and Slack's thread must not get its posts twice.
 struct Reviews {
+    plans: Kv<PlanRecord>,
     github: Option<GithubReports>,
     slack: Option<SlackReviews>,
 }
 
 impl Reviews {
     async fn handle(&self, input: ReviewInput, delivery: Delivery) -> Result<(), HandlerError> {
-        if let (Some(github), ReviewInput::Moved(moved)) = (&self.github, &input) {
-            github.on_move(moved).await?;
+        let moved = match input {
+            ReviewInput::Ops(event) => {
+                return match &self.slack {
+                    Some(slack) => slack.on_ops(event, &delivery).await,
+                    None => Ok(()),
+                };
+            }
+            ReviewInput::Moved(moved) => moved,
+        };
+        if self.github.is_none() && self.slack.is_none() {
+            return Ok(());
+        }
+        // Read once for both: the record as it stands, which may be past this move.
+        let record = self
+            .plans
+            .get(&moved.plan_id.to_string())
+            .await
+            .map_err(|error| HandlerError::Retry(error.to_string()))?;
+        let Some(record) = record.map(|r| r.value) else {
+            return Ok(());
+        };
+        if let Some(github) = &self.github {
+            github.on_move(&moved, &record).await?;
         }
         match &self.slack {
-            Some(slack) => slack.handle(input, delivery).await,
+            Some(slack) => slack.on_move(&moved, &record, &delivery).await,
             None => Ok(()),
         }
     }
@@ -159,7 +183,6 @@ async fn start_reviews(
                 api: slack.api.clone(),
                 config: slack.config.clone(),
                 rules: conductor.config.approvals.clone(),
-                plans: agent.bucket(buckets::PLANS).await?,
                 reviews: agent.bucket(buckets::REVIEWS).await?,
                 shutdown: shutdown.clone(),
             };
@@ -199,7 +222,7 @@ async fn start_reviews(
                 api: github.api.clone(),
                 config: github.config.clone(),
                 secret: github.webhook_secret,
-                seen: Default::default(),
+                seen: SeenRecently::new(github::webhook::DELIVERIES_KEPT_FOR),
             });
             let webhook = github::webhook::routes(endpoint);
             routes = Some(match routes {
@@ -212,7 +235,6 @@ async fn start_reviews(
             Some(GithubReports {
                 api: github.api,
                 config: github.config,
-                plans: agent.bucket(buckets::PLANS).await?,
                 reviews: agent.bucket(buckets::REVIEWS).await?,
             })
         }
@@ -221,6 +243,7 @@ async fn start_reviews(
         agent.mount(routes);
     }
     let reviews = Arc::new(Reviews {
+        plans: agent.bucket(buckets::PLANS).await?,
         github: github_reports,
         slack: slack_reviews,
     });

@@ -20,11 +20,12 @@ use crate::{
     approvals::{Accepted, Decision, Refusal},
     config::ConductorConfig,
     metrics::{ConductorMetrics, PlanCensus},
+    replay::SeenRecently,
     watch::CrewWatch,
 };
 
 /// How far a signed decision's issue time may be from now.
-const SIGNED_DECISION_WINDOW: std::time::Duration = std::time::Duration::from_secs(5 * 60);
+pub const SIGNED_DECISION_WINDOW: std::time::Duration = std::time::Duration::from_secs(5 * 60);
 
 /// How the Conductor knows who decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,8 +91,9 @@ pub struct Conductor {
     pub metrics: Arc<ConductorMetrics>,
     /// Signs every ApplyRequest; Forge applies only what it signed.
     pub signer: Arc<Signer>,
-    /// Signed decisions taken lately, by request id, to refuse a replay.
-    pub seen_decisions: std::sync::Mutex<std::collections::HashMap<uuid::Uuid, DateTime<Utc>>>,
+    /// Signed decisions taken lately, by request id, to refuse a replay (kept twice the
+    /// signing window, so one issued ahead of our clock is still remembered).
+    pub seen_decisions: SeenRecently,
     /// The records this process last wrote, for plans still moving: the next move starts
     /// from them instead of a read. Another writer's move makes one stale, which the
     /// compare-and-set finds.
@@ -715,14 +717,10 @@ impl Conductor {
                 SIGNED_DECISION_WINDOW.as_secs() / 60
             ));
         }
-        let mut seen = self
+        if !self
             .seen_decisions
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner());
-        seen.retain(|_, at| {
-            now - *at <= chrono::Duration::from_std(SIGNED_DECISION_WINDOW * 2).unwrap_or_default()
-        });
-        if seen.insert(request.request_id, issued).is_some() {
+            .first_time(&request.request_id.to_string())
+        {
             return Err("this exact decision was already received; a replay is refused".into());
         }
         Ok((request, Authenticity::Verified))

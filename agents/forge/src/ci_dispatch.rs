@@ -283,21 +283,17 @@ impl Apply for CiDispatchDriver {
             self.settings.workflow, self.settings.git_ref
         ));
         let deadline = tokio::time::Instant::now() + self.settings.timeout;
-        let mut found = None;
-        while found.is_none() {
+        let mut run = loop {
+            if let Some(run) = self.find_run(&plan_id, since).await? {
+                break run;
+            }
             if tokio::time::Instant::now() > deadline {
                 return Err(self.failed(format!(
                     "no run named \"deploy {plan_id}\" appeared within {:?}: does the workflow set run-name: deploy ${{{{ inputs.plan_id }}}}?",
                     self.settings.timeout
                 )));
             }
-            found = self.find_run(&plan_id, since).await?;
-            if found.is_none() {
-                tokio::time::sleep(self.settings.poll).await;
-            }
-        }
-        let Some(mut run) = found else {
-            return Err(self.failed("the run vanished"));
+            tokio::time::sleep(self.settings.poll).await;
         };
         context
             .progress

@@ -3,7 +3,7 @@
 
 use infracrew_bus::{HandlerError, Kv};
 use infracrew_protocol::{
-    Enforcement, GoalSource, PlanId, PlanRecord, PlanState, PlanTransitioned, ReviewRecord,
+    Enforcement, GoalSource, PlanRecord, PlanState, PlanTransitioned, ReviewRecord,
 };
 use octocrab::models::StatusState;
 
@@ -20,48 +20,68 @@ pub const APPLY_CONTEXT: &str = "infracrew/apply";
 pub struct GithubReports {
     pub api: GithubApi,
     pub config: GithubConfig,
-    pub plans: Kv<PlanRecord>,
     pub reviews: Kv<ReviewRecord>,
 }
 
 impl GithubReports {
-    /// Sets the statuses a move calls for and brings the comment up to date. A refusal that
-    /// no retry mends is kept for `crew show` and the plan goes on; an outage is retried.
-    pub async fn on_move(&self, moved: &PlanTransitioned) -> Result<(), HandlerError> {
-        let record = self
-            .plans
-            .get(&moved.plan_id.to_string())
-            .await
-            .map_err(|error| HandlerError::Retry(error.to_string()))?;
-        let Some(record) = record.map(|r| r.value) else {
-            return Ok(());
-        };
-        let Some(source) = record.plan.source.clone() else {
+    /// Sets the statuses the move to the plan `record` calls for and brings the comment up
+    /// to date. A refusal that no retry mends is kept for `crew show` and the plan goes on;
+    /// an outage is retried.
+    pub async fn on_move(
+        &self,
+        moved: &PlanTransitioned,
+        record: &PlanRecord,
+    ) -> Result<(), HandlerError> {
+        let Some(source) = &record.plan.source else {
             return Ok(());
         };
         let Some(repository) = source.owner_and_name() else {
             return Ok(());
         };
-        let outcome = self.report(&record, &source, repository, moved).await;
-        match outcome {
-            Ok(comment) => self.remember(moved.plan_id, comment, None).await,
+        let key = moved.plan_id.to_string();
+        let before = self
+            .reviews
+            .get(&key)
+            .await
+            .map_err(|error| HandlerError::Retry(error.to_string()))?
+            .map(|r| r.value)
+            .unwrap_or_default();
+        let mut review = before.clone();
+        match self
+            .report(record, source, repository, moved, review.github_comment)
+            .await
+        {
+            Ok(comment) => {
+                review.github_comment = comment.or(review.github_comment);
+                review.github_error = None;
+            }
             Err(error @ GithubError::Transient { .. }) => {
-                Err(HandlerError::Retry(error.to_string()))
+                return Err(HandlerError::Retry(error.to_string()));
             }
             Err(error @ GithubError::Permanent { .. }) => {
                 tracing::error!(plan = %moved.plan_id, %error, "the pull request is not up to date");
-                self.remember(moved.plan_id, None, Some(error.to_string()))
-                    .await
+                review.github_error = Some(error.to_string());
             }
         }
+        if review == before {
+            return Ok(());
+        }
+        self.reviews
+            .put(&key, &review)
+            .await
+            .map(drop)
+            .map_err(|error| HandlerError::Retry(error.to_string()))
     }
 
+    /// Sets the statuses and upserts the comment (`existing`, once posted); returns the
+    /// comment's id when the plan has a pull request.
     async fn report(
         &self,
         record: &PlanRecord,
         source: &GoalSource,
         repository: (&str, &str),
         moved: &PlanTransitioned,
+        existing: Option<u64>,
     ) -> Result<Option<u64>, GithubError> {
         for (context, state, description) in statuses(record, moved.transition.to) {
             self.api
@@ -71,44 +91,11 @@ impl GithubReports {
         let Some(number) = source.pull_request else {
             return Ok(None);
         };
-        let existing = self
-            .reviews
-            .get(&moved.plan_id.to_string())
-            .await
-            .ok()
-            .flatten()
-            .and_then(|review| review.value.github_comment);
         let body = comment(record, self.config.diff_lines);
         self.api
             .upsert_comment(repository, number, existing, &body)
             .await
             .map(Some)
-    }
-
-    async fn remember(
-        &self,
-        plan_id: PlanId,
-        comment: Option<u64>,
-        error: Option<String>,
-    ) -> Result<(), HandlerError> {
-        let key = plan_id.to_string();
-        let mut review = self
-            .reviews
-            .get(&key)
-            .await
-            .map_err(|error| HandlerError::Retry(error.to_string()))?
-            .map(|r| r.value)
-            .unwrap_or_default();
-        if review.github_comment.is_some() == comment.is_some() && review.github_error == error {
-            return Ok(());
-        }
-        review.github_comment = comment.or(review.github_comment);
-        review.github_error = error;
-        self.reviews
-            .put(&key, &review)
-            .await
-            .map(drop)
-            .map_err(|error| HandlerError::Retry(error.to_string()))
     }
 }
 

@@ -4,10 +4,7 @@
 //! decision under the same rules as Slack and the CLI; the answer is a reply on the pull
 //! request.
 
-use std::{
-    collections::{HashSet, VecDeque},
-    sync::{Arc, Mutex},
-};
+use std::sync::Arc;
 
 use axum::{
     Router,
@@ -26,11 +23,13 @@ use super::GithubApi;
 use crate::{
     config::GithubConfig,
     orchestrator::Conductor,
+    replay::SeenRecently,
     slack::requests::{SlackAction, parse_command},
 };
 
-/// Deliveries remembered to refuse a replayed one (GitHub signs no timestamp).
-const DELIVERIES_KEPT: usize = 10_000;
+/// How long a delivery is remembered to refuse a replayed one (GitHub signs no timestamp;
+/// its own redeliveries of a failed delivery come within hours).
+pub const DELIVERIES_KEPT_FOR: std::time::Duration = std::time::Duration::from_secs(24 * 60 * 60);
 
 /// What the webhook's handler shares.
 #[derive(Debug)]
@@ -39,8 +38,8 @@ pub struct GithubEndpoint {
     pub api: GithubApi,
     pub config: GithubConfig,
     pub secret: Vec<u8>,
-    /// Recent `X-GitHub-Delivery` ids, oldest first.
-    pub seen: Mutex<(VecDeque<String>, HashSet<String>)>,
+    /// Recent `X-GitHub-Delivery` ids ([`DELIVERIES_KEPT_FOR`]).
+    pub seen: SeenRecently,
 }
 
 /// The webhook route, to be served on the Conductor's HTTP address.
@@ -184,24 +183,8 @@ struct PullRequest {
 
 impl GithubEndpoint {
     fn replayed(&self, delivery: &str) -> Option<WebhookRefusal> {
-        if delivery.is_empty() {
-            return None;
-        }
-        let mut seen = self
-            .seen
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let (order, ids) = &mut *seen;
-        if !ids.insert(delivery.to_owned()) {
-            return Some(WebhookRefusal::Replayed(delivery.to_owned()));
-        }
-        order.push_back(delivery.to_owned());
-        if order.len() > DELIVERIES_KEPT
-            && let Some(oldest) = order.pop_front()
-        {
-            ids.remove(&oldest);
-        }
-        None
+        (!delivery.is_empty() && !self.seen.first_time(delivery))
+            .then(|| WebhookRefusal::Replayed(delivery.to_owned()))
     }
 
     /// A comment: a command on its first line is answered; anything else is left alone.

@@ -58,27 +58,18 @@ pub struct SlackReviews {
     pub api: SlackApi,
     pub config: SlackConfig,
     pub rules: ApprovalRules,
-    pub plans: Kv<PlanRecord>,
     pub reviews: Kv<ReviewRecord>,
     pub shutdown: Shutdown,
 }
 
 impl SlackReviews {
-    pub async fn handle(&self, input: ReviewInput, delivery: Delivery) -> Result<(), HandlerError> {
-        match input {
-            ReviewInput::Moved(moved) => self.on_move(moved, &delivery).await,
-            ReviewInput::Ops(event) => self.on_ops(event, &delivery).await,
-        }
-    }
-
-    async fn on_move(
+    /// Posts or updates the review of the plan `record` after its move `moved`.
+    pub async fn on_move(
         &self,
-        moved: PlanTransitioned,
+        moved: &PlanTransitioned,
+        record: &PlanRecord,
         delivery: &Delivery,
     ) -> Result<(), HandlerError> {
-        let Some(record) = self.plan(moved.plan_id).await? else {
-            return Ok(());
-        };
         // Plans that approve themselves ask nobody: no review.
         if self
             .rules
@@ -88,7 +79,7 @@ impl SlackReviews {
         {
             return Ok(());
         }
-        let content = review_message(&record, &self.rules, self.config.diff_lines);
+        let content = review_message(record, &self.rules, self.config.diff_lines);
         let review = self.review(moved.plan_id).await?;
         let Some(message) = review.slack else {
             if matches!(moved.transition.to, PlanState::Ready | PlanState::Blocked) {
@@ -109,7 +100,7 @@ impl SlackReviews {
         if let Err(error) = updated {
             return self.record(moved.plan_id, Err(error)).await;
         }
-        if let Some(notice) = final_notice(&record, &moved.transition) {
+        if let Some(notice) = final_notice(record, &moved.transition) {
             let text = slack_morphism::SlackMessageContent::new().with_text(notice);
             let posted = self
                 .call(delivery, "posting the final notice", || {
@@ -124,7 +115,8 @@ impl SlackReviews {
         Ok(())
     }
 
-    async fn on_ops(&self, event: OpsEvent, delivery: &Delivery) -> Result<(), HandlerError> {
+    /// Posts one of Forge's steps in the review's thread.
+    pub async fn on_ops(&self, event: OpsEvent, delivery: &Delivery) -> Result<(), HandlerError> {
         let Some(line) = ops_line(&event) else {
             return Ok(());
         };
@@ -142,14 +134,6 @@ impl SlackReviews {
             Ok(_) => Ok(()),
             Err(error) => self.record(event.plan_id, Err(error)).await,
         }
-    }
-
-    async fn plan(&self, plan_id: PlanId) -> Result<Option<PlanRecord>, HandlerError> {
-        self.plans
-            .get(&plan_id.to_string())
-            .await
-            .map(|record| record.map(|r| r.value))
-            .map_err(|error| HandlerError::Retry(error.to_string()))
     }
 
     async fn review(&self, plan_id: PlanId) -> Result<ReviewRecord, HandlerError> {

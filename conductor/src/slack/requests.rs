@@ -2,12 +2,9 @@
 //! check, constant-time, five-minute window, plus a refusal of replayed requests), then read
 //! as an action on a plan.
 
-use std::{
-    collections::HashMap,
-    sync::Mutex,
-    time::{Duration, SystemTime},
-};
+use std::time::Duration;
 
+use crate::replay::SeenRecently;
 use axum::http::HeaderMap;
 use infracrew_protocol::DecisionKind;
 use slack_morphism::{
@@ -38,7 +35,7 @@ pub enum Unverified {
 /// the window, so a captured request cannot be sent again.
 pub struct RequestVerifier {
     verifier: SlackEventSignatureVerifier,
-    seen: Mutex<HashMap<String, SystemTime>>,
+    seen: SeenRecently,
 }
 
 impl std::fmt::Debug for RequestVerifier {
@@ -53,7 +50,9 @@ impl RequestVerifier {
             verifier: SlackEventSignatureVerifier::new(&SlackSigningSecret::new(
                 signing_secret.to_owned(),
             )),
-            seen: Mutex::default(),
+            // Twice the window: a request dated up to five minutes ahead stays remembered
+            // until its timestamp has also aged out.
+            seen: SeenRecently::new(WINDOW * 2),
         }
     }
 
@@ -80,15 +79,7 @@ impl RequestVerifier {
                 }
                 other => Unverified::Secret(other.to_string()),
             })?;
-        let now = SystemTime::now();
-        let mut seen = self
-            .seen
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        // Twice the window: a request dated up to five minutes ahead stays remembered until
-        // its timestamp has also aged out.
-        seen.retain(|_, at| now.duration_since(*at).unwrap_or_default() < WINDOW * 2);
-        if seen.insert(signature.to_owned(), now).is_some() {
+        if !self.seen.first_time(signature) {
             return Err(Unverified::Replayed);
         }
         Ok(())
