@@ -28,7 +28,7 @@ test: deps
 	cargo test --workspace --locked --no-fail-fast
 
 # The fault runs (agents killed, NATS restarted, a cluster node lost, replicas), with more plans
-# and more agents killed than the 50-plan runs `make test` includes (the NATS restart only here).
+# and more agents killed than the 50-plan runs `make test` includes (the NATS restart and the cluster only here).
 soak: deps
 	cargo build --workspace --bins --locked
 	INFRACREW_SOAK_PLANS=$${INFRACREW_SOAK_PLANS:-300} INFRACREW_SOAK_KILLS=$${INFRACREW_SOAK_KILLS:-40} \

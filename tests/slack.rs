@@ -564,6 +564,10 @@ async fn an_agent_going_down_and_coming_back_is_announced_in_slack() {
         .iter()
         .position(|a| a.name == "sentinel")
         .unwrap();
+    // Killed only once the crew has been heard from, so its silence is a silence and not a
+    // start the Conductor has not heard yet.
+    let heard = infracrew_e2e::crew(&crew.server, &["status", "--wait", "15s"]);
+    assert!(heard.status.success(), "{}", text(&heard.stdout));
     crew.agents[sentinel].kill();
     let says = |needle: &'static str| {
         let slack = &crew.slack;
