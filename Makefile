@@ -28,11 +28,11 @@ test: deps
 	cargo test --workspace --locked --no-fail-fast
 
 # The fault runs (agents killed, NATS restarted, a cluster node lost, replicas), with more plans
-# and more agents killed than the 50-plan runs `make test` includes (the NATS restart and the cluster only here).
+# and more agents killed than the 50-plan runs `make test` includes.
 soak: deps
 	cargo build --workspace --bins --locked
 	INFRACREW_SOAK_PLANS=$${INFRACREW_SOAK_PLANS:-300} INFRACREW_SOAK_KILLS=$${INFRACREW_SOAK_KILLS:-40} \
-	INFRACREW_SOAK_PATIENCE=$${INFRACREW_SOAK_PATIENCE:-900} cargo test -p infracrew-e2e --test faults --locked -- --include-ignored --test-threads 1
+	INFRACREW_SOAK_PATIENCE=$${INFRACREW_SOAK_PATIENCE:-900} cargo test -p infracrew-e2e --test faults --locked -- --test-threads 1
 
 fmt:
 	cargo fmt --all

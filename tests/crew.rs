@@ -556,17 +556,17 @@ async fn an_approved_plan_whose_apply_request_was_lost_is_applied_by_the_sweeper
     wait_for_state(&bus, plan, PlanState::Ready, &agents).await;
 
     // What a Conductor that died right after recording the approvals leaves behind: an
-    // APPROVED record, and no ApplyRequest on the bus.
+    // APPROVED record, and neither its move nor an ApplyRequest on the bus.
     let plans = bus.kv::<PlanRecord>(buckets::PLANS).await.unwrap();
     let current = plans.get(&plan.to_string()).await.unwrap().unwrap();
     let mut record = current.value;
-    let an_hour_ago = chrono::Utc::now() - chrono::Duration::hours(1);
+    let a_while_ago = chrono::Utc::now() - chrono::Duration::seconds(30);
     record
         .move_to(
             PlanState::Approved,
             "alice",
             "approved by alice, bob",
-            an_hour_ago,
+            a_while_ago,
         )
         .unwrap();
     plans
@@ -576,6 +576,24 @@ async fn an_approved_plan_whose_apply_request_was_lost_is_applied_by_the_sweeper
 
     let applied = wait_for_state(&bus, plan, PlanState::Applied, &agents).await;
     assert_eq!(applied.history.last().unwrap().by, "forge");
+    // The lost move was published too: the subject tells the plan's whole story (the last
+    // move is published just after the record is written).
+    let recorded: Vec<(u32, PlanState)> = (1..).zip(applied.history.iter().map(|t| t.to)).collect();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let moves: Vec<(u32, PlanState)> =
+            messages_on::<infracrew_protocol::PlanTransitioned>(&bus, subjects::PLAN_STATE)
+                .await
+                .iter()
+                .filter(|m| m.plan_id == plan)
+                .map(|m| (m.seq, m.transition.to))
+                .collect();
+        if moves == recorded || std::time::Instant::now() > deadline {
+            assert_eq!(moves, recorded);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,11 +4,8 @@
 //! work, and a node of a three-node JetStream cluster dies. Each run ends with every plan
 //! finished, none missing, none applied twice, and the plan records agreeing with the stream.
 //!
-//! `make test` runs the agent kills and the replicas at 50 plans; the NATS restart and the
-//! cluster are ignored there while their findings are open (an earlier plan's version applied
-//! again after the next plan's, about one run in fifteen; a VALIDATING move missing from
-//! crew.plan.state on the cluster under load). `make soak` runs all of them with more plans and
-//! kills (INFRACREW_SOAK_PLANS, INFRACREW_SOAK_KILLS). Forge killed in the middle of a real rollout
+//! `make test` runs each at 50 plans; `make soak` runs them with more plans and kills
+//! (INFRACREW_SOAK_PLANS, INFRACREW_SOAK_KILLS). Forge killed in the middle of a real rollout
 //! on the container engine is
 //! `deploy::a_forge_killed_mid_rollout_converges_when_restarted_without_duplicates`.
 #![allow(clippy::unwrap_used)] // a test that unwraps fails with the error, which is what a test should do
@@ -300,7 +297,6 @@ async fn agents_killed_at_random_and_restarted_lose_nothing_and_apply_nothing_tw
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "make soak: about one run in fifteen applies an earlier plan's version again after the next one's (issue 8)"]
 async fn the_nats_server_killed_and_restarted_on_its_store_loses_nothing() {
     let _turn = ONE_AT_A_TIME.lock().await;
     let mut server = NatsServer::start().unwrap();
@@ -341,7 +337,6 @@ async fn two_replicas_of_every_agent_split_the_work_and_do_nothing_twice() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "make soak: about one run in six under CI load, a plan's VALIDATING move is missing from crew.plan.state (issue 8)"]
 async fn a_three_node_cluster_losing_a_node_carries_on() {
     let _turn = ONE_AT_A_TIME.lock().await;
     let cluster_ports: Vec<u16> = (0..3).map(|_| infracrew_testkit::free_port()).collect();

@@ -7,7 +7,9 @@
 
 use chrono::Utc;
 use infracrew_bus::{Bus, buckets};
-use infracrew_e2e::{AgentProcess, conductor_key, crew_bus, wait_for};
+use infracrew_e2e::{
+    AgentProcess, conductor_key, crew_bus, messages_on, wait_for, wait_until_drained,
+};
 use infracrew_protocol::{
     ApplyRequest, BuildOutcome, BuildStatus, ChangeAction, DesiredState, GoalId, Intent,
     LockRecord, OpsEvent, OpsEventKind, PlanId, PlanRecord, PlanSpec, PlanState, SchemaVersion,
@@ -299,6 +301,20 @@ async fn an_approved_plan_is_applied_step_by_step_and_recorded() {
         recorded,
         running(&plan),
         "the dry-run driver recorded the approved state"
+    );
+
+    // A copy of the routing that comes after the plan moved on (the Conductor's sweeper sends
+    // one when it thinks the first lost) is not built again: the approved build stays.
+    bus.publish_copy(subjects::PLAN_ROUTED, &plan, 0)
+        .await
+        .unwrap();
+    wait_until_drained(&bus, "forge").await;
+    let statuses: Vec<BuildStatus> = messages_on(&bus, subjects::BUILD_STATUS).await;
+    assert_eq!(statuses.len(), 1, "built once: {statuses:#?}");
+    assert!(
+        forge.log().contains("routed again after it was built"),
+        "{}",
+        forge.log()
     );
 }
 

@@ -140,6 +140,9 @@ pub struct ConsumerSettings {
     pub backoff_max: Duration,
     /// How long in-flight handlers may finish after shutdown before they are nak'd.
     pub shutdown_grace: Duration,
+    /// How long a handler failing on a message's last delivery is tried again in place
+    /// before the message goes to dead letters.
+    pub last_delivery_patience: Duration,
 }
 
 impl Default for ConsumerSettings {
@@ -149,6 +152,7 @@ impl Default for ConsumerSettings {
             backoff_base: Duration::from_millis(250),
             backoff_max: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(10),
+            last_delivery_patience: Duration::from_secs(120),
         }
     }
 }
@@ -638,61 +642,38 @@ impl<H> Settle<H> {
         self.stats.in_flight.fetch_add(1, Ordering::Relaxed);
         let started = std::time::Instant::now();
 
-        let outcome = match T::decode(&subject, &message.payload) {
-            // This build cannot read its own schema: the message is not at fault, so it must
-            // not be dead-lettered; it waits for a build that can.
-            Err(error @ DecodeError::SchemaUnavailable { .. }) => {
-                tracing::error!(%error, "this build cannot check messages; fix the build");
-                Outcome::Retry(error.to_string())
-            }
-            Err(error) => Outcome::Dead {
-                kind: match error {
-                    DecodeError::Malformed { .. } => DeadLetterKind::Malformed,
-                    DecodeError::UnsupportedVersion(_) => DeadLetterKind::UnsupportedVersion,
-                    DecodeError::Invalid { .. } | DecodeError::SchemaUnavailable { .. } => {
-                        DeadLetterKind::Invalid
-                    }
-                },
-                errors: error.field_errors().to_vec(),
-                reason: error.to_string(),
-            },
-            Ok(decoded) => {
-                let delivery = Delivery {
-                    message: message.clone(),
-                    subject: subject.clone(),
-                    stream_sequence,
-                    delivered,
-                };
-                let handled = AssertUnwindSafe(self.handler.handle(decoded, delivery))
-                    .catch_unwind()
+        let mut outcome = self
+            .attempt::<T>(&message, &subject, stream_sequence, delivered)
+            .await;
+        let last_delivery = self.spec.max_deliver > 0 && delivered >= self.spec.max_deliver as u64;
+        if last_delivery {
+            // The last delivery: a failure that passes (a stream electing its leader, a
+            // server restarting) is tried again in place, the message kept in progress, so
+            // work is not dead-lettered for an outage of the bus underneath it.
+            let patience_ends = started + self.settings.last_delivery_patience;
+            let mut delay = self.settings.backoff_base;
+            while let Outcome::Retry(reason) = &outcome
+                && std::time::Instant::now() + delay < patience_ends
+            {
+                tracing::warn!(%reason, ?delay, "handler failed on the last delivery; trying again in place");
+                let _ = message.ack_with(AckKind::Progress).await;
+                tokio::time::sleep(delay).await;
+                // Kept well inside the ack wait, so the message stays this handler's.
+                delay = (delay * 2)
+                    .min(self.settings.backoff_max)
+                    .min(self.spec.ack_wait / 3);
+                outcome = self
+                    .attempt::<T>(&message, &subject, stream_sequence, delivered)
                     .await;
-                match handled {
-                    Ok(Ok(())) => Outcome::Done,
-                    Ok(Err(HandlerError::Reject(reason))) => Outcome::Dead {
-                        kind: DeadLetterKind::Rejected,
-                        reason,
-                        errors: Vec::new(),
-                    },
-                    Ok(Err(HandlerError::Retry(reason))) => Outcome::Retry(reason),
-                    Err(panic) => {
-                        Outcome::Retry(format!("the handler panicked: {}", panic_text(&panic)))
-                    }
-                }
             }
-        };
+        }
 
         let outcome = match outcome {
-            Outcome::Retry(reason)
-                if self.spec.max_deliver > 0 && delivered >= self.spec.max_deliver as u64 =>
-            {
-                Outcome::Dead {
-                    kind: DeadLetterKind::MaxDeliveries,
-                    reason: format!(
-                        "failed on all {delivered} deliveries; the last error: {reason}"
-                    ),
-                    errors: Vec::new(),
-                }
-            }
+            Outcome::Retry(reason) if last_delivery => Outcome::Dead {
+                kind: DeadLetterKind::MaxDeliveries,
+                reason: format!("failed on all {delivered} deliveries; the last error: {reason}"),
+                errors: Vec::new(),
+            },
             other => other,
         };
 
@@ -735,6 +716,62 @@ impl<H> Settle<H> {
         self.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
         if let Err(error) = settled {
             tracing::error!(%error, "could not settle a message; it stays unacknowledged (redelivered, or dead-lettered from the max-deliveries advisory on its last delivery)");
+        }
+    }
+
+    /// Decodes the message and runs the handler on it once.
+    async fn attempt<T>(
+        &self,
+        message: &Arc<jetstream::Message>,
+        subject: &str,
+        stream_sequence: u64,
+        delivered: u64,
+    ) -> Outcome
+    where
+        T: Inbound,
+        H: Handler<T>,
+    {
+        match T::decode(subject, &message.payload) {
+            // This build cannot read its own schema: the message is not at fault, so it must
+            // not be dead-lettered; it waits for a build that can.
+            Err(error @ DecodeError::SchemaUnavailable { .. }) => {
+                tracing::error!(%error, "this build cannot check messages; fix the build");
+                Outcome::Retry(error.to_string())
+            }
+            Err(error) => Outcome::Dead {
+                kind: match error {
+                    DecodeError::Malformed { .. } => DeadLetterKind::Malformed,
+                    DecodeError::UnsupportedVersion(_) => DeadLetterKind::UnsupportedVersion,
+                    DecodeError::Invalid { .. } | DecodeError::SchemaUnavailable { .. } => {
+                        DeadLetterKind::Invalid
+                    }
+                },
+                errors: error.field_errors().to_vec(),
+                reason: error.to_string(),
+            },
+            Ok(decoded) => {
+                let delivery = Delivery {
+                    message: message.clone(),
+                    subject: subject.to_owned(),
+                    stream_sequence,
+                    delivered,
+                };
+                let handled = AssertUnwindSafe(self.handler.handle(decoded, delivery))
+                    .catch_unwind()
+                    .await;
+                match handled {
+                    Ok(Ok(())) => Outcome::Done,
+                    Ok(Err(HandlerError::Reject(reason))) => Outcome::Dead {
+                        kind: DeadLetterKind::Rejected,
+                        reason,
+                        errors: Vec::new(),
+                    },
+                    Ok(Err(HandlerError::Retry(reason))) => Outcome::Retry(reason),
+                    Err(panic) => {
+                        Outcome::Retry(format!("the handler panicked: {}", panic_text(&panic)))
+                    }
+                }
+            }
         }
     }
 

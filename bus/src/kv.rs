@@ -4,7 +4,8 @@ use std::marker::PhantomData;
 
 use async_nats::jetstream::{
     kv::{self, CreateErrorKind, Operation, UpdateErrorKind},
-    stream::LastRawMessageErrorKind,
+    message::StreamMessage,
+    stream::{DirectGetErrorKind, LastRawMessageErrorKind},
 };
 
 /// The header a KV delete or purge carries (a put has none, or `PUT`).
@@ -55,6 +56,8 @@ pub enum KvError {
 pub struct Kv<T> {
     store: kv::Store,
     bucket: String,
+    /// The bucket has one copy, so any server that answers a direct get has the latest write.
+    single_copy: bool,
     value: PhantomData<fn() -> T>,
 }
 
@@ -70,6 +73,7 @@ impl Bus {
                 reason: error.to_string(),
             })?;
         Ok(Kv {
+            single_copy: store.stream.cached_info().config.num_replicas <= 1,
             store,
             bucket: bucket.to_owned(),
             value: PhantomData,
@@ -80,22 +84,15 @@ impl Bus {
 impl<T: Serialize + DeserializeOwned> Kv<T> {
     /// The current value, or `None` when the key was never written or was deleted.
     ///
-    /// Read from the stream's leader: on a cluster a direct get may be answered by a replica
-    /// that has not caught up, and the crew decides on these reads (Forge's gate and fencing
-    /// token, a plan's next move), so they must see the latest write.
+    /// A replicated bucket is read from its stream's leader: on a cluster a direct get may be
+    /// answered by a replica that has not caught up, and the crew decides on these reads
+    /// (Forge's gate and fencing token, a plan's next move), so they must see the latest
+    /// write. A bucket with one copy takes the direct get, which the server answers without
+    /// its JetStream API (a fraction of the work).
     pub async fn get(&self, key: &str) -> Result<Option<Versioned<T>>, KvError> {
         let subject = format!("{}{key}", self.store.prefix);
-        let message = match self
-            .store
-            .stream
-            .get_last_raw_message_by_subject(&subject)
-            .await
-        {
-            Ok(message) => message,
-            Err(error) if error.kind() == LastRawMessageErrorKind::NoMessageFound => {
-                return Ok(None);
-            }
-            Err(error) => return Err(self.request(error)),
+        let Some(message) = self.last_entry(subject).await? else {
+            return Ok(None);
         };
         let removed = message
             .headers
@@ -113,6 +110,22 @@ impl<T: Serialize + DeserializeOwned> Kv<T> {
             value,
             revision: message.sequence,
         }))
+    }
+
+    /// The last message stored on a key's subject (a value or a deletion), if any.
+    async fn last_entry(&self, subject: String) -> Result<Option<StreamMessage>, KvError> {
+        let stream = &self.store.stream;
+        if self.single_copy {
+            match stream.direct_get_last_for_subject(subject).await {
+                Err(error) if error.kind() == DirectGetErrorKind::NotFound => Ok(None),
+                found => Ok(Some(found.map_err(|error| self.request(error))?)),
+            }
+        } else {
+            match stream.get_last_raw_message_by_subject(&subject).await {
+                Err(error) if error.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
+                found => Ok(Some(found.map_err(|error| self.request(error))?)),
+            }
+        }
     }
 
     /// Every stored value of `key` the bucket's history keeps, oldest first (deletions are
@@ -170,6 +183,43 @@ impl<T: Serialize + DeserializeOwned> Kv<T> {
                 },
                 _ => self.request(error),
             })
+    }
+
+    /// Writes `make(replaced)` only if `key` holds no value, where `replaced` is the revision
+    /// the write goes over: 0 for a key never written, else its deletion's. Returns what was
+    /// written. The value can so carry a number that grows with every create of the key (a
+    /// fencing token) and still be written once.
+    pub async fn create_with(
+        &self,
+        key: &str,
+        make: impl Fn(u64) -> T,
+    ) -> Result<Versioned<T>, KvError> {
+        let exists = || KvError::AlreadyExists {
+            bucket: self.bucket.clone(),
+            key: key.to_owned(),
+        };
+        let value = make(0);
+        match self.update(key, &value, 0).await {
+            Ok(revision) => return Ok(Versioned { value, revision }),
+            Err(KvError::Conflict { .. }) => {}
+            Err(error) => return Err(error),
+        }
+        // The key was written before: free only if its last entry is a deletion.
+        let subject = format!("{}{key}", self.store.prefix);
+        let last = self.last_entry(subject).await?.ok_or_else(exists)?;
+        let deleted = last
+            .headers
+            .get(KV_OPERATION)
+            .is_some_and(|operation| operation.as_str() != "PUT");
+        if !deleted {
+            return Err(exists());
+        }
+        let value = make(last.sequence);
+        match self.update(key, &value, last.sequence).await {
+            Ok(revision) => Ok(Versioned { value, revision }),
+            Err(KvError::Conflict { .. }) => Err(exists()),
+            Err(error) => Err(error),
+        }
     }
 
     /// Writes `value` only if the key is still at `revision`; returns the new revision.

@@ -137,6 +137,28 @@ impl Bus {
         .await
     }
 
+    /// Publishes `message` again under an id of its own, `<its id>/copy-<copy>`: stored even
+    /// when the first was (a same-id copy would be dropped as a duplicate), for work whose
+    /// first copy was stored and then lost downstream. Each `copy` number is stored once.
+    pub async fn publish_copy<M: Message>(
+        &self,
+        subject: &str,
+        message: &M,
+        copy: u32,
+    ) -> Result<Published, PublishError> {
+        let payload = encode(message).map_err(|source| PublishError::Encode {
+            kind: M::KIND,
+            source,
+        })?;
+        self.publish_bytes(
+            subject,
+            M::KIND,
+            &format!("{}/copy-{copy}", message_id(subject, message)),
+            Bytes::from(payload),
+        )
+        .await
+    }
+
     /// Writes `message` to the connection without waiting for the stream's ack, so several
     /// messages cost one round trip: they are stored in the order they were sent, and
     /// `confirm` waits for their acks (publishing again any whose ack was lost).

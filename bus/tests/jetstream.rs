@@ -68,6 +68,7 @@ fn quick_settings() -> ConsumerSettings {
         backoff_base: Duration::from_millis(50),
         backoff_max: Duration::from_millis(200),
         shutdown_grace: Duration::from_secs(5),
+        last_delivery_patience: Duration::ZERO,
     }
 }
 
@@ -499,6 +500,59 @@ async fn invalid_messages_go_to_dead_letters_once_and_are_not_redelivered() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failure_that_passes_on_the_last_delivery_is_tried_again_in_place_not_dead_lettered() {
+    let server = NatsServer::start().unwrap();
+    let bus = crew_bus(&server).await;
+    let spec = test_consumer(
+        &bus,
+        "outage-test",
+        subjects::PLAN_PENDING,
+        2,
+        Duration::from_secs(30),
+    )
+    .await;
+    bus.publish(subjects::PLAN_PENDING, &examples::plan_spec())
+        .await
+        .unwrap();
+
+    // Fails on both deliveries and once more in place, as while a stream elects its leader.
+    let attempts = Arc::new(AtomicU64::new(0));
+    let count = attempts.clone();
+    let handler = move |_plan: PlanSpec, _delivery: Delivery| {
+        let count = count.clone();
+        async move {
+            if count.fetch_add(1, Ordering::Relaxed) < 3 {
+                return Err(HandlerError::Retry(
+                    "no stream found for given subject".into(),
+                ));
+            }
+            Ok(())
+        }
+    };
+    let settings = ConsumerSettings {
+        last_delivery_patience: Duration::from_secs(10),
+        ..quick_settings()
+    };
+    let stats = Arc::new(WorkStats::default());
+    let shutdown = Shutdown::new();
+    let consumer = {
+        let (bus, spec, stats, shutdown) =
+            (bus.clone(), spec.clone(), stats.clone(), shutdown.clone());
+        tokio::spawn(async move { bus.consume(&spec, settings, stats, handler, shutdown).await })
+    };
+
+    eventually("the message handled", || async {
+        stats.handled.load(Ordering::Relaxed) == 1
+    })
+    .await;
+    shutdown.cancel();
+    consumer.await.unwrap().unwrap();
+    assert_eq!(attempts.load(Ordering::Relaxed), 4);
+    assert!(dead_letters(&bus).await.is_empty());
+    assert!(consumer_is_drained(&bus, &spec).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_poison_message_reaches_dead_letters_after_max_deliveries() {
     let server = NatsServer::start().unwrap();
     let bus = crew_bus(&server).await;
@@ -690,6 +744,38 @@ async fn a_consumer_stopped_after_400_of_1000_resumes_with_exactly_the_other_600
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Record {
     state: String,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_with_writes_once_over_nothing_or_a_deletion_with_what_it_replaces() {
+    let server = NatsServer::start().unwrap();
+    let bus = crew_bus(&server).await;
+    let locks = bus.kv::<Record>(buckets::LOCKS).await.unwrap();
+    let token = |replaced: u64| Record {
+        state: format!("token {}", replaced + 1),
+    };
+
+    // Never written: made from 0, one write.
+    let first = locks.create_with("dev.a", token).await.unwrap();
+    assert_eq!(first.value.state, "token 1");
+    assert_eq!(
+        locks.get("dev.a").await.unwrap().unwrap().revision,
+        first.revision
+    );
+    // Held: refused, whatever it would write.
+    assert!(matches!(
+        locks.create_with("dev.a", token).await,
+        Err(KvError::AlreadyExists { .. })
+    ));
+    // Released: made from the deletion's revision, so the next token is higher.
+    locks.delete("dev.a", first.revision).await.unwrap();
+    let second = locks.create_with("dev.a", token).await.unwrap();
+    assert_eq!(
+        second.value.state,
+        format!("token {}", second.revision),
+        "the write directly follows the deletion it replaces"
+    );
+    assert!(second.revision > first.revision);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -129,7 +129,9 @@ pub async fn bench(options: BenchOptions) -> Result<ExitCode, CliError> {
         .iter()
         .map(|(_, pid)| pid.and_then(cpu_time))
         .collect();
+    let counts_before = server_counts(&bus).await?;
     let stages = run_plans(&bus, &options).await?;
+    let counts_after = server_counts(&bus).await?;
     let cpu_used: Vec<(&str, Option<Duration>)> = processes
         .iter()
         .zip(cpu_before)
@@ -146,6 +148,15 @@ pub async fn bench(options: BenchOptions) -> Result<ExitCode, CliError> {
     let hops = hop_latencies(&bus, options.plans.clamp(200, 5000)).await?;
     report(&stages, &hops, options.plans);
     report_cpu(&cpu_used, options.plans);
+    let plans = options.plans.max(1) as f64;
+    println!(
+        "server work per plan: {:.1} stored messages (streams and buckets), {:.1} JetStream API requests",
+        counts_after.stored.saturating_sub(counts_before.stored) as f64 / plans,
+        counts_after
+            .api_requests
+            .saturating_sub(counts_before.api_requests) as f64
+            / plans,
+    );
     print!("peak resident memory:");
     for (name, child) in &agents {
         let peak = child.id().and_then(peak_rss_kib);
@@ -417,6 +428,36 @@ fn report(stages: &HashMap<PlanId, Stages>, hops: &[Duration], plans: usize) {
         millis(floor),
         percentile(&end_to_end, 0.50).as_secs_f64() / floor.as_secs_f64().max(f64::EPSILON)
     );
+}
+
+/// What the server has done so far.
+struct ServerCounts {
+    /// Messages ever stored, over every stream and bucket (their last sequences summed).
+    stored: u64,
+    /// JetStream API requests answered (KV reads through the API, consumer and stream calls).
+    api_requests: u64,
+}
+
+async fn server_counts(bus: &Bus) -> Result<ServerCounts, CliError> {
+    let jetstream = bus.jetstream();
+    let api_requests = jetstream
+        .query_account()
+        .await
+        .map_err(|e| bench_error("the server's account", e))?
+        .requests
+        .total;
+    let mut stored = 0;
+    let mut streams = jetstream.streams();
+    while let Some(info) = streams.next().await {
+        stored += info
+            .map_err(|e| bench_error("the server's streams", e))?
+            .state
+            .last_sequence;
+    }
+    Ok(ServerCounts {
+        stored,
+        api_requests,
+    })
 }
 
 /// CPU time per plan of each process, and the throughput the machine's cores would allow

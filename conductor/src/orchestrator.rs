@@ -40,6 +40,10 @@ pub enum Authenticity {
 const CONDUCTOR: &str = "conductor";
 /// Compare-and-set tries before a busy record is left to redelivery.
 const UPDATE_TRIES: usize = 8;
+/// How recent a stalled plan's last move must be for the sweeper to publish its moves again:
+/// well inside the streams' duplicate window (10 minutes by default), so a move that was
+/// stored after all is not stored twice.
+const REPUBLISH_WITHIN: chrono::Duration = chrono::Duration::minutes(5);
 
 /// What the Conductor reads from its consumer, by subject.
 #[derive(Debug)]
@@ -375,10 +379,9 @@ impl Conductor {
             renewed_at: now,
             waiters: false,
         };
-        // Taking a lock is two writes: the taking write, whose revision becomes the fencing
-        // token, then the token itself. Until the second lands the token reads 0; whoever
-        // finds its own plan's lock so (another replica, or this one after a crash) finishes
-        // the take rather than using 0, which Forge would refuse as stale.
+        // A lock is taken in one write, and its fencing token is one more than the revision
+        // that write replaces (0 for a key never written, else the last holder's release or
+        // record): every later holder's token is higher than any earlier one's.
         // Most locks are free: try taking one before reading it.
         let mut free = true;
         for _ in 0..UPDATE_TRIES {
@@ -387,29 +390,26 @@ impl Conductor {
             } else {
                 self.locks.get(key).await.map_err(retry)?
             };
-            let taken = match read {
-                Some(lock) if lock.value.plan_id == plan_id && lock.value.token != 0 => {
-                    return Ok(Some(lock.value.token));
-                }
-                Some(lock) if lock.value.plan_id == plan_id => lock.revision,
+            match read {
+                Some(lock) if lock.value.plan_id == plan_id => return Ok(Some(lock.value.token)),
                 Some(lock) if !self.abandoned(&lock.value, now) => return Ok(None),
-                Some(lock) => match self.locks.update(key, &fresh(0), lock.revision).await {
-                    Ok(revision) => revision,
-                    Err(KvError::Conflict { .. }) => continue,
-                    Err(error) => return Err(retry(error)),
-                },
-                None => match self.locks.create(key, &fresh(0)).await {
-                    Ok(revision) => revision,
+                Some(lock) => {
+                    let token = lock.revision + 1;
+                    match self.locks.update(key, &fresh(token), lock.revision).await {
+                        Ok(_) => return Ok(Some(token)),
+                        Err(KvError::Conflict { .. }) => continue,
+                        Err(error) => return Err(retry(error)),
+                    }
+                }
+                None => match self
+                    .locks
+                    .create_with(key, |replaced| fresh(replaced + 1))
+                    .await
+                {
+                    Ok(taken) => return Ok(Some(taken.value.token)),
                     Err(KvError::AlreadyExists { .. }) => continue,
                     Err(error) => return Err(retry(error)),
                 },
-            };
-            // The revision of the taking write is the fencing token: every later holder's is
-            // higher.
-            match self.locks.update(key, &fresh(taken), taken).await {
-                Ok(_) => return Ok(Some(taken)),
-                Err(KvError::Conflict { .. }) => continue,
-                Err(error) => return Err(retry(error)),
             }
         }
         Err(HandlerError::Retry(format!(
@@ -1063,18 +1063,43 @@ impl Conductor {
             && self.apply_overdue(&record, now)
         {
             // Routed, yet Forge never built it: the routed plan was not stored (the Conductor
-            // died, or the stream was failing over, between the move and the publish). The
-            // message id makes a copy that did arrive a duplicate.
-            tracing::warn!(plan = %record.plan.plan_id, "validating but never built; routing it to forge again");
+            // died, or the stream was failing over, between the move and the publish), or it
+            // was stored and lost (dead-lettered while the bus failed under Forge). A copy
+            // under its own id is stored either way; copies are spaced out, one per doubling
+            // of the wait, so a Forge that is only down gets few, and Forge does not build a
+            // plan that has moved on.
+            // A plan started when another's lock came free was written in that plan's handler,
+            // whose redelivery republishes only its own moves: this plan's are published here.
+            let copy = self.waited_patiences(&record, now).ilog2();
+            tracing::warn!(plan = %record.plan.plan_id, copy, "validating but never built; routing it to forge again");
+            self.republish_recent_moves(&record, now).await?;
             self.bus
-                .publish(subjects::PLAN_ROUTED, &record.plan)
+                .publish_copy(subjects::PLAN_ROUTED, &record.plan, copy)
                 .await
                 .map_err(retry)?;
         } else if record.state == PlanState::Approved && self.apply_overdue(&record, now) {
             // Approved, yet Forge never started: the request was lost (a Conductor died
             // between the decision and the request). Applies are idempotent, so send again.
             tracing::warn!(plan = %record.plan.plan_id, "approved but not started; sending the ApplyRequest again");
+            self.republish_recent_moves(&record, now).await?;
             self.send_apply(&record).await?;
+        }
+        Ok(())
+    }
+
+    /// Publishes a stalled plan's moves again, in case the failure that stalled it came
+    /// between its record's write and its moves (their ids store each once).
+    async fn republish_recent_moves(
+        &self,
+        record: &PlanRecord,
+        now: DateTime<Utc>,
+    ) -> Result<(), HandlerError> {
+        if record
+            .history
+            .last()
+            .is_some_and(|last| last.at + REPUBLISH_WITHIN > now)
+        {
+            self.publish_moves(record, 0).await?;
         }
         Ok(())
     }
@@ -1082,11 +1107,15 @@ impl Conductor {
     /// Whether a plan has waited for Forge (to build it, or to start applying it) longer than
     /// a sweep or two should take.
     fn apply_overdue(&self, record: &PlanRecord, now: DateTime<Utc>) -> bool {
-        let patience = chrono::Duration::seconds((self.config.sweep_seconds * 3).max(10) as i64);
-        record
-            .history
-            .last()
-            .is_some_and(|last| last.at + patience < now)
+        self.waited_patiences(record, now) > 0
+    }
+
+    /// How many times that patience a plan has waited since its last move.
+    fn waited_patiences(&self, record: &PlanRecord, now: DateTime<Utc>) -> u32 {
+        let patience = (self.config.sweep_seconds * 3).max(10) as i64;
+        record.history.last().map_or(0, |last| {
+            u32::try_from((now - last.at).num_seconds() / patience).unwrap_or(u32::MAX)
+        })
     }
 }
 

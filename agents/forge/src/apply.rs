@@ -14,7 +14,7 @@ use infracrew_protocol::{
 
 use crate::{
     BuildRecord,
-    driver::{Apply, ApplyContext, Progress},
+    driver::{Apply, ApplyContext, FailureKind, Progress},
     drivers::DriverMap,
     render::{parse_resource_name, resource_name},
 };
@@ -251,6 +251,10 @@ pub async fn apply<D: Apply>(
         })
         .await?;
         if let Err(error) = outcome {
+            if error.kind == FailureKind::Unreachable {
+                tracing::warn!(plan = %request.plan_id, %error, "the target did not answer; the apply is taken up again later");
+                return Err(transient(error));
+            }
             steps
                 .event(OpsEventKind::StepFailed, Some(step), error.to_string())
                 .await?;

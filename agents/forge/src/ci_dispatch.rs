@@ -121,10 +121,7 @@ impl CiDispatchDriver {
     }
 
     fn failed(&self, reason: impl Into<String>) -> DriverError {
-        DriverError {
-            driver: Self::NAME,
-            reason: reason.into(),
-        }
+        DriverError::step_failed(Self::NAME, reason)
     }
 
     fn github(&self, what: &str, error: octocrab::Error) -> DriverError {

@@ -11,6 +11,37 @@ use tokio::sync::mpsc;
 pub struct DriverError {
     pub driver: &'static str,
     pub reason: String,
+    pub kind: FailureKind,
+}
+
+/// What a driver's error says about the step it was taking.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// The target refused the change or does not run it as asked: the step failed, and what
+    /// the apply changed is rolled back.
+    StepFailed,
+    /// The target, or the store it keeps its records in, did not answer: whether the step
+    /// took is unknown, so rolling back would undo what may have landed. The apply is taken
+    /// up again later and converges from what it then reads.
+    Unreachable,
+}
+
+impl DriverError {
+    pub fn step_failed(driver: &'static str, reason: impl Into<String>) -> Self {
+        DriverError {
+            driver,
+            reason: reason.into(),
+            kind: FailureKind::StepFailed,
+        }
+    }
+
+    pub fn unreachable(driver: &'static str, reason: impl Into<String>) -> Self {
+        DriverError {
+            driver,
+            reason: reason.into(),
+            kind: FailureKind::Unreachable,
+        }
+    }
 }
 
 /// A deployment target. Forge renders changes against what the driver reads as running, so

@@ -26,11 +26,10 @@ impl DryRunDriver {
         format!("{environment}.{service}")
     }
 
+    /// Every error of the records' bucket is the bus failing (or a write of ours whose ack was
+    /// lost landing first), not the change: the apply is taken up again rather than rolled back.
     fn failed(error: KvError) -> DriverError {
-        DriverError {
-            driver: Self::NAME,
-            reason: error.to_string(),
-        }
+        DriverError::unreachable(Self::NAME, error.to_string())
     }
 }
 
@@ -124,10 +123,10 @@ impl Apply for DryRunDriver {
         if recorded.as_ref() == state {
             Ok(())
         } else {
-            Err(DriverError {
-                driver: Self::NAME,
-                reason: format!("{environment}.{service} is not recorded as applied"),
-            })
+            Err(DriverError::step_failed(
+                Self::NAME,
+                format!("{environment}.{service} is not recorded as applied"),
+            ))
         }
     }
 }

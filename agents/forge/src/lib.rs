@@ -18,8 +18,8 @@ use infracrew_agent_runtime::{Agent, WorkError};
 use infracrew_bus::{Bus, ConsumerSettings, Delivery, HandlerError, Shutdown, buckets};
 use infracrew_protocol::{
     ApplyRequest, BuildOutcome, BuildStatus, ChangeSet, DecodeError, Enforcement, FieldError,
-    Finding, PlanDigest, PlanSpec, SchemaVersion, ValidateRequest, ValidationResult, Verdict,
-    decode, signing::Verifier, subjects,
+    Finding, PlanDigest, PlanSpec, PlanState, SchemaVersion, ValidateRequest, ValidationResult,
+    Verdict, decode, signing::Verifier, subjects,
 };
 use serde::{Deserialize, Serialize};
 
@@ -165,7 +165,18 @@ impl<D: Apply> Forge<D> {
     /// outcome, so a late verdict on an earlier rendering never overrides a newer one.
     async fn build(&self, plan: PlanSpec) -> Result<(), HandlerError> {
         let driver = self.drivers.get(&plan.environment, &plan.service);
-        let (change, blocked_by) = match render(&plan, driver).await {
+        // The record is read alongside the rendering, so checking it costs no time.
+        let key = plan.plan_id.to_string();
+        let (rendered, record) = tokio::join!(render(&plan, driver), self.records.plans.get(&key));
+        // A copy routed again (the sweeper's, for a routing it thinks lost) that arrives after
+        // the plan moved on must not replace the build the plan is being decided on.
+        if let Some(record) = record.map_err(retry)?
+            && record.value.state != PlanState::Validating
+        {
+            tracing::info!(plan = %plan.plan_id, state = %record.value.state, "routed again after it was built; not built again");
+            return Ok(());
+        }
+        let (change, blocked_by) = match rendered {
             Ok(change) => (change, None),
             Err(RenderError::Driver(error)) => return Err(retry(error)),
             Err(error) => {
@@ -194,7 +205,7 @@ impl<D: Apply> Forge<D> {
         };
         self.records
             .builds
-            .put(&plan.plan_id.to_string(), &record)
+            .put(&key, &record)
             .await
             .map_err(retry)?;
         if let Some(finding) = blocked_by {

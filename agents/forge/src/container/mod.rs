@@ -117,10 +117,7 @@ impl ContainerDriver {
     }
 
     fn failed(reason: impl Into<String>) -> DriverError {
-        DriverError {
-            driver: Self::NAME,
-            reason: reason.into(),
-        }
+        DriverError::step_failed(Self::NAME, reason)
     }
 }
 
