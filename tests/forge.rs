@@ -305,7 +305,7 @@ async fn an_approved_plan_is_applied_step_by_step_and_recorded() {
 
     // A copy of the routing that comes after the plan moved on (the Conductor's sweeper sends
     // one when it thinks the first lost) is not built again: the approved build stays.
-    bus.publish_copy(subjects::PLAN_ROUTED, &plan, 0)
+    bus.publish_with_id(subjects::PLAN_ROUTED, &plan, "plan-copy-0")
         .await
         .unwrap();
     wait_until_drained(&bus, "forge").await;

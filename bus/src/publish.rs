@@ -137,14 +137,15 @@ impl Bus {
         .await
     }
 
-    /// Publishes `message` again under an id of its own, `<its id>/copy-<copy>`: stored even
-    /// when the first was (a same-id copy would be dropped as a duplicate), for work whose
-    /// first copy was stored and then lost downstream. Each `copy` number is stored once.
-    pub async fn publish_copy<M: Message>(
+    /// Publishes `message` under `message_id` instead of the id it derives: for a copy that
+    /// must be stored although the first one was (a same-id copy would be dropped as a
+    /// duplicate) because the first was stored and then lost downstream. Each id is stored
+    /// once within the stream's duplicate window.
+    pub async fn publish_with_id<M: Message>(
         &self,
         subject: &str,
         message: &M,
-        copy: u32,
+        message_id: &str,
     ) -> Result<Published, PublishError> {
         let payload = encode(message).map_err(|source| PublishError::Encode {
             kind: M::KIND,
@@ -153,7 +154,7 @@ impl Bus {
         self.publish_bytes(
             subject,
             M::KIND,
-            &format!("{}/copy-{copy}", message_id(subject, message)),
+            &format!("{subject}/{message_id}"),
             Bytes::from(payload),
         )
         .await

@@ -593,9 +593,18 @@ impl Conductor {
     }
 
     async fn send_apply(&self, record: &PlanRecord) -> Result<(), HandlerError> {
-        let Some(digest) = record.digest().cloned() else {
-            return Ok(());
-        };
+        if let Some(request) = self.apply_request(record) {
+            self.bus
+                .publish(subjects::APPLY_REQUEST, &request)
+                .await
+                .map_err(retry)?;
+        }
+        Ok(())
+    }
+
+    /// The signed instruction to apply an approved plan's change, if it has one.
+    fn apply_request(&self, record: &PlanRecord) -> Option<ApplyRequest> {
+        let digest = record.digest().cloned()?;
         let now = Utc::now();
         let request = ApplyRequest {
             schema_version: SchemaVersion::CURRENT,
@@ -613,11 +622,7 @@ impl Conductor {
             signature: String::new(),
         }
         .signed_by(&self.signer);
-        self.bus
-            .publish(subjects::APPLY_REQUEST, &request)
-            .await
-            .map_err(retry)?;
-        Ok(())
+        Some(request)
     }
 
     /// The plan that `text` names: a whole id or a unique prefix of one.
@@ -964,6 +969,8 @@ impl Conductor {
     pub async fn sweep(self: Arc<Self>, shutdown: Shutdown) {
         let mut ticker =
             tokio::time::interval(std::time::Duration::from_secs(self.config.sweep_seconds));
+        // A sweep slowed by a failing bus is not followed by the ticks it missed at once.
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -1071,18 +1078,40 @@ impl Conductor {
             // A plan started when another's lock came free was written in that plan's handler,
             // whose redelivery republishes only its own moves: this plan's are published here.
             let copy = self.waited_patiences(&record, now).ilog2();
-            tracing::warn!(plan = %record.plan.plan_id, copy, "validating but never built; routing it to forge again");
             self.republish_recent_moves(&record, now).await?;
-            self.bus
-                .publish_copy(subjects::PLAN_ROUTED, &record.plan, copy)
+            let routed = self
+                .bus
+                .publish_with_id(
+                    subjects::PLAN_ROUTED,
+                    &record.plan,
+                    &format!(
+                        "{}/copy-{copy}",
+                        infracrew_protocol::Message::message_id(&record.plan)
+                    ),
+                )
                 .await
                 .map_err(retry)?;
+            if !routed.duplicate {
+                tracing::warn!(plan = %record.plan.plan_id, copy, "validating but never built; routed to forge again");
+            }
         } else if record.state == PlanState::Approved && self.apply_overdue(&record, now) {
             // Approved, yet Forge never started: the request was lost (a Conductor died
-            // between the decision and the request). Applies are idempotent, so send again.
-            tracing::warn!(plan = %record.plan.plan_id, "approved but not started; sending the ApplyRequest again");
+            // between the decision and the request, or it was dead-lettered). Applies are
+            // idempotent, so send again, spaced out like the routing copies: a Forge that is
+            // only down must not find a pile of requests for one plan when it comes back.
+            let copy = self.waited_patiences(&record, now).ilog2();
             self.republish_recent_moves(&record, now).await?;
-            self.send_apply(&record).await?;
+            if let Some(request) = self.apply_request(&record) {
+                let id = format!("apply:{}:{}:copy-{copy}", request.plan_id, request.digest);
+                let sent = self
+                    .bus
+                    .publish_with_id(subjects::APPLY_REQUEST, &request, &id)
+                    .await
+                    .map_err(retry)?;
+                if !sent.duplicate {
+                    tracing::warn!(plan = %record.plan.plan_id, copy, "approved but not started; sent the ApplyRequest again");
+                }
+            }
         }
         Ok(())
     }
