@@ -124,17 +124,8 @@ impl Bus {
         subject: &str,
         message: &M,
     ) -> Result<Published, PublishError> {
-        let payload = encode(message).map_err(|source| PublishError::Encode {
-            kind: M::KIND,
-            source,
-        })?;
-        self.publish_bytes(
-            subject,
-            M::KIND,
-            &message_id(subject, message),
-            Bytes::from(payload),
-        )
-        .await
+        self.publish_with_id(subject, message, &message.message_id())
+            .await
     }
 
     /// Publishes `message` under `message_id` instead of the id it derives: for a copy that
