@@ -10,8 +10,8 @@ use infracrew_bus::{Bus, HandlerError, Kv, KvError, Shutdown, TraceContext, Vers
 use infracrew_protocol::{
     AgentRole, ApplyRequest, Approval, ApprovalDecision, BuildOutcome, BuildStatus,
     DecisionChannel, DecisionKind, DecisionOutcome, DecisionReply, DecisionRequest, DecodeError,
-    FieldError, LockRecord, OpsEvent, OpsEventKind, PlanId, PlanRecord, PlanSpec, PlanState,
-    PlanTransitioned, SchemaVersion, Transition, decode, encode, lock_key,
+    FieldError, LockRecord, Message, OpsEvent, OpsEventKind, PlanId, PlanRecord, PlanSpec,
+    PlanState, PlanTransitioned, SchemaVersion, Transition, decode, encode, lock_key,
     signing::{Signer, Verifier},
     subjects,
 };
@@ -1071,47 +1071,47 @@ impl Conductor {
         {
             // Routed, yet Forge never built it: the routed plan was not stored (the Conductor
             // died, or the stream was failing over, between the move and the publish), or it
-            // was stored and lost (dead-lettered while the bus failed under Forge). A copy
-            // under its own id is stored either way; copies are spaced out, one per doubling
-            // of the wait, so a Forge that is only down gets few, and Forge does not build a
-            // plan that has moved on.
-            // A plan started when another's lock came free was written in that plan's handler,
-            // whose redelivery republishes only its own moves: this plan's are published here.
-            let copy = self.waited_patiences(&record, now).ilog2();
-            self.republish_recent_moves(&record, now).await?;
-            let routed = self
-                .bus
-                .publish_with_id(
-                    subjects::PLAN_ROUTED,
-                    &record.plan,
-                    &format!(
-                        "{}/copy-{copy}",
-                        infracrew_protocol::Message::message_id(&record.plan)
-                    ),
-                )
-                .await
-                .map_err(retry)?;
-            if !routed.duplicate {
-                tracing::warn!(plan = %record.plan.plan_id, copy, "validating but never built; routed to forge again");
-            }
+            // was stored and lost (dead-lettered while the bus failed under Forge). Forge does
+            // not build a plan that has moved on, so a late copy is harmless.
+            let id = Message::message_id(&record.plan);
+            self.send_copy(&record, now, subjects::PLAN_ROUTED, &record.plan, &id)
+                .await?;
         } else if record.state == PlanState::Approved && self.apply_overdue(&record, now) {
             // Approved, yet Forge never started: the request was lost (a Conductor died
             // between the decision and the request, or it was dead-lettered). Applies are
-            // idempotent, so send again, spaced out like the routing copies: a Forge that is
-            // only down must not find a pile of requests for one plan when it comes back.
-            let copy = self.waited_patiences(&record, now).ilog2();
-            self.republish_recent_moves(&record, now).await?;
+            // idempotent, so send again.
             if let Some(request) = self.apply_request(&record) {
-                let id = format!("apply:{}:{}:copy-{copy}", request.plan_id, request.digest);
-                let sent = self
-                    .bus
-                    .publish_with_id(subjects::APPLY_REQUEST, &request, &id)
-                    .await
-                    .map_err(retry)?;
-                if !sent.duplicate {
-                    tracing::warn!(plan = %record.plan.plan_id, copy, "approved but not started; sent the ApplyRequest again");
-                }
+                let id = format!("apply:{}:{}", request.plan_id, request.digest);
+                self.send_copy(&record, now, subjects::APPLY_REQUEST, &request, &id)
+                    .await?;
             }
+        }
+        Ok(())
+    }
+
+    /// Sends again what a stalled plan waits for, under an id of its own (`<id>/copy-<n>`),
+    /// so it is stored even when the first was stored and then lost downstream. Copies are
+    /// spaced out, one per doubling of the wait, so a Forge that is only down does not find a
+    /// pile of them for one plan when it comes back. The plan's moves are published again
+    /// first: a plan started when another's lock came free was written in that plan's
+    /// handler, whose redelivery republishes only its own moves.
+    async fn send_copy<M: Message>(
+        &self,
+        record: &PlanRecord,
+        now: DateTime<Utc>,
+        subject: &str,
+        message: &M,
+        id: &str,
+    ) -> Result<(), HandlerError> {
+        let copy = self.waited_patiences(record, now).ilog2();
+        self.republish_recent_moves(record, now).await?;
+        let sent = self
+            .bus
+            .publish_with_id(subject, message, &format!("{id}/copy-{copy}"))
+            .await
+            .map_err(retry)?;
+        if !sent.duplicate {
+            tracing::warn!(plan = %record.plan.plan_id, subject, copy, "a stalled plan's work sent again");
         }
         Ok(())
     }
