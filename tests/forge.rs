@@ -10,6 +10,7 @@ use infracrew_bus::{Bus, buckets};
 use infracrew_e2e::{
     AgentProcess, conductor_key, crew_bus, messages_on, wait_for, wait_until_drained,
 };
+use infracrew_forge::{ApplyLease, BuildRecord};
 use infracrew_protocol::{
     ApplyRequest, BuildOutcome, BuildStatus, ChangeAction, DesiredState, GoalId, Intent,
     LockRecord, OpsEvent, OpsEventKind, PlanId, PlanRecord, PlanSpec, PlanState, SchemaVersion,
@@ -316,6 +317,95 @@ async fn an_approved_plan_is_applied_step_by_step_and_recorded() {
         "{}",
         forge.log()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plan_under_way_is_not_applied_by_a_second_request_until_its_lease_lapses_nor_after_it_ended()
+ {
+    let server = NatsServer::start().unwrap();
+    let bus = crew_bus(&server).await;
+    let sentinel = AgentProcess::start("sentinel", &server, &[]);
+    let forge = AgentProcess::start("forge", &server, &[]);
+    let plan = plan(2, "alfred-bot", "staging", |_| {});
+    bus.publish(subjects::PLAN_ROUTED, &plan).await.unwrap();
+    let built: Vec<BuildStatus> =
+        wait_for(&bus, subjects::BUILD_STATUS, 1, &[&forge, &sentinel]).await;
+    let plans = bus.kv::<PlanRecord>(buckets::PLANS).await.unwrap();
+    plans
+        .put(
+            &plan.plan_id.to_string(),
+            &plan_record(&plan, PlanState::Approved, built[0].clone()),
+        )
+        .await
+        .unwrap();
+    hold_lock(&bus, &plan, plan.plan_id, 3).await;
+
+    // Another Forge took the plan's apply 12 s ago and has not renewed its lease since: it
+    // lapses 3 s from now, and only then may this request apply.
+    let builds = bus.kv::<BuildRecord>(buckets::BUILDS).await.unwrap();
+    let key = plan.plan_id.to_string();
+    let mut build = builds.get(&key).await.unwrap().unwrap();
+    build.value.applying = Some(ApplyLease {
+        holder: "forge elsewhere".into(),
+        renewed_at: Utc::now() - chrono::Duration::seconds(12),
+        ended: None,
+    });
+    builds
+        .update(&key, &build.value, build.revision)
+        .await
+        .unwrap();
+    bus.publish(
+        subjects::APPLY_REQUEST,
+        &apply_request(&plan, &built[0], 3, 60),
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let early: Vec<OpsEvent> = messages_on(&bus, subjects::OPS_EVENT).await;
+    assert!(
+        early.is_empty(),
+        "applied while another held the lease: {early:#?}"
+    );
+    assert!(
+        forge
+            .log()
+            .contains("another apply of this plan is under way"),
+        "{}",
+        forge.log()
+    );
+
+    let events: Vec<OpsEvent> = wait_for(&bus, subjects::OPS_EVENT, 4, &[&forge]).await;
+    assert_eq!(
+        events.last().unwrap().kind,
+        OpsEventKind::ApplyDone,
+        "{events:#?}"
+    );
+    let lease = builds
+        .get(&key)
+        .await
+        .unwrap()
+        .unwrap()
+        .value
+        .applying
+        .unwrap();
+    assert!(
+        lease.holder.starts_with("forge ") && lease.holder != "forge elsewhere",
+        "{lease:?}"
+    );
+    assert_eq!(lease.ended.as_deref(), Some("applied"));
+
+    // A second request for the same build (the sweeper resends one it thinks lost) finds the
+    // apply ended and changes nothing, whatever the plan's record still says.
+    bus.publish(
+        subjects::APPLY_REQUEST,
+        &apply_request(&plan, &built[0], 3, 60),
+    )
+    .await
+    .unwrap();
+    wait_until_drained(&bus, "forge").await;
+    let after: Vec<OpsEvent> = messages_on(&bus, subjects::OPS_EVENT).await;
+    assert_eq!(after.len(), events.len(), "applied again: {after:#?}");
+    assert!(forge.log().contains("has ended already"), "{}", forge.log());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,10 +2,13 @@
 //! APPROVED with the request's digest and the target's lock carries its fencing token,
 //! whoever sent the request; every refusal and every step is an OpsEvent.
 
-use std::{future::Future, time::Duration};
+use std::{
+    future::Future,
+    time::{Duration, Instant},
+};
 
 use chrono::Utc;
-use infracrew_bus::{Bus, Delivery, Kv, Sent};
+use infracrew_bus::{Bus, Delivery, Kv, KvError, Sent, Versioned};
 use infracrew_protocol::{
     ApplyRequest, ChangeAction, DesiredState, LockRecord, OpsEvent, OpsEventKind, PlanRecord,
     PlanSpec, PlanState, SchemaVersion, ServiceState, Strategy, lock_key, signing::Verifier,
@@ -13,7 +16,7 @@ use infracrew_protocol::{
 };
 
 use crate::{
-    BuildRecord,
+    ApplyLease, BuildRecord,
     driver::{Apply, ApplyContext, FailureKind, Progress},
     drivers::DriverMap,
     render::{parse_resource_name, resource_name},
@@ -22,6 +25,13 @@ use crate::{
 /// How often a long apply tells JetStream it is still working on its ApplyRequest, well inside
 /// the consumer's 30 s ack wait.
 const KEEPALIVE: Duration = Duration::from_secs(5);
+
+/// How long an apply's lease on its build lasts unrenewed: three keepalives, and half the
+/// consumer's 30 s ack wait, so a request redelivered because its Forge died finds it lapsed.
+pub const LEASE: Duration = Duration::from_secs(15);
+
+/// How often a request that found another apply of its plan under way looks again.
+const LEASE_POLL: Duration = Duration::from_secs(1);
 
 /// The buckets the apply checks against.
 #[derive(Debug, Clone)]
@@ -109,6 +119,7 @@ fn transient(error: impl std::fmt::Display) -> ApplyError {
 /// the ApplyRequest's delivery alive.
 async fn with_progress<F, T>(
     steps: &mut Steps<'_>,
+    hold: &mut Hold<'_>,
     step: &str,
     delivery: &Delivery,
     work: impl FnOnce(Progress) -> F,
@@ -136,6 +147,9 @@ where
                 if let Err(error) = delivery.in_progress().await {
                     tracing::warn!(plan = %steps.request.plan_id, %error, "could not extend the apply's ack deadline");
                 }
+                // A lease another apply took over stops this one here, mid-step: the other
+                // converges from what runs.
+                hold.renew().await?;
             }
         }
     }
@@ -162,9 +176,143 @@ pub enum ApplyEnd {
     RolledBack,
     /// A step failed on a driver that does not roll back.
     Failed,
+    /// Another request's apply of this build ended already; this one changed nothing.
+    Duplicate,
 }
 
-/// Checks the gate, then applies, verifies, and rolls back what it applied on a failure.
+impl ApplyEnd {
+    /// How an apply that ran ended, as its lease records it.
+    fn as_str(self) -> &'static str {
+        match self {
+            ApplyEnd::Refused => "refused",
+            ApplyEnd::Applied => "applied",
+            ApplyEnd::RolledBack => "rolled back",
+            ApplyEnd::Failed => "failed",
+            ApplyEnd::Duplicate => "duplicate",
+        }
+    }
+}
+
+/// What a request found when it went to take its build's lease.
+enum Taking<'a> {
+    /// Boxed: it carries the whole build.
+    Taken(Box<Hold<'a>>),
+    /// Another apply holds the lease and renewed it within [`LEASE`]: who.
+    HeldBy(String),
+    /// An apply of this build ended: who, and how.
+    Ended(String),
+    /// The build record changed between the read and the write: read it again.
+    Raced,
+}
+
+/// This apply's lease on its build record.
+struct Hold<'a> {
+    builds: &'a Kv<BuildRecord>,
+    record: BuildRecord,
+    revision: u64,
+}
+
+impl<'a> Hold<'a> {
+    async fn take(
+        builds: &'a Kv<BuildRecord>,
+        build: Versioned<BuildRecord>,
+        holder: &str,
+    ) -> Result<Taking<'a>, ApplyError> {
+        let Versioned {
+            value: mut record,
+            revision,
+        } = build;
+        if let Some(lease) = &record.applying {
+            if let Some(how) = &lease.ended {
+                return Ok(Taking::Ended(format!("{} ({how})", lease.holder)));
+            }
+            // Negative when the holder's clock runs ahead: not lapsed.
+            let lapsed = (Utc::now() - lease.renewed_at)
+                .to_std()
+                .is_ok_and(|age| age > LEASE);
+            if lease.holder != holder && !lapsed {
+                return Ok(Taking::HeldBy(lease.holder.clone()));
+            }
+        }
+        record.applying = Some(ApplyLease {
+            holder: holder.to_owned(),
+            renewed_at: Utc::now(),
+            ended: None,
+        });
+        match builds.update(&key(&record), &record, revision).await {
+            Ok(revision) => Ok(Taking::Taken(Box::new(Hold {
+                builds,
+                record,
+                revision,
+            }))),
+            Err(KvError::Conflict { .. }) => Ok(Taking::Raced),
+            Err(error) => Err(transient(error)),
+        }
+    }
+
+    /// Writes the lease again with `change` made to it.
+    async fn write(&mut self, change: impl FnOnce(&mut Option<ApplyLease>)) -> Result<(), KvError> {
+        change(&mut self.record.applying);
+        self.revision = self
+            .builds
+            .update(&key(&self.record), &self.record, self.revision)
+            .await?;
+        Ok(())
+    }
+
+    /// Keeps the lease; fails only when another apply took it over.
+    async fn renew(&mut self) -> Result<(), ApplyError> {
+        let plan_id = self.record.plan.plan_id;
+        match self
+            .write(|lease| {
+                if let Some(lease) = lease {
+                    lease.renewed_at = Utc::now();
+                }
+            })
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(KvError::Conflict { .. }) => Err(ApplyError::Transient(format!(
+                "the lease on plan {plan_id}'s apply lapsed and another apply took it over"
+            ))),
+            // It lapses only after three missed renewals; the next one may get through.
+            Err(error) => {
+                tracing::warn!(plan = %plan_id, %error, "could not renew the apply's lease");
+                Ok(())
+            }
+        }
+    }
+
+    /// Marks the apply ended, so no other request for this build applies it again; or, after
+    /// a failure worth retrying, frees the lease for the retry. Unwritten, the lease lapses.
+    async fn close(mut self, end: &Result<ApplyEnd, ApplyError>) {
+        let ended = match end {
+            Ok(end) => Some(end.as_str().to_owned()),
+            Err(_) => None,
+        };
+        let result = self
+            .write(|lease| match ended {
+                Some(how) => {
+                    if let Some(lease) = lease {
+                        lease.ended = Some(how);
+                    }
+                }
+                None => *lease = None,
+            })
+            .await;
+        if let Err(error) = result {
+            tracing::warn!(plan = %self.record.plan.plan_id, %error, "could not record the apply's end on its lease; it lapses unrenewed");
+        }
+    }
+}
+
+fn key(record: &BuildRecord) -> String {
+    record.plan.plan_id.to_string()
+}
+
+/// Checks the gate and takes the build's lease (waiting while another apply of the plan holds
+/// it), then applies, verifies, and rolls back what it applied on a failure. `holder` names
+/// this apply in the lease.
 pub async fn apply<D: Apply>(
     bus: &Bus,
     drivers: &DriverMap<D>,
@@ -172,6 +320,7 @@ pub async fn apply<D: Apply>(
     records: &Records,
     request: &ApplyRequest,
     delivery: &Delivery,
+    holder: &str,
 ) -> Result<ApplyEnd, ApplyError> {
     let mut steps = Steps {
         bus,
@@ -181,20 +330,60 @@ pub async fn apply<D: Apply>(
         seq: 0,
         unconfirmed: Vec::new(),
     };
-    let build = match check_gate(conductor, records, request).await? {
-        Ok(build) => build,
-        Err(refusal) => {
-            tracing::warn!(plan = %request.plan_id, %refusal, "apply refused");
-            steps
-                .event(
-                    OpsEventKind::ApplyRefused,
-                    None,
-                    format!("{refusal}; nothing was changed"),
-                )
-                .await?;
-            return Ok(ApplyEnd::Refused);
+    let mut waiting_for: Option<String> = None;
+    let mut kept_alive = Instant::now();
+    let mut hold = loop {
+        let build = match check_gate(conductor, records, request).await? {
+            Ok(build) => build,
+            Err(refusal) => {
+                tracing::warn!(plan = %request.plan_id, %refusal, "apply refused");
+                steps
+                    .event(
+                        OpsEventKind::ApplyRefused,
+                        None,
+                        format!("{refusal}; nothing was changed"),
+                    )
+                    .await?;
+                return Ok(ApplyEnd::Refused);
+            }
+        };
+        match Hold::take(&records.builds, build, holder).await? {
+            Taking::Taken(hold) => break hold,
+            Taking::Ended(by) => {
+                tracing::info!(plan = %request.plan_id, %by, "this plan's apply has ended already; not applied again");
+                return Ok(ApplyEnd::Duplicate);
+            }
+            Taking::HeldBy(other) => {
+                if waiting_for.as_ref() != Some(&other) {
+                    tracing::info!(plan = %request.plan_id, holder = %other, "another apply of this plan is under way; waiting until it ends or its lease lapses");
+                    waiting_for = Some(other);
+                }
+                if kept_alive.elapsed() >= KEEPALIVE {
+                    kept_alive = Instant::now();
+                    if let Err(error) = delivery.in_progress().await {
+                        tracing::warn!(plan = %request.plan_id, %error, "could not extend the waiting request's ack deadline");
+                    }
+                }
+                tokio::time::sleep(LEASE_POLL).await;
+            }
+            Taking::Raced => {}
         }
     };
+    let build = hold.record.clone();
+    let end = carry_out(&mut steps, &mut hold, drivers, &build, delivery).await;
+    hold.close(&end).await;
+    end
+}
+
+/// Applies the build resource by resource under its lease.
+async fn carry_out<D: Apply>(
+    steps: &mut Steps<'_>,
+    hold: &mut Hold<'_>,
+    drivers: &DriverMap<D>,
+    build: &BuildRecord,
+    delivery: &Delivery,
+) -> Result<ApplyEnd, ApplyError> {
+    let request = steps.request;
     let change = &build.change;
     let driver = drivers.get(&build.plan.environment, &build.plan.service);
     steps.driver = driver.name();
@@ -237,7 +426,7 @@ pub async fn apply<D: Apply>(
             )
             .await?;
         let strategy = strategy(&build.plan, environment, service);
-        let outcome = with_progress(&mut steps, &step, delivery, |progress| async move {
+        let outcome = with_progress(steps, hold, &step, delivery, |progress| async move {
             let context = ApplyContext {
                 plan_id: request.plan_id,
                 digest: request.digest.to_string(),
@@ -271,7 +460,7 @@ pub async fn apply<D: Apply>(
             applied.push((environment, service, before));
             for (environment, service, before) in applied.iter().rev() {
                 let step = format!("roll back {}", resource_name(environment, service));
-                with_progress(&mut steps, &step, delivery, |progress| async move {
+                with_progress(steps, hold, &step, delivery, |progress| async move {
                     let context = ApplyContext {
                         plan_id: request.plan_id,
                         digest: request.digest.to_string(),
@@ -313,12 +502,13 @@ pub async fn apply<D: Apply>(
     Ok(ApplyEnd::Applied)
 }
 
-/// The build to apply, or the reason the request must be refused.
+/// The build to apply (with its revision, for its lease), or the reason the request must be
+/// refused.
 async fn check_gate(
     conductor: &Verifier,
     records: &Records,
     request: &ApplyRequest,
-) -> Result<Result<BuildRecord, String>, ApplyError> {
+) -> Result<Result<Versioned<BuildRecord>, String>, ApplyError> {
     // Before anything else: whoever can publish on the bus cannot make Forge apply.
     if let Err(error) = conductor.verify(&request.signed_payload(), &request.signature) {
         return Ok(Err(format!("the request is not the Conductor's: {error}")));
@@ -377,8 +567,8 @@ async fn check_gate(
         }
         None => return Ok(Err(format!("nobody holds the lock on {lock_name}"))),
     }
-    match build.map_err(transient)?.map(|b| b.value) {
-        Some(build) if build.digest == request.digest => Ok(Ok(build)),
+    match build.map_err(transient)? {
+        Some(build) if build.value.digest == request.digest => Ok(Ok(build)),
         _ => Ok(Err(format!(
             "no build with digest {} is recorded",
             request.digest

@@ -16,7 +16,7 @@ use octocrab::Octocrab;
 use serde::Deserialize;
 
 use crate::{
-    driver::{Apply, ApplyContext, Driver, DriverError},
+    driver::{Apply, ApplyContext, Driver, DriverError, FailureKind},
     dry_run::DryRunDriver,
 };
 
@@ -124,13 +124,20 @@ impl CiDispatchDriver {
         DriverError::step_failed(Self::NAME, reason)
     }
 
+    /// GitHub's error while doing `what`; one that may pass when asked again (a server error,
+    /// a rate limit, no connection) is Unreachable.
     fn github(&self, what: &str, error: octocrab::Error) -> DriverError {
-        self.failed(format!(
+        let reason = format!(
             "{what} in {}/{}: {}",
             self.owner,
             self.repo,
             github_error_text(&error)
-        ))
+        );
+        if may_pass(&error) {
+            DriverError::unreachable(Self::NAME, reason)
+        } else {
+            self.failed(reason)
+        }
     }
 
     /// The newest run of the workflow named for `plan_id`, started at `since` or later.
@@ -185,6 +192,23 @@ impl CiDispatchDriver {
             }
         }
         lines
+    }
+}
+
+/// Whether asking GitHub again may get an answer: a server error, a rate limit (429, or 403
+/// with GitHub's rate-limit message), or no answer at all.
+fn may_pass(error: &octocrab::Error) -> bool {
+    match error {
+        octocrab::Error::GitHub { source, .. } => {
+            let status = source.status_code;
+            status.is_server_error()
+                || status.as_u16() == 429
+                || (status.as_u16() == 403 && source.message.contains("rate limit"))
+        }
+        octocrab::Error::Hyper { .. }
+        | octocrab::Error::Http { .. }
+        | octocrab::Error::Service { .. } => true,
+        _ => false,
     }
 }
 
@@ -274,15 +298,33 @@ impl Apply for CiDispatchDriver {
             }))
             .send()
             .await
-            .map_err(|error| self.github("dispatching the workflow", error))?;
+            // Whether GitHub started a run is then unknown, and dispatching again could deploy
+            // twice: the step fails.
+            .map_err(|error| DriverError {
+                kind: FailureKind::StepFailed,
+                ..self.github("dispatching the workflow", error)
+            })?;
         context.progress.report(format!(
             "dispatched {} on {} for {environment}/{service}",
             self.settings.workflow, self.settings.git_ref
         ));
         let deadline = tokio::time::Instant::now() + self.settings.timeout;
+        // The run goes on whether or not GitHub answers Forge, so while it is followed an
+        // answer that may pass is asked again until the deadline.
+        let asking_again = |error: DriverError| {
+            if error.kind != FailureKind::Unreachable {
+                return Err(error);
+            }
+            context
+                .progress
+                .report(format!("{}; asking again", error.reason));
+            Ok(())
+        };
         let mut run = loop {
-            if let Some(run) = self.find_run(&plan_id, since).await? {
-                break run;
+            match self.find_run(&plan_id, since).await {
+                Ok(Some(run)) => break run,
+                Ok(None) => {}
+                Err(error) => asking_again(error)?,
             }
             if tokio::time::Instant::now() > deadline {
                 return Err(self.failed(format!(
@@ -304,7 +346,13 @@ impl Apply for CiDispatchDriver {
                 )));
             }
             tokio::time::sleep(self.settings.poll).await;
-            run = self.run(run.id).await?;
+            match self.run(run.id).await {
+                Ok(next) => run = next,
+                Err(error) => {
+                    asking_again(error)?;
+                    continue;
+                }
+            }
             for line in self.step_lines(run.id, &mut seen).await {
                 context.progress.report(line);
             }

@@ -13,7 +13,7 @@ pub mod render;
 
 use std::{sync::Arc, time::Instant};
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use infracrew_agent_runtime::{Agent, WorkError};
 use infracrew_bus::{Bus, ConsumerSettings, Delivery, HandlerError, Shutdown, buckets};
 use infracrew_protocol::{
@@ -63,6 +63,25 @@ pub struct BuildRecord {
     pub plan: PlanSpec,
     pub change: ChangeSet,
     pub digest: PlanDigest,
+    /// The apply carrying this build out, if one took it: two requests for one plan (a resent
+    /// one, or one per Forge replica) never apply it at once or one after the other.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applying: Option<ApplyLease>,
+}
+
+/// One apply's hold on a build, written by compare-and-set on the build record's revision.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApplyLease {
+    /// Which Forge and which delivery of which ApplyRequest: `forge <instance>, request at
+    /// stream sequence <n>, delivery <d>`.
+    pub holder: String,
+    /// Renewed while the apply works; one not renewed for [`apply::LEASE`] has lapsed (its
+    /// Forge died) and the next delivery takes it over.
+    pub renewed_at: DateTime<Utc>,
+    /// How the apply ended (`applied`, `rolled back`, `failed`); set, no request applies the
+    /// build again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended: Option<String>,
 }
 
 struct Forge<D> {
@@ -72,6 +91,8 @@ struct Forge<D> {
     conductor: Verifier,
     records: Records,
     metrics: ForgeMetrics,
+    /// This process, in the apply leases it takes.
+    instance: String,
 }
 
 /// Runs Forge with a driver per environment until shutdown.
@@ -92,6 +113,7 @@ pub async fn run<D: Apply>(
         conductor,
         records,
         metrics: ForgeMetrics::default(),
+        instance: agent.identity.instance_id.to_string(),
     });
     agent
         .metrics
@@ -119,6 +141,12 @@ pub async fn run<D: Apply>(
                 ForgeMessage::Validated(result) => forge.conclude(result).await,
                 ForgeMessage::Apply(request) => {
                     let started = Instant::now();
+                    let holder = format!(
+                        "forge {}, request at stream sequence {}, delivery {}",
+                        forge.instance,
+                        delivery.stream_sequence(),
+                        delivery.delivered()
+                    );
                     let end = apply::apply(
                         &forge.bus,
                         &forge.drivers,
@@ -126,6 +154,7 @@ pub async fn run<D: Apply>(
                         &forge.records,
                         &request,
                         &delivery,
+                        &holder,
                     )
                     .await;
                     forge.metrics.applied(&end, started.elapsed().as_secs_f64());
@@ -202,6 +231,7 @@ impl<D: Apply> Forge<D> {
             plan: plan.clone(),
             change: change.clone(),
             digest: digest.clone(),
+            applying: None,
         };
         self.records
             .builds

@@ -63,10 +63,11 @@ impl ForgeMetrics {
         );
     }
 
-    /// Records an apply that ran (a refused one changed nothing and is not counted).
+    /// Records an apply that ran (a refused one or a duplicate changed nothing and is not
+    /// counted).
     pub fn applied(&self, end: &Result<ApplyEnd, ApplyError>, seconds: f64) {
         let outcome = match end {
-            Ok(ApplyEnd::Refused) => return,
+            Ok(ApplyEnd::Refused | ApplyEnd::Duplicate) => return,
             Ok(ApplyEnd::Applied) => OUTCOMES[0],
             Err(_) | Ok(ApplyEnd::Failed) => OUTCOMES[1],
             Ok(ApplyEnd::RolledBack) => {

@@ -111,13 +111,30 @@ impl ContainerDriver {
         environment: &str,
         service: &str,
     ) -> Result<observe::Observed, DriverError> {
-        observe::observe(&self.docker, environment, service)
-            .await
-            .map_err(Self::failed)
+        match observe::observe(&self.docker, environment, service).await {
+            Ok(observed) => Ok(observed),
+            Err(reason) => Err(self.failure(reason).await),
+        }
     }
 
     fn failed(reason: impl Into<String>) -> DriverError {
         DriverError::step_failed(Self::NAME, reason)
+    }
+
+    /// What a failure says about the step: the engine's errors arrive as text, so the engine is
+    /// asked. Still answering, the step failed; silent, whether the step took is unknown, and
+    /// the apply is taken up again instead of rolled back.
+    async fn failure(&self, reason: String) -> DriverError {
+        match self.docker.ping().await {
+            Ok(_) => Self::failed(reason),
+            Err(error) => DriverError::unreachable(
+                Self::NAME,
+                format!(
+                    "{reason} ({} does not answer: {error})",
+                    self.engine.endpoint
+                ),
+            ),
+        }
     }
 }
 
@@ -152,7 +169,10 @@ impl Apply for ContainerDriver {
             .await
             .map(|_| self.engine.to_string())
             .map_err(|error| {
-                Self::failed(format!("{} does not answer: {error}", self.engine.endpoint))
+                DriverError::unreachable(
+                    Self::NAME,
+                    format!("{} does not answer: {error}", self.engine.endpoint),
+                )
             })
     }
 
@@ -170,7 +190,10 @@ impl Apply for ContainerDriver {
             service,
             context,
         };
-        rollout.converge(state).await.map_err(Self::failed)
+        match rollout.converge(state).await {
+            Ok(()) => Ok(()),
+            Err(reason) => Err(self.failure(reason).await),
+        }
     }
 
     /// Every replica of the desired revision runs and answers its readiness path.
@@ -191,11 +214,63 @@ impl Apply for ContainerDriver {
         if let (Some(state), Some(edge)) = (state, &observed.edge) {
             for replica in observed.replicas.iter().filter(|r| r.running) {
                 let ip = replica.ip.as_deref().unwrap_or_default();
-                edge::probe(&self.docker, &edge.id, ip, state.port, &state.health.ready)
-                    .await
-                    .map_err(|error| Self::failed(format!("{}: {error}", replica.name)))?;
+                if let Err(error) =
+                    edge::probe(&self.docker, &edge.id, ip, state.port, &state.health.ready).await
+                {
+                    return Err(self.failure(format!("{}: {error}", replica.name)).await);
+                }
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use infracrew_protocol::{Strategy, examples};
+
+    use super::*;
+    use crate::driver::{FailureKind, Progress};
+
+    #[tokio::test]
+    async fn steps_on_an_engine_that_does_not_answer_are_unreachable_not_failed() {
+        let socket =
+            std::env::temp_dir().join(format!("infracrew-no-engine-{}.sock", std::process::id()));
+        let endpoint = format!("unix://{}", socket.display());
+        // The socket file stays after its listener is gone: an engine that went away after
+        // Forge started.
+        let _ = std::fs::remove_file(&socket);
+        drop(std::os::unix::net::UnixListener::bind(&socket).expect("a socket to bind"));
+        let docker = Docker::connect_with_unix(&endpoint, 5, bollard::API_DEFAULT_VERSION)
+            .expect("a client for the socket");
+        let driver = ContainerDriver {
+            docker,
+            engine: EngineInfo {
+                endpoint: endpoint.clone(),
+                product: "Podman 5.4.2".into(),
+                api_version: "1.41".into(),
+            },
+            settings: ContainerSettings::default(),
+        };
+        let context = ApplyContext {
+            plan_id: examples::plan_spec().plan_id,
+            digest: examples::build_status().digest.to_string(),
+            strategy: Strategy::Rolling,
+            progress: Progress::silent(),
+        };
+        let errors = [
+            driver.current("dev", "social-intel").await.err(),
+            driver
+                .apply("dev", "social-intel", None, &context)
+                .await
+                .err(),
+            driver.verify("dev", "social-intel", None).await.err(),
+        ];
+        for error in errors {
+            let error = error.expect("no engine, no success");
+            assert_eq!(error.kind, FailureKind::Unreachable, "{error}");
+            assert!(error.reason.contains(&endpoint), "{error}");
+        }
+        let _ = std::fs::remove_file(&socket);
     }
 }
