@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
-use infracrew_bus::{Bus, HandlerError, Kv, KvError, Shutdown, TraceContext, Versioned};
+use infracrew_bus::{Bus, HandlerError, Kv, KvError, Sent, Shutdown, TraceContext, Versioned};
 use infracrew_protocol::{
     AgentRole, ApplyRequest, Approval, ApprovalDecision, BuildOutcome, BuildStatus,
     DecisionChannel, DecisionKind, DecisionOutcome, DecisionReply, DecisionRequest, DecodeError,
@@ -151,6 +151,18 @@ impl Conductor {
         plan_id: PlanId,
         change: impl FnMut(&mut PlanRecord) -> bool,
     ) -> Result<Option<PlanRecord>, HandlerError> {
+        let (record, sent) = self.update_sending(plan_id, change).await?;
+        self.bus.confirm(sent).await.map_err(retry)?;
+        Ok(record)
+    }
+
+    /// `update`, returning the moves sent but not yet confirmed: the caller sends what
+    /// follows the change beside them and awaits every ack in one round trip.
+    async fn update_sending(
+        &self,
+        plan_id: PlanId,
+        change: impl FnMut(&mut PlanRecord) -> bool,
+    ) -> Result<(Option<PlanRecord>, Vec<Sent>), HandlerError> {
         let written = lock_ignoring_poison(&self.written).remove(&plan_id);
         self.update_from(plan_id, written, change).await
     }
@@ -174,22 +186,22 @@ impl Conductor {
         );
     }
 
-    /// `update`, starting from a record this handler already holds, which saves the read.
-    /// A stale one costs a conflict and a read; a decision to change nothing is taken again
-    /// on a fresh read, so it never rests on a stale record.
+    /// `update_sending`, starting from a record this handler already holds, which saves the
+    /// read. A stale one costs a conflict and a read; a decision to change nothing is taken
+    /// again on a fresh read, so it never rests on a stale record.
     async fn update_from(
         &self,
         plan_id: PlanId,
         mut known: Option<Versioned<PlanRecord>>,
         mut change: impl FnMut(&mut PlanRecord) -> bool,
-    ) -> Result<Option<PlanRecord>, HandlerError> {
+    ) -> Result<(Option<PlanRecord>, Vec<Sent>), HandlerError> {
         let key = plan_id.to_string();
         for _ in 0..UPDATE_TRIES {
             let (current, held) = match known.take() {
                 Some(held) => (held, true),
                 None => match self.plans.get(&key).await.map_err(retry)? {
                     Some(read) => (read, false),
-                    None => return Ok(None),
+                    None => return Ok((None, Vec::new())),
                 },
             };
             let mut record = current.value;
@@ -198,13 +210,13 @@ impl Conductor {
                 if held {
                     continue;
                 }
-                return Ok(Some(record));
+                return Ok((Some(record), Vec::new()));
             }
             match self.plans.update(&key, &record, current.revision).await {
                 Ok(revision) => {
                     self.remember(plan_id, &record, revision);
-                    self.publish_moves(&record, moves_before).await?;
-                    return Ok(Some(record));
+                    let sent = self.send_moves(&record, moves_before).await?;
+                    return Ok((Some(record), sent));
                 }
                 Err(KvError::Conflict { .. }) => continue,
                 Err(error) => return Err(retry(error)),
@@ -227,7 +239,7 @@ impl Conductor {
         &self,
         record: &PlanRecord,
         from: usize,
-    ) -> Result<Vec<infracrew_bus::Sent>, HandlerError> {
+    ) -> Result<Vec<Sent>, HandlerError> {
         let mut sent = Vec::new();
         for (index, transition) in record.history.iter().enumerate().skip(from) {
             let event = PlanTransitioned {
@@ -353,19 +365,21 @@ impl Conductor {
             self.mark_waited_for(&key).await?;
             return Ok(());
         };
-        let routed = self
+        let (routed, mut sent) = self
             .update_from(plan_id, Some(record), |record| {
                 record.state == PlanState::Planned && route(record, &key, token)
             })
             .await?;
         if let Some(record) = routed.filter(|record| record.state == PlanState::Validating) {
-            self.bus
-                .publish(subjects::PLAN_ROUTED, &record.plan)
-                .await
-                .map_err(retry)?;
+            sent.push(
+                self.bus
+                    .send(subjects::PLAN_ROUTED, &record.plan)
+                    .await
+                    .map_err(retry)?,
+            );
             tracing::info!(plan = %plan_id, lock = %key, token, "routed to forge");
         }
-        Ok(())
+        self.bus.confirm(sent).await.map(drop).map_err(retry)
     }
 
     /// The lock's fencing token if `plan_id` holds it now (taking it when free or abandoned).
@@ -493,8 +507,8 @@ impl Conductor {
     async fn on_build(&self, status: BuildStatus) -> Result<(), HandlerError> {
         let now = Utc::now();
         let rules = &self.config.approvals;
-        let record = self
-            .update(status.plan_id, |record| {
+        let (record, mut sent) = self
+            .update_sending(status.plan_id, |record| {
                 if record.state != PlanState::Validating {
                     return false;
                 }
@@ -531,9 +545,22 @@ impl Conductor {
                 true
             })
             .await?;
+        // An approved plan's ApplyRequest goes with its moves. (A redelivered build finds the
+        // plan APPROVED and sends it again: the first may be what was lost.)
+        if let Some(record) = &record
+            && record.state == PlanState::Approved
+            && let Some(request) = self.apply_request(record)
+        {
+            sent.push(
+                self.bus
+                    .send(subjects::APPLY_REQUEST, &request)
+                    .await
+                    .map_err(retry)?,
+            );
+        }
+        self.bus.confirm(sent).await.map_err(retry)?;
         match record {
             Some(record) if record.state == PlanState::NoChange => self.release(&record).await,
-            Some(record) if record.state == PlanState::Approved => self.send_apply(&record).await,
             _ => Ok(()),
         }
     }

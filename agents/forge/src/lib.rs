@@ -233,47 +233,50 @@ impl<D: Apply> Forge<D> {
             digest: digest.clone(),
             applying: None,
         };
-        self.records
-            .builds
-            .put(&key, &record)
-            .await
-            .map_err(retry)?;
-        if let Some(finding) = blocked_by {
-            return self
-                .report(
-                    &change,
-                    BuildOutcome::Blocked,
-                    vec![finding],
-                    None,
-                    String::new(),
-                )
-                .await;
-        }
-        if change.summary().is_empty() {
-            tracing::info!(plan = %plan.plan_id, "nothing to change");
-            return self
-                .report(
-                    &change,
-                    BuildOutcome::NoChange,
-                    Vec::new(),
-                    None,
-                    String::new(),
-                )
-                .await;
-        }
-        let request = ValidateRequest {
-            schema_version: SchemaVersion::CURRENT,
-            plan_id: plan.plan_id,
-            digest,
-            plan,
-            change,
-            requested_at: Utc::now(),
+        let announced = async move {
+            if let Some(finding) = blocked_by {
+                return self
+                    .report(
+                        &change,
+                        BuildOutcome::Blocked,
+                        vec![finding],
+                        None,
+                        String::new(),
+                    )
+                    .await;
+            }
+            if change.summary().is_empty() {
+                tracing::info!(plan = %plan.plan_id, "nothing to change");
+                return self
+                    .report(
+                        &change,
+                        BuildOutcome::NoChange,
+                        Vec::new(),
+                        None,
+                        String::new(),
+                    )
+                    .await;
+            }
+            let request = ValidateRequest {
+                schema_version: SchemaVersion::CURRENT,
+                plan_id: plan.plan_id,
+                digest,
+                plan,
+                change,
+                requested_at: Utc::now(),
+            };
+            self.bus
+                .publish(subjects::VALIDATE_PENDING, &request)
+                .await
+                .map(drop)
+                .map_err(retry)
         };
-        self.bus
-            .publish(subjects::VALIDATE_PENDING, &request)
-            .await
-            .map_err(retry)?;
-        Ok(())
+        // The record is sent first and both acks are awaited together (one round trip): it is
+        // read back only when the verdict or an ApplyRequest comes, and a verdict that outruns
+        // it is tried again.
+        let (stored, announced) = tokio::join!(self.records.builds.put(&key, &record), announced);
+        stored.map_err(retry)?;
+        announced
     }
 
     /// Turns Sentinel's verdict on the change it was sent into the build's status.
