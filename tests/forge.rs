@@ -221,6 +221,20 @@ async fn hold_lock(bus: &Bus, plan: &PlanSpec, holder_plan: PlanId, token: u64) 
         .unwrap();
 }
 
+/// What the Conductor does on an approval: the record says APPROVED with `build`, and the
+/// plan holds the lock with fencing token `token`.
+async fn approve_as_the_conductor(bus: &Bus, plan: &PlanSpec, build: &BuildStatus, token: u64) {
+    let plans = bus.kv::<PlanRecord>(buckets::PLANS).await.unwrap();
+    plans
+        .put(
+            &plan.plan_id.to_string(),
+            &plan_record(plan, PlanState::Approved, build.clone()),
+        )
+        .await
+        .unwrap();
+    hold_lock(bus, plan, plan.plan_id, token).await;
+}
+
 fn apply_request(
     plan: &PlanSpec,
     build: &BuildStatus,
@@ -257,16 +271,7 @@ async fn an_approved_plan_is_applied_step_by_step_and_recorded() {
         built[0].findings
     );
 
-    // What the Conductor does on an approval: the record says APPROVED, the plan holds the lock.
-    let plans = bus.kv::<PlanRecord>(buckets::PLANS).await.unwrap();
-    plans
-        .put(
-            &plan.plan_id.to_string(),
-            &plan_record(&plan, PlanState::Approved, built[0].clone()),
-        )
-        .await
-        .unwrap();
-    hold_lock(&bus, &plan, plan.plan_id, 7).await;
+    approve_as_the_conductor(&bus, &plan, &built[0], 7).await;
     bus.publish(
         subjects::APPLY_REQUEST,
         &apply_request(&plan, &built[0], 7, 60),
@@ -330,15 +335,7 @@ async fn a_plan_under_way_is_not_applied_by_a_second_request_until_its_lease_lap
     bus.publish(subjects::PLAN_ROUTED, &plan).await.unwrap();
     let built: Vec<BuildStatus> =
         wait_for(&bus, subjects::BUILD_STATUS, 1, &[&forge, &sentinel]).await;
-    let plans = bus.kv::<PlanRecord>(buckets::PLANS).await.unwrap();
-    plans
-        .put(
-            &plan.plan_id.to_string(),
-            &plan_record(&plan, PlanState::Approved, built[0].clone()),
-        )
-        .await
-        .unwrap();
-    hold_lock(&bus, &plan, plan.plan_id, 3).await;
+    approve_as_the_conductor(&bus, &plan, &built[0], 3).await;
 
     // Another Forge took the plan's apply 12 s ago and has not renewed its lease since: it
     // lapses 3 s from now, and only then may this request apply.
