@@ -62,6 +62,21 @@ async fn test_consumer(
     spec
 }
 
+/// A server, a consumer `durable` on crew.plan.pending, and the sample plan published for it.
+async fn one_sample_plan(
+    durable: &str,
+    max_deliver: i64,
+    ack_wait: Duration,
+) -> (NatsServer, Bus, ConsumerSpec) {
+    let server = NatsServer::start().unwrap();
+    let bus = crew_bus(&server).await;
+    let spec = test_consumer(&bus, durable, subjects::PLAN_PENDING, max_deliver, ack_wait).await;
+    bus.publish(subjects::PLAN_PENDING, &examples::plan_spec())
+        .await
+        .unwrap();
+    (server, bus, spec)
+}
+
 fn quick_settings() -> ConsumerSettings {
     ConsumerSettings {
         concurrency: 4,
@@ -329,19 +344,7 @@ async fn messages_with_one_order_key_are_handled_in_order_and_other_keys_at_once
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_nakd_message_is_redelivered_and_then_acked() {
-    let server = NatsServer::start().unwrap();
-    let bus = crew_bus(&server).await;
-    let spec = test_consumer(
-        &bus,
-        "nak-test",
-        subjects::PLAN_PENDING,
-        5,
-        Duration::from_secs(30),
-    )
-    .await;
-    bus.publish(subjects::PLAN_PENDING, &examples::plan_spec())
-        .await
-        .unwrap();
+    let (_server, bus, spec) = one_sample_plan("nak-test", 5, Duration::from_secs(30)).await;
 
     let deliveries = Arc::new(Mutex::new(Vec::new()));
     let seen = deliveries.clone();
@@ -501,19 +504,7 @@ async fn invalid_messages_go_to_dead_letters_once_and_are_not_redelivered() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failure_that_passes_on_the_last_delivery_is_tried_again_in_place_not_dead_lettered() {
-    let server = NatsServer::start().unwrap();
-    let bus = crew_bus(&server).await;
-    let spec = test_consumer(
-        &bus,
-        "outage-test",
-        subjects::PLAN_PENDING,
-        2,
-        Duration::from_secs(30),
-    )
-    .await;
-    bus.publish(subjects::PLAN_PENDING, &examples::plan_spec())
-        .await
-        .unwrap();
+    let (_server, bus, spec) = one_sample_plan("outage-test", 2, Duration::from_secs(30)).await;
 
     // Fails on both deliveries and once more in place, as while a stream elects its leader.
     let attempts = Arc::new(AtomicU64::new(0));
@@ -554,19 +545,7 @@ async fn a_failure_that_passes_on_the_last_delivery_is_tried_again_in_place_not_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_poison_message_reaches_dead_letters_after_max_deliveries() {
-    let server = NatsServer::start().unwrap();
-    let bus = crew_bus(&server).await;
-    let spec = test_consumer(
-        &bus,
-        "poison-test",
-        subjects::PLAN_PENDING,
-        3,
-        Duration::from_secs(30),
-    )
-    .await;
-    bus.publish(subjects::PLAN_PENDING, &examples::plan_spec())
-        .await
-        .unwrap();
+    let (_server, bus, spec) = one_sample_plan("poison-test", 3, Duration::from_secs(30)).await;
 
     let attempts = Arc::new(AtomicU64::new(0));
     let count = attempts.clone();
@@ -613,19 +592,7 @@ async fn a_poison_message_reaches_dead_letters_after_max_deliveries() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_handler_keeps_its_message_with_in_progress_acks() {
-    let server = NatsServer::start().unwrap();
-    let bus = crew_bus(&server).await;
-    let spec = test_consumer(
-        &bus,
-        "progress-test",
-        subjects::PLAN_PENDING,
-        5,
-        Duration::from_secs(1),
-    )
-    .await;
-    bus.publish(subjects::PLAN_PENDING, &examples::plan_spec())
-        .await
-        .unwrap();
+    let (_server, bus, spec) = one_sample_plan("progress-test", 5, Duration::from_secs(1)).await;
 
     let calls = Arc::new(AtomicU64::new(0));
     let count = calls.clone();
@@ -992,19 +959,7 @@ async fn shutdown_lets_in_flight_work_finish_and_acks_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_whose_handler_never_answers_is_dead_lettered_from_the_advisory() {
-    let server = NatsServer::start().unwrap();
-    let bus = crew_bus(&server).await;
-    let spec = test_consumer(
-        &bus,
-        "hang-test",
-        subjects::PLAN_PENDING,
-        2,
-        Duration::from_secs(1),
-    )
-    .await;
-    bus.publish(subjects::PLAN_PENDING, &examples::plan_spec())
-        .await
-        .unwrap();
+    let (_server, bus, spec) = one_sample_plan("hang-test", 2, Duration::from_secs(1)).await;
 
     let calls = Arc::new(AtomicU64::new(0));
     let count = calls.clone();
@@ -1063,19 +1018,7 @@ async fn a_message_whose_handler_never_answers_is_dead_lettered_from_the_advisor
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_advisory_that_came_while_no_replica_ran_is_handled_by_the_next() {
-    let server = NatsServer::start().unwrap();
-    let bus = crew_bus(&server).await;
-    let spec = test_consumer(
-        &bus,
-        "gap-test",
-        subjects::PLAN_PENDING,
-        2,
-        Duration::from_secs(1),
-    )
-    .await;
-    bus.publish(subjects::PLAN_PENDING, &examples::plan_spec())
-        .await
-        .unwrap();
+    let (_server, bus, spec) = one_sample_plan("gap-test", 2, Duration::from_secs(1)).await;
 
     let calls = Arc::new(AtomicU64::new(0));
     let shutdown = Shutdown::new();

@@ -1105,8 +1105,8 @@ impl Conductor {
                 .await?;
         } else if record.state == PlanState::Approved && self.apply_overdue(&record, now) {
             // Approved, yet Forge never started: the request was lost (a Conductor died
-            // between the decision and the request, or it was dead-lettered). Applies are
-            // idempotent, so send again.
+            // between the decision and the request, or it was dead-lettered). Forge's lease on
+            // the build keeps a copy from applying the plan a second time, so send again.
             if let Some(request) = self.apply_request(&record) {
                 let id = format!("apply:{}:{}", request.plan_id, request.digest);
                 self.send_copy(&record, now, subjects::APPLY_REQUEST, &request, &id)
