@@ -396,16 +396,13 @@ async fn the_ci_dispatch_driver_deploys_through_the_workflow_run_it_follows() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn github_failing_while_a_run_is_followed_is_asked_again_not_a_failed_plan() {
     let (server, crew) = github_crew_with_forge(ci_dispatch_forge).await;
+    // GitHub goes down for the calls after the dispatch, which follow the run (finding it,
+    // reading it).
+    crew.github.fail_after_next_dispatch(4, 502);
     let plan = submit(&server, "examples/goals/valid/social-intel-staging.json");
     wait_for_state(&crew.bus, plan, PlanState::Ready, &crew.agents).await;
     let approved = infracrew_e2e::approve(&server, plan, "alice");
     assert!(approved.status.success(), "{}", text(&approved.stderr));
-    crew.wait_until("the workflow dispatched", || async {
-        !crew.github.dispatches("acme", "deploys").is_empty()
-    })
-    .await;
-    // GitHub goes down for the next calls, which follow the run (finding it, reading it).
-    crew.github.fail_next(4, 502);
     wait_for_state(&crew.bus, plan, PlanState::Applied, &crew.agents).await;
     assert_eq!(crew.github.dispatches("acme", "deploys").len(), 1);
     let events: Vec<infracrew_protocol::OpsEvent> =

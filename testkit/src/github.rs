@@ -158,6 +158,8 @@ struct Github {
     /// The simulator's own address: the API URLs in its answers lead back to it.
     api: String,
     failures: VecDeque<Failure>,
+    /// Failures that begin once the next dispatch is accepted.
+    failures_after_dispatch: Vec<Failure>,
     requests: Vec<(String, String)>,
     statuses: Vec<Status>,
     comments: Vec<Comment>,
@@ -334,6 +336,14 @@ impl GithubSimulator {
     pub fn fail_next(&self, n: usize, status: u16) {
         self.lock()
             .failures
+            .extend(std::iter::repeat_n(Failure::Status(status), n));
+    }
+
+    /// Once the next `workflow_dispatch` is accepted, the `n` API calls after it answer
+    /// `status`: GitHub goes down while the run it started is followed.
+    pub fn fail_after_next_dispatch(&self, n: usize, status: u16) {
+        self.lock()
+            .failures_after_dispatch
             .extend(std::iter::repeat_n(Failure::Status(status), n));
     }
 
@@ -888,6 +898,8 @@ async fn dispatch_workflow(
         failed: false,
     };
     github.runs.push(run);
+    let armed = std::mem::take(&mut github.failures_after_dispatch);
+    github.failures.extend(armed);
     StatusCode::NO_CONTENT.into_response()
 }
 
