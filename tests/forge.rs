@@ -12,7 +12,7 @@ use infracrew_e2e::{
 };
 use infracrew_forge::{ApplyLease, BuildRecord};
 use infracrew_protocol::{
-    ApplyRequest, BuildOutcome, BuildStatus, ChangeAction, DesiredState, GoalId, Intent,
+    ApplyRequest, BuildOutcome, BuildStatus, ChangeAction, DesiredState, GateCheck, GoalId, Intent,
     LockRecord, OpsEvent, OpsEventKind, PlanId, PlanRecord, PlanSpec, PlanState, SchemaVersion,
     ServiceState, examples, lock_key, signing::Signer, subjects,
 };
@@ -406,6 +406,69 @@ async fn a_plan_under_way_is_not_applied_by_a_second_request_until_its_lease_lap
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_request_carries_on_only_an_apply_that_started_in_time() {
+    let server = NatsServer::start().unwrap();
+    let bus = crew_bus(&server).await;
+    let sentinel = AgentProcess::start("sentinel", &server, &[]);
+    let forge = AgentProcess::start("forge", &server, &[]);
+    let plan = plan(3, "legal-compliance", "staging", |_| {});
+    bus.publish(subjects::PLAN_ROUTED, &plan).await.unwrap();
+    let built: Vec<BuildStatus> =
+        wait_for(&bus, subjects::BUILD_STATUS, 1, &[&forge, &sentinel]).await;
+    approve_as_the_conductor(&bus, &plan, &built[0], 5).await;
+
+    // APPROVED: no apply of the plan has started, so an expired request starts none.
+    bus.publish(
+        subjects::APPLY_REQUEST,
+        &apply_request(&plan, &built[0], 5, -5),
+    )
+    .await
+    .unwrap();
+    let refused: Vec<OpsEvent> = wait_for(&bus, subjects::OPS_EVENT, 1, &[&forge]).await;
+    assert_eq!(refused[0].kind, OpsEventKind::ApplyRefused);
+    assert_eq!(refused[0].refused_by, Some(GateCheck::Expiry));
+
+    // APPLYING, and the Forge that started it died (its lease lapsed, never ended): the
+    // request's redelivery, expired by now, carries the apply on.
+    let plans = bus.kv::<PlanRecord>(buckets::PLANS).await.unwrap();
+    plans
+        .put(
+            &plan.plan_id.to_string(),
+            &plan_record(&plan, PlanState::Applying, built[0].clone()),
+        )
+        .await
+        .unwrap();
+    let builds = bus.kv::<BuildRecord>(buckets::BUILDS).await.unwrap();
+    let key = plan.plan_id.to_string();
+    let mut build = builds.get(&key).await.unwrap().unwrap();
+    build.value.applying = Some(ApplyLease {
+        holder: "forge that died".into(),
+        renewed_at: Utc::now() - chrono::Duration::minutes(1),
+        ended: None,
+    });
+    builds
+        .update(&key, &build.value, build.revision)
+        .await
+        .unwrap();
+    bus.publish(
+        subjects::APPLY_REQUEST,
+        &apply_request(&plan, &built[0], 5, -5),
+    )
+    .await
+    .unwrap();
+    let events: Vec<OpsEvent> = wait_for(&bus, subjects::OPS_EVENT, 5, &[&forge]).await;
+    let kinds: Vec<OpsEventKind> = events.iter().skip(1).map(|e| e.kind).collect();
+    use OpsEventKind::*;
+    assert_eq!(
+        kinds,
+        [ApplyStarted, StepStarted, StepSucceeded, ApplyDone],
+        "{events:#?}"
+    );
+    let lease = builds.get(&key).await.unwrap().unwrap().value.applying;
+    assert_eq!(lease.unwrap().ended.as_deref(), Some("applied"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_apply_requests_are_refused_with_the_reason_and_change_nothing() {
     let server = NatsServer::start().unwrap();
     let bus = crew_bus(&server).await;
@@ -413,10 +476,11 @@ async fn forged_apply_requests_are_refused_with_the_reason_and_change_nothing() 
     let plans = bus.kv::<PlanRecord>(buckets::PLANS).await.unwrap();
     let build = examples::build_status();
 
-    let mut cases: Vec<(ApplyRequest, &str)> = Vec::new();
+    let mut cases: Vec<(ApplyRequest, GateCheck, &str)> = Vec::new();
     let unknown = plan(10, "social-intel", "staging", |_| {});
     cases.push((
         apply_request(&unknown, &build, 1, 60),
+        GateCheck::Plan,
         "has no record: it was not submitted through the Conductor",
     ));
 
@@ -430,6 +494,7 @@ async fn forged_apply_requests_are_refused_with_the_reason_and_change_nothing() 
         .unwrap();
     cases.push((
         apply_request(&unapproved, &build, 1, 60),
+        GateCheck::Plan,
         "is READY, not APPROVED",
     ));
 
@@ -446,6 +511,7 @@ async fn forged_apply_requests_are_refused_with_the_reason_and_change_nothing() 
         infracrew_protocol::PlanDigest::of_value(&serde_json::json!({"a": "different change"}));
     cases.push((
         apply_request(&swapped, &other_change, 1, 60),
+        GateCheck::Plan,
         "but the approved change is",
     ));
 
@@ -460,6 +526,7 @@ async fn forged_apply_requests_are_refused_with_the_reason_and_change_nothing() 
     hold_lock(&bus, &stale, stale.plan_id, 9).await;
     cases.push((
         apply_request(&stale, &build, 8, 60),
+        GateCheck::Lock,
         "fencing token 8 is stale",
     ));
 
@@ -474,6 +541,7 @@ async fn forged_apply_requests_are_refused_with_the_reason_and_change_nothing() 
     hold_lock(&bus, &taken, PlanId(Uuid::nil()), 3).await;
     cases.push((
         apply_request(&taken, &build, 3, 60),
+        GateCheck::Lock,
         "is held by plan 00000000",
     ));
 
@@ -486,7 +554,11 @@ async fn forged_apply_requests_are_refused_with_the_reason_and_change_nothing() 
         .await
         .unwrap();
     hold_lock(&bus, &late, late.plan_id, 1).await;
-    cases.push((apply_request(&late, &build, 1, -5), "the request expired"));
+    cases.push((
+        apply_request(&late, &build, 1, -5),
+        GateCheck::Expiry,
+        "the request expired",
+    ));
 
     // Approved plans with a free lock: only the signature stands between them and an apply.
     let mut signed_wrong = Vec::new();
@@ -506,25 +578,35 @@ async fn forged_apply_requests_are_refused_with_the_reason_and_change_nothing() 
     unsigned.signature.clear();
     cases.push((
         unsigned,
+        GateCheck::Signature,
         "the request is not the Conductor's: it is not signed",
     ));
     let (mallory, _) = Signer::generate();
     let other_key = signed_wrong.remove(0).signed_by(&mallory);
-    cases.push((other_key, "its signature was not made by the trusted key"));
+    cases.push((
+        other_key,
+        GateCheck::Signature,
+        "its signature was not made by the trusted key",
+    ));
     let mut tampered = signed_wrong.remove(0);
     tampered.approvers = vec!["mallory".into()];
-    cases.push((tampered, "its signature was not made by the trusted key"));
+    cases.push((
+        tampered,
+        GateCheck::Signature,
+        "its signature was not made by the trusted key",
+    ));
 
-    for (request, _) in &cases {
+    for (request, _, _) in &cases {
         bus.publish(subjects::APPLY_REQUEST, request).await.unwrap();
     }
     let events: Vec<OpsEvent> = wait_for(&bus, subjects::OPS_EVENT, cases.len(), &[&forge]).await;
-    for (request, reason) in &cases {
+    for (request, check, reason) in &cases {
         let event = events
             .iter()
             .find(|e| e.plan_id == request.plan_id)
             .unwrap();
         assert_eq!(event.kind, OpsEventKind::ApplyRefused, "{event:?}");
+        assert_eq!(event.refused_by, Some(*check), "{event:?}");
         assert!(
             event.message.contains(reason),
             "{reason}: {}",

@@ -8,7 +8,10 @@ use infracrew_e2e::{
     AgentProcess, crew as crew_cli, crew_bus, messages_on, start_crew_serving, submit, text,
     wait_for_state,
 };
-use infracrew_protocol::{DecisionChannel, GoalStatement, PlanId, PlanState, subjects};
+use infracrew_protocol::{
+    ApplyRequest, DecisionChannel, GateCheck, GoalStatement, OpsEventKind, PlanId, PlanState,
+    subjects,
+};
 use infracrew_testkit::{
     NatsServer,
     github::{GithubSimulator, deliver_webhook, issue_comment_event, pull_request_review_event},
@@ -415,6 +418,73 @@ async fn github_failing_while_a_run_is_followed_is_asked_again_not_a_failed_plan
         "{:#?}",
         events.iter().map(|e| &e.message).collect::<Vec<_>>()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plan_being_applied_is_not_failed_by_a_forged_request_nor_moved_by_an_expired_copy() {
+    let (server, crew) = github_crew_with_forge(ci_dispatch_forge).await;
+    // GitHub is down from the dispatch until the test lets it recover: the plan stays
+    // APPLYING, its run followed and asked about again.
+    crew.github.fail_after_next_dispatch(10_000, 502);
+    let plan = submit(&server, "examples/goals/valid/social-intel-staging.json");
+    wait_for_state(&crew.bus, plan, PlanState::Ready, &crew.agents).await;
+    let approved = infracrew_e2e::approve(&server, plan, "alice");
+    assert!(approved.status.success(), "{}", text(&approved.stderr));
+    wait_for_state(&crew.bus, plan, PlanState::Applying, &crew.agents).await;
+    let requests: Vec<ApplyRequest> = messages_on(&crew.bus, subjects::APPLY_REQUEST).await;
+    let genuine = requests.into_iter().find(|r| r.plan_id == plan).unwrap();
+
+    // Someone with a bus credential but not the Conductor's key: Forge refuses the request,
+    // and the Conductor does not take that refusal as the end of the apply.
+    let mut forged = genuine.clone();
+    forged.approvers = vec!["mallory".into()];
+    forged.issued_at = chrono::Utc::now();
+    crew.bus
+        .publish(subjects::APPLY_REQUEST, &forged)
+        .await
+        .unwrap();
+    // The Conductor's own request, expired (a copy that outwaited a Forge that was down):
+    // it may carry on the apply that started in time, so it waits on that apply's lease.
+    let mut expired = genuine.clone();
+    expired.issued_at = chrono::Utc::now() - chrono::Duration::minutes(10);
+    expired.expires_at = chrono::Utc::now() - chrono::Duration::minutes(5);
+    let expired = expired.signed_by(&infracrew_e2e::conductor_key().0);
+    crew.bus
+        .publish(subjects::APPLY_REQUEST, &expired)
+        .await
+        .unwrap();
+    crew.wait_until("the forged request's refusal set aside", || async {
+        crew.agents.iter().any(|agent| {
+            agent.name == "conductor" && agent.log().contains("not the Conductor's current one")
+        }) && crew.agents.iter().any(|agent| {
+            agent.name == "forge"
+                && agent
+                    .log()
+                    .contains("another apply of this plan is under way")
+        })
+    })
+    .await;
+    let events: Vec<infracrew_protocol::OpsEvent> =
+        messages_on(&crew.bus, subjects::OPS_EVENT).await;
+    let refusals: Vec<_> = events
+        .iter()
+        .filter(|event| event.kind == OpsEventKind::ApplyRefused)
+        .collect();
+    assert_eq!(refusals.len(), 1, "{refusals:#?}");
+    assert_eq!(refusals[0].refused_by, Some(GateCheck::Signature));
+    assert_eq!(refusals[0].request_issued_at, Some(forged.issued_at));
+
+    crew.github.recover();
+    let applied = wait_for_state(&crew.bus, plan, PlanState::Applied, &crew.agents).await;
+    assert!(
+        applied
+            .history
+            .iter()
+            .all(|moved| moved.to != PlanState::Failed),
+        "{:#?}",
+        applied.history
+    );
+    assert_eq!(crew.github.dispatches("acme", "deploys").len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,8 +10,8 @@ use infracrew_bus::{Bus, HandlerError, Kv, KvError, Sent, Shutdown, TraceContext
 use infracrew_protocol::{
     AgentRole, ApplyRequest, Approval, ApprovalDecision, BuildOutcome, BuildStatus,
     DecisionChannel, DecisionKind, DecisionOutcome, DecisionReply, DecisionRequest, DecodeError,
-    FieldError, LockRecord, Message, OpsEvent, OpsEventKind, PlanId, PlanRecord, PlanSpec,
-    PlanState, PlanTransitioned, SchemaVersion, Transition, decode, encode, lock_key,
+    FieldError, GateCheck, LockRecord, Message, OpsEvent, OpsEventKind, PlanId, PlanRecord,
+    PlanSpec, PlanState, PlanTransitioned, SchemaVersion, Transition, decode, encode, lock_key,
     signing::{Signer, Verifier},
     subjects,
 };
@@ -586,14 +586,22 @@ impl Conductor {
                 let end = match event.kind {
                     OpsEventKind::ApplyDone => PlanState::Applied,
                     OpsEventKind::ApplyFailed => PlanState::Failed,
-                    // A refusal ends only an apply the Conductor asked for: a forged request's
-                    // refusal must not fail a plan that is still waiting for its decision.
+                    // A refusal ends only an apply the Conductor asked for, and only when the
+                    // refused request may be its current one: a forged request's refusal must
+                    // not fail a plan, nor a replayed or outwaited one's (the sweeper sends an
+                    // APPROVED plan a fresh request).
                     OpsEventKind::ApplyRefused
-                        if matches!(record.state, PlanState::Approved | PlanState::Applying) =>
+                        if matches!(record.state, PlanState::Approved | PlanState::Applying)
+                            && event
+                                .refused_by
+                                .is_none_or(GateCheck::may_refuse_the_conductors_request) =>
                     {
                         PlanState::Failed
                     }
-                    OpsEventKind::ApplyRefused => return false,
+                    OpsEventKind::ApplyRefused => {
+                        tracing::warn!(plan = %event.plan_id, check = ?event.refused_by, reason = %event.message, "Forge refused a request that is not the Conductor's current one; the plan stays {}", record.state);
+                        return false;
+                    }
                     OpsEventKind::RolledBack => PlanState::RolledBack,
                     OpsEventKind::ApplyStarted => PlanState::Applying,
                     OpsEventKind::StepStarted

@@ -207,6 +207,7 @@ pub fn ops_event() -> OpsEvent {
         attempt: 1,
         request_issued_at: Some(at(6)),
         kind: OpsEventKind::StepSucceeded,
+        refused_by: None,
         step: Some("start replica 1 of 2".into()),
         message: "replica 1 of 2 is ready".into(),
         driver: "dry-run".into(),

@@ -347,6 +347,13 @@ impl GithubSimulator {
             .extend(std::iter::repeat_n(Failure::Status(status), n));
     }
 
+    /// GitHub is back: the injected failures not given yet are dropped.
+    pub fn recover(&self) {
+        let mut github = self.lock();
+        github.failures.clear();
+        github.failures_after_dispatch.clear();
+    }
+
     /// The next `n` API calls answer 403 with GitHub's primary rate limit message and
     /// headers (`x-ratelimit-remaining: 0`, a reset a second ahead, `retry-after: 1`).
     pub fn rate_limit_next(&self, n: usize) {

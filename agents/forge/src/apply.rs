@@ -10,9 +10,9 @@ use std::{
 use chrono::Utc;
 use infracrew_bus::{Bus, Delivery, Kv, KvError, Sent, Versioned};
 use infracrew_protocol::{
-    ApplyRequest, ChangeAction, DesiredState, LockRecord, OpsEvent, OpsEventKind, PlanRecord,
-    PlanSpec, PlanState, SchemaVersion, ServiceState, Strategy, lock_key, signing::Verifier,
-    subjects,
+    ApplyRequest, ChangeAction, DesiredState, GateCheck, LockRecord, OpsEvent, OpsEventKind,
+    PlanRecord, PlanSpec, PlanState, SchemaVersion, ServiceState, Strategy, lock_key,
+    signing::Verifier, subjects,
 };
 
 use crate::{
@@ -68,13 +68,32 @@ impl Steps<'_> {
         step: Option<String>,
         message: String,
     ) -> Result<(), ApplyError> {
-        // Refusals are numbered 0, so they never take the place of a step of a real apply.
-        let seq = if kind == OpsEventKind::ApplyRefused {
-            0
-        } else {
-            self.seq += 1;
-            self.seq
-        };
+        self.seq += 1;
+        self.send(self.seq, kind, None, step, message).await
+    }
+
+    /// The one event of a refused request. Refusals are numbered 0, so they never take the
+    /// place of a step of a real apply.
+    async fn refusal(&mut self, refused: Refusal) -> Result<(), ApplyError> {
+        let message = format!("{}; nothing was changed", refused.reason);
+        self.send(
+            0,
+            OpsEventKind::ApplyRefused,
+            Some(refused.by),
+            None,
+            message,
+        )
+        .await
+    }
+
+    async fn send(
+        &mut self,
+        seq: u32,
+        kind: OpsEventKind,
+        refused_by: Option<GateCheck>,
+        step: Option<String>,
+        message: String,
+    ) -> Result<(), ApplyError> {
         let event = OpsEvent {
             schema_version: SchemaVersion::CURRENT,
             plan_id: self.request.plan_id,
@@ -83,6 +102,7 @@ impl Steps<'_> {
             attempt: self.attempt,
             request_issued_at: Some(self.request.issued_at),
             kind,
+            refused_by,
             step,
             message,
             driver: self.driver.to_owned(),
@@ -335,15 +355,9 @@ pub async fn apply<D: Apply>(
     let mut hold = loop {
         let build = match check_gate(conductor, records, request).await? {
             Ok(build) => build,
-            Err(refusal) => {
-                tracing::warn!(plan = %request.plan_id, %refusal, "apply refused");
-                steps
-                    .event(
-                        OpsEventKind::ApplyRefused,
-                        None,
-                        format!("{refusal}; nothing was changed"),
-                    )
-                    .await?;
+            Err(refused) => {
+                tracing::warn!(plan = %request.plan_id, check = ?refused.by, reason = %refused.reason, "apply refused");
+                steps.refusal(refused).await?;
                 return Ok(ApplyEnd::Refused);
             }
         };
@@ -502,47 +516,74 @@ async fn carry_out<D: Apply>(
     Ok(ApplyEnd::Applied)
 }
 
-/// The build to apply (with its revision, for its lease), or the reason the request must be
-/// refused.
+/// Why the gate refused a request: the check that failed, and how.
+struct Refusal {
+    by: GateCheck,
+    reason: String,
+}
+
+/// The build to apply (with its revision, for its lease), or why the request is refused.
+type GateAnswer = Result<Versioned<BuildRecord>, Refusal>;
+
+fn refused(by: GateCheck, reason: String) -> Result<GateAnswer, ApplyError> {
+    Ok(Err(Refusal { by, reason }))
+}
+
+/// Makes the gate's checks in `GateCheck`'s order.
 async fn check_gate(
     conductor: &Verifier,
     records: &Records,
     request: &ApplyRequest,
-) -> Result<Result<Versioned<BuildRecord>, String>, ApplyError> {
+) -> Result<GateAnswer, ApplyError> {
     // Before anything else: whoever can publish on the bus cannot make Forge apply.
     if let Err(error) = conductor.verify(&request.signed_payload(), &request.signature) {
-        return Ok(Err(format!("the request is not the Conductor's: {error}")));
-    }
-    if request.expires_at <= Utc::now() {
-        return Ok(Err(format!(
-            "the request expired at {}",
-            request.expires_at
-        )));
+        return refused(
+            GateCheck::Signature,
+            format!("the request is not the Conductor's: {error}"),
+        );
     }
     let key = request.plan_id.to_string();
     // The plan and its build are read at once; the lock's name comes from the plan.
     let (record, build) = tokio::join!(records.plans.get(&key), records.builds.get(&key));
-    let Some(record) = record.map_err(transient)?.map(|r| r.value) else {
-        return Ok(Err(format!(
-            "plan {} has no record: it was not submitted through the Conductor",
-            request.plan_id
-        )));
+    let record = record.map_err(transient)?.map(|r| r.value);
+    // An expired request may only carry on an apply that started in time: the redelivery of
+    // one whose Forge died, which the build's lease keeps to one apply.
+    let applying = record
+        .as_ref()
+        .is_some_and(|record| record.state == PlanState::Applying);
+    if request.expires_at <= Utc::now() && !applying {
+        return refused(
+            GateCheck::Expiry,
+            format!("the request expired at {}", request.expires_at),
+        );
+    }
+    let Some(record) = record else {
+        return refused(
+            GateCheck::Plan,
+            format!(
+                "plan {} has no record: it was not submitted through the Conductor",
+                request.plan_id
+            ),
+        );
     };
     // A redelivered request finds its plan already APPLYING.
     if !matches!(record.state, PlanState::Approved | PlanState::Applying) {
-        return Ok(Err(format!(
-            "plan {} is {}, not APPROVED",
-            request.plan_id, record.state
-        )));
+        return refused(
+            GateCheck::Plan,
+            format!("plan {} is {}, not APPROVED", request.plan_id, record.state),
+        );
     }
     if record.digest() != Some(&request.digest) {
         let approved = record
             .digest()
             .map_or_else(|| "none".to_owned(), ToString::to_string);
-        return Ok(Err(format!(
-            "the request names digest {}, but the approved change is {approved}",
-            request.digest
-        )));
+        return refused(
+            GateCheck::Plan,
+            format!(
+                "the request names digest {}, but the approved change is {approved}",
+                request.digest
+            ),
+        );
     }
     let lock_name = lock_key(&record.plan.environment, &record.plan.service);
     let lock = records
@@ -554,24 +595,32 @@ async fn check_gate(
     match lock {
         Some(lock) if lock.plan_id == request.plan_id && lock.token == request.fencing_token => {}
         Some(lock) if lock.plan_id != request.plan_id => {
-            return Ok(Err(format!(
-                "the lock on {lock_name} is held by plan {}",
-                lock.plan_id
-            )));
+            return refused(
+                GateCheck::Lock,
+                format!("the lock on {lock_name} is held by plan {}", lock.plan_id),
+            );
         }
         Some(lock) => {
-            return Ok(Err(format!(
-                "fencing token {} is stale: the lock on {lock_name} is at token {}",
-                request.fencing_token, lock.token
-            )));
+            return refused(
+                GateCheck::Lock,
+                format!(
+                    "fencing token {} is stale: the lock on {lock_name} is at token {}",
+                    request.fencing_token, lock.token
+                ),
+            );
         }
-        None => return Ok(Err(format!("nobody holds the lock on {lock_name}"))),
+        None => {
+            return refused(
+                GateCheck::Lock,
+                format!("nobody holds the lock on {lock_name}"),
+            );
+        }
     }
     match build.map_err(transient)? {
         Some(build) if build.value.digest == request.digest => Ok(Ok(build)),
-        _ => Ok(Err(format!(
-            "no build with digest {} is recorded",
-            request.digest
-        ))),
+        _ => refused(
+            GateCheck::Build,
+            format!("no build with digest {} is recorded", request.digest),
+        ),
     }
 }

@@ -209,6 +209,9 @@ pub struct OpsEvent {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_issued_at: Option<DateTime<Utc>>,
     pub kind: OpsEventKind,
+    /// For `APPLY_REFUSED`: the check of Forge's gate that refused the request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused_by: Option<GateCheck>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub step: Option<String>,
     pub message: String,
@@ -246,6 +249,33 @@ pub enum OpsEventKind {
     RolledBack,
     /// Forge refused the ApplyRequest (not approved, wrong digest, stale fencing token, ...).
     ApplyRefused,
+}
+
+/// The checks of Forge's gate, in the order it makes them; the first that fails refuses an
+/// ApplyRequest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum GateCheck {
+    /// The request is signed by the Conductor's key.
+    Signature,
+    /// The request has not expired, or it is the redelivery of one whose apply started in
+    /// time (its plan is APPLYING).
+    Expiry,
+    /// The plan's record exists, is APPROVED (or APPLYING) and names the request's digest.
+    Plan,
+    /// The lock on the plan's service is the plan's, at the request's fencing token.
+    Lock,
+    /// A build with the request's digest is recorded.
+    Build,
+}
+
+impl GateCheck {
+    /// Whether a request this check refused may still be the Conductor's current
+    /// instruction. One that is not signed by its key, or that expired (a replay, or one that
+    /// outwaited a Forge that was down), is not: its refusal must not end the plan.
+    pub fn may_refuse_the_conductors_request(self) -> bool {
+        !matches!(self, Self::Signature | Self::Expiry)
+    }
 }
 
 impl OpsEventKind {

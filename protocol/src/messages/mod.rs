@@ -11,7 +11,7 @@ pub use apply::{
     ApplyRequest, ApprovalDecision, DecisionChannel, DecisionKind, DecisionOutcome, DecisionReply,
     DecisionRequest, PlanTransitioned,
 };
-pub use apply::{OpsEvent, OpsEventKind};
+pub use apply::{GateCheck, OpsEvent, OpsEventKind};
 pub use build::{BuildOutcome, BuildStatus, ChangeAction, ChangeSet, DiffSummary, ResourceChange};
 pub use crew::{AgentRole, DeadLetter, DeadLetterKind, Heartbeat};
 pub use goal::{GoalRejected, GoalSource, GoalStatement, Intent, Rejection, Strategy};
