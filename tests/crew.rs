@@ -206,6 +206,66 @@ async fn a_goal_is_approved_by_an_allowed_person_and_applied() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plan_forge_never_starts_fails_when_its_approval_expires_with_the_lock_released() {
+    let server = NatsServer::start().unwrap();
+    let bus = crew_bus(&server).await;
+    // Forge trusts another key than the Conductor's (a rotation half done): it refuses every
+    // request as not the Conductor's, refusals that move no plan.
+    let (other, _) = Signer::generate();
+    let mut agents: Vec<AgentProcess> = ["atlas", "sentinel"]
+        .iter()
+        .map(|name| AgentProcess::start(name, &server, &[]))
+        .collect();
+    agents.push(AgentProcess::start_with_env(
+        "forge",
+        &server,
+        &[],
+        &[("INFRACREW_CONDUCTOR_PUBLIC_KEY", &other.public_key())],
+    ));
+    agents.push(AgentProcess::start(
+        "conductor",
+        &server,
+        &["--apply-request-ttl-seconds", "2", "--sweep-seconds", "1"],
+    ));
+    let plan = submit(&server, "examples/goals/valid/social-intel-staging.json");
+    wait_for_state(&bus, plan, PlanState::Ready, &agents).await;
+    let approved = approve(&server, plan, "alice");
+    assert!(approved.status.success(), "{}", text(&approved.stderr));
+
+    // Two seconds to start, and one patience (ten seconds) for clocks a little apart.
+    let failed = infracrew_e2e::wait_for_state_within(
+        &bus,
+        plan,
+        PlanState::Failed,
+        &agents,
+        std::time::Duration::from_secs(40),
+    )
+    .await;
+    let states: Vec<PlanState> = failed.history.iter().map(|t| t.to).collect();
+    assert_eq!(
+        states[states.len() - 2..],
+        [PlanState::Approved, PlanState::Failed]
+    );
+    let why = &failed.history.last().unwrap().why;
+    assert!(
+        why.contains("Forge did not start the apply before its approval's requests expired"),
+        "{why}"
+    );
+    let events: Vec<OpsEvent> = messages_on(&bus, subjects::OPS_EVENT).await;
+    assert!(
+        events.iter().all(|e| e.kind == OpsEventKind::ApplyRefused
+            && e.refused_by == Some(infracrew_protocol::GateCheck::Signature)),
+        "{events:#?}"
+    );
+    assert!(!events.is_empty());
+    let locks = bus.kv::<LockRecord>(buckets::LOCKS).await.unwrap();
+    assert!(
+        locks.get("staging.social-intel").await.unwrap().is_none(),
+        "the lock was released"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_plan_for_the_same_target_waits_for_the_lock_and_follows() {
     let server = NatsServer::start().unwrap();
     let bus = crew_bus(&server).await;

@@ -377,6 +377,8 @@ async fn a_plan_under_way_is_not_applied_by_a_second_request_until_its_lease_lap
         OpsEventKind::ApplyDone,
         "{events:#?}"
     );
+    // The lease is marked ended once the last event is confirmed, before the request's ack.
+    wait_until_drained(&bus, "forge").await;
     let lease = builds
         .get(&key)
         .await
@@ -464,6 +466,8 @@ async fn an_expired_request_carries_on_only_an_apply_that_started_in_time() {
         [ApplyStarted, StepStarted, StepSucceeded, ApplyDone],
         "{events:#?}"
     );
+    // The lease is marked ended once the last event is confirmed, before the request's ack.
+    wait_until_drained(&bus, "forge").await;
     let lease = builds.get(&key).await.unwrap().unwrap().value.applying;
     assert_eq!(lease.unwrap().ended.as_deref(), Some("applied"));
 }

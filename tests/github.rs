@@ -455,7 +455,8 @@ async fn a_plan_being_applied_is_not_failed_by_a_forged_request_nor_moved_by_an_
         .unwrap();
     crew.wait_until("the forged request's refusal set aside", || async {
         crew.agents.iter().any(|agent| {
-            agent.name == "conductor" && agent.log().contains("not the Conductor's current one")
+            agent.name == "conductor"
+                && agent.log().contains("a request the Conductor did not sign")
         }) && crew.agents.iter().any(|agent| {
             agent.name == "forge"
                 && agent

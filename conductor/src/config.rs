@@ -17,7 +17,8 @@ pub struct ConductorConfig {
     #[serde(default = "defaults::lock_lease_seconds")]
     #[schemars(range(min = 1))]
     pub lock_lease_seconds: u64,
-    /// How long an ApplyRequest may wait before Forge refuses it.
+    /// How long after its approval Forge may start a plan's apply: every ApplyRequest for
+    /// the approval expires then, and the sweeper fails a plan still APPROVED after it.
     #[serde(default = "defaults::apply_request_ttl_seconds")]
     #[schemars(range(min = 1))]
     pub apply_request_ttl_seconds: u64,

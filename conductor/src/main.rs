@@ -24,7 +24,7 @@ struct Cli {
     /// Over the file: how long a lock lives without renewal, in seconds.
     #[arg(long, env = "INFRACREW_LOCK_LEASE_SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
     lock_lease_seconds: Option<u64>,
-    /// Over the file: how long an ApplyRequest stays valid, in seconds.
+    /// Over the file: how long after its approval Forge may start a plan's apply, in seconds.
     #[arg(long, env = "INFRACREW_APPLY_REQUEST_TTL_SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
     apply_request_ttl_seconds: Option<u64>,
     /// Over the file: how often expiry and stale locks are checked, in seconds.

@@ -577,6 +577,14 @@ impl Conductor {
         ) {
             return Ok(());
         }
+        // A request not signed by the Conductor's key is not one it sent: its refusal ends
+        // nothing (a plan the Conductor approved gets its own requests).
+        if event.kind == OpsEventKind::ApplyRefused
+            && event.refused_by == Some(GateCheck::Signature)
+        {
+            tracing::warn!(plan = %event.plan_id, reason = %event.message, "Forge refused a request the Conductor did not sign; the plan does not move");
+            return Ok(());
+        }
         let now = Utc::now();
         let record = self
             .update(event.plan_id, |record| {
@@ -586,22 +594,14 @@ impl Conductor {
                 let end = match event.kind {
                     OpsEventKind::ApplyDone => PlanState::Applied,
                     OpsEventKind::ApplyFailed => PlanState::Failed,
-                    // A refusal ends only an apply the Conductor asked for, and only when the
-                    // refused request may be its current one: a forged request's refusal must
-                    // not fail a plan, nor a replayed or outwaited one's (the sweeper sends an
-                    // APPROVED plan a fresh request).
+                    // A refusal ends only an apply the Conductor asked for: a plan still
+                    // waiting for its decision stays as it is.
                     OpsEventKind::ApplyRefused
-                        if matches!(record.state, PlanState::Approved | PlanState::Applying)
-                            && event
-                                .refused_by
-                                .is_none_or(GateCheck::may_refuse_the_conductors_request) =>
+                        if matches!(record.state, PlanState::Approved | PlanState::Applying) =>
                     {
                         PlanState::Failed
                     }
-                    OpsEventKind::ApplyRefused => {
-                        tracing::warn!(plan = %event.plan_id, check = ?event.refused_by, reason = %event.message, "Forge refused a request that is not the Conductor's current one; the plan stays {}", record.state);
-                        return false;
-                    }
+                    OpsEventKind::ApplyRefused => return false,
                     OpsEventKind::RolledBack => PlanState::RolledBack,
                     OpsEventKind::ApplyStarted => PlanState::Applying,
                     OpsEventKind::StepStarted
@@ -637,9 +637,22 @@ impl Conductor {
         Ok(())
     }
 
-    /// The signed instruction to apply an approved plan's change, if it has one.
+    /// When Forge's time to start an approved plan's apply runs out: the approval's moment
+    /// and `apply_request_ttl_seconds`.
+    fn start_deadline(&self, record: &PlanRecord) -> Option<DateTime<Utc>> {
+        let approved = record
+            .history
+            .iter()
+            .rev()
+            .find(|moved| moved.to == PlanState::Approved)?;
+        Some(approved.at + chrono::Duration::seconds(self.config.apply_request_ttl_seconds as i64))
+    }
+
+    /// The signed instruction to apply an approved plan's change, if it has one. Every request
+    /// for one approval, resent copies too, expires at its start deadline.
     fn apply_request(&self, record: &PlanRecord) -> Option<ApplyRequest> {
         let digest = record.digest().cloned()?;
+        let expires_at = self.start_deadline(record)?;
         let now = Utc::now();
         let request = ApplyRequest {
             schema_version: SchemaVersion::CURRENT,
@@ -652,8 +665,7 @@ impl Conductor {
                 .map(|approval| approval.approver.clone())
                 .collect(),
             issued_at: now,
-            expires_at: now
-                + chrono::Duration::seconds(self.config.apply_request_ttl_seconds as i64),
+            expires_at,
             signature: String::new(),
         }
         .signed_by(&self.signer);
@@ -1111,10 +1123,34 @@ impl Conductor {
             let id = Message::message_id(&record.plan);
             self.send_copy(&record, now, subjects::PLAN_ROUTED, &record.plan, &id)
                 .await?;
+        } else if record.state == PlanState::Approved
+            && let Some(deadline) = self.start_deadline(&record)
+            && now > deadline + self.patience()
+        {
+            // Forge did not start in time: it was down, or it refused every request as not
+            // the Conductor's (it trusts another key). Forge compares the deadline with its
+            // own clock, so one patience is left for clocks a little apart.
+            let failed = self
+                .update(record.plan.plan_id, |record| {
+                    record.state == PlanState::Approved
+                        && record
+                        .move_to(
+                            PlanState::Failed,
+                            CONDUCTOR,
+                            format!("Forge did not start the apply before its approval's requests expired at {deadline}; nothing was applied (see the plan's events for Forge's refusals)"),
+                            now,
+                        )
+                        .is_ok()
+                })
+                .await?;
+            if let Some(failed) = failed.filter(|r| r.state == PlanState::Failed) {
+                self.release(&failed).await?;
+            }
         } else if record.state == PlanState::Approved && self.apply_overdue(&record, now) {
             // Approved, yet Forge never started: the request was lost (a Conductor died
-            // between the decision and the request, or it was dead-lettered). Forge's lease on
-            // the build keeps a copy from applying the plan a second time, so send again.
+            // between the decision and the request, or it was dead-lettered), or Forge refused
+            // a forgery in its place. Forge's lease on the build keeps a copy from applying the
+            // plan a second time, so send again.
             if let Some(request) = self.apply_request(&record) {
                 let id = format!("apply:{}:{}", request.plan_id, request.digest);
                 self.send_copy(&record, now, subjects::APPLY_REQUEST, &request, &id)
@@ -1176,10 +1212,15 @@ impl Conductor {
 
     /// How many times that patience a plan has waited since its last move.
     fn waited_patiences(&self, record: &PlanRecord, now: DateTime<Utc>) -> u32 {
-        let patience = (self.config.sweep_seconds * 3).max(10) as i64;
+        let patience = self.patience().num_seconds();
         record.history.last().map_or(0, |last| {
             u32::try_from((now - last.at).num_seconds() / patience).unwrap_or(u32::MAX)
         })
+    }
+
+    /// How long a plan may wait on another agent before the sweeper looks into it.
+    fn patience(&self) -> chrono::Duration {
+        chrono::Duration::seconds((self.config.sweep_seconds * 3).max(10) as i64)
     }
 }
 

@@ -258,8 +258,9 @@ pub enum OpsEventKind {
 pub enum GateCheck {
     /// The request is signed by the Conductor's key.
     Signature,
-    /// The request has not expired, or it is the redelivery of one whose apply started in
-    /// time (its plan is APPLYING).
+    /// The request has not expired, unless its plan is APPLYING: the Conductor gives all the
+    /// requests of one approval its expiry, so that apply started in time, and a request
+    /// redelivered after its Forge died carries it on.
     Expiry,
     /// The plan's record exists, is APPROVED (or APPLYING) and names the request's digest.
     Plan,
@@ -267,23 +268,4 @@ pub enum GateCheck {
     Lock,
     /// A build with the request's digest is recorded.
     Build,
-}
-
-impl GateCheck {
-    /// Whether a request this check refused may still be the Conductor's current
-    /// instruction. One that is not signed by its key, or that expired (a replay, or one that
-    /// outwaited a Forge that was down), is not: its refusal must not end the plan.
-    pub fn may_refuse_the_conductors_request(self) -> bool {
-        !matches!(self, Self::Signature | Self::Expiry)
-    }
-}
-
-impl OpsEventKind {
-    /// Whether this event ends the apply.
-    pub fn is_terminal(self) -> bool {
-        matches!(
-            self,
-            Self::ApplyDone | Self::ApplyFailed | Self::RolledBack | Self::ApplyRefused
-        )
-    }
 }
