@@ -6,7 +6,7 @@
 #![allow(clippy::unwrap_used)] // a test that unwraps fails with the error, which is what a test should do
 
 use chrono::Utc;
-use infracrew_bus::{Bus, buckets};
+use infracrew_bus::{Bus, Kv, buckets};
 use infracrew_e2e::{
     AgentProcess, conductor_key, crew_bus, messages_on, wait_for, wait_until_drained,
 };
@@ -235,6 +235,29 @@ async fn approve_as_the_conductor(bus: &Bus, plan: &PlanSpec, build: &BuildStatu
     hold_lock(bus, plan, plan.plan_id, token).await;
 }
 
+/// Another Forge holds the plan's apply lease, last renewed `renewed_ago`; the builds bucket,
+/// for reading the lease later.
+async fn lease_held_by(
+    bus: &Bus,
+    plan: &PlanSpec,
+    holder: &str,
+    renewed_ago: chrono::Duration,
+) -> Kv<BuildRecord> {
+    let builds = bus.kv::<BuildRecord>(buckets::BUILDS).await.unwrap();
+    let key = plan.plan_id.to_string();
+    let mut build = builds.get(&key).await.unwrap().unwrap();
+    build.value.applying = Some(ApplyLease {
+        holder: holder.to_owned(),
+        renewed_at: Utc::now() - renewed_ago,
+        ended: None,
+    });
+    builds
+        .update(&key, &build.value, build.revision)
+        .await
+        .unwrap();
+    builds
+}
+
 fn apply_request(
     plan: &PlanSpec,
     build: &BuildStatus,
@@ -339,18 +362,14 @@ async fn a_plan_under_way_is_not_applied_by_a_second_request_until_its_lease_lap
 
     // Another Forge took the plan's apply 12 s ago and has not renewed its lease since: it
     // lapses 3 s from now, and only then may this request apply.
-    let builds = bus.kv::<BuildRecord>(buckets::BUILDS).await.unwrap();
+    let builds = lease_held_by(
+        &bus,
+        &plan,
+        "forge elsewhere",
+        chrono::Duration::seconds(12),
+    )
+    .await;
     let key = plan.plan_id.to_string();
-    let mut build = builds.get(&key).await.unwrap().unwrap();
-    build.value.applying = Some(ApplyLease {
-        holder: "forge elsewhere".into(),
-        renewed_at: Utc::now() - chrono::Duration::seconds(12),
-        ended: None,
-    });
-    builds
-        .update(&key, &build.value, build.revision)
-        .await
-        .unwrap();
     bus.publish(
         subjects::APPLY_REQUEST,
         &apply_request(&plan, &built[0], 3, 60),
@@ -440,18 +459,8 @@ async fn an_expired_request_carries_on_only_an_apply_that_started_in_time() {
         )
         .await
         .unwrap();
-    let builds = bus.kv::<BuildRecord>(buckets::BUILDS).await.unwrap();
+    let builds = lease_held_by(&bus, &plan, "forge that died", chrono::Duration::minutes(1)).await;
     let key = plan.plan_id.to_string();
-    let mut build = builds.get(&key).await.unwrap().unwrap();
-    build.value.applying = Some(ApplyLease {
-        holder: "forge that died".into(),
-        renewed_at: Utc::now() - chrono::Duration::minutes(1),
-        ended: None,
-    });
-    builds
-        .update(&key, &build.value, build.revision)
-        .await
-        .unwrap();
     bus.publish(
         subjects::APPLY_REQUEST,
         &apply_request(&plan, &built[0], 5, -5),
