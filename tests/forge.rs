@@ -221,6 +221,36 @@ async fn hold_lock(bus: &Bus, plan: &PlanSpec, holder_plan: PlanId, token: u64) 
         .unwrap();
 }
 
+/// Forge and Sentinel on a server of their own, and the plan numbered `number` for `service` in
+/// staging, routed and built.
+struct BuiltPlan {
+    bus: Bus,
+    sentinel: AgentProcess,
+    forge: AgentProcess,
+    plan: PlanSpec,
+    build: BuildStatus,
+    server: NatsServer,
+}
+
+async fn a_built_plan(number: u128, service: &str) -> BuiltPlan {
+    let server = NatsServer::start().unwrap();
+    let bus = crew_bus(&server).await;
+    let sentinel = AgentProcess::start("sentinel", &server, &[]);
+    let forge = AgentProcess::start("forge", &server, &[]);
+    let plan = plan(number, service, "staging", |_| {});
+    bus.publish(subjects::PLAN_ROUTED, &plan).await.unwrap();
+    let mut built: Vec<BuildStatus> =
+        wait_for(&bus, subjects::BUILD_STATUS, 1, &[&forge, &sentinel]).await;
+    BuiltPlan {
+        bus,
+        sentinel,
+        forge,
+        plan,
+        build: built.remove(0),
+        server,
+    }
+}
+
 /// What the Conductor does on an approval: the record says APPROVED with `build`, and the
 /// plan holds the lock with fencing token `token`.
 async fn approve_as_the_conductor(bus: &Bus, plan: &PlanSpec, build: &BuildStatus, token: u64) {
@@ -279,25 +309,20 @@ fn apply_request(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_approved_plan_is_applied_step_by_step_and_recorded() {
-    let server = NatsServer::start().unwrap();
-    let bus = crew_bus(&server).await;
-    let sentinel = AgentProcess::start("sentinel", &server, &[]);
-    let forge = AgentProcess::start("forge", &server, &[]);
-    let plan = plan(1, "social-intel", "staging", |_| {});
-    bus.publish(subjects::PLAN_ROUTED, &plan).await.unwrap();
-    let built: Vec<BuildStatus> =
-        wait_for(&bus, subjects::BUILD_STATUS, 1, &[&forge, &sentinel]).await;
-    assert_eq!(
-        built[0].outcome,
-        BuildOutcome::Ready,
-        "{:?}",
-        built[0].findings
-    );
+    let BuiltPlan {
+        bus,
+        sentinel: _sentinel,
+        forge,
+        plan,
+        build,
+        server: _server,
+    } = a_built_plan(1, "social-intel").await;
+    assert_eq!(build.outcome, BuildOutcome::Ready, "{:?}", build.findings);
 
-    approve_as_the_conductor(&bus, &plan, &built[0], 7).await;
+    approve_as_the_conductor(&bus, &plan, &build, 7).await;
     bus.publish(
         subjects::APPLY_REQUEST,
-        &apply_request(&plan, &built[0], 7, 60),
+        &apply_request(&plan, &build, 7, 60),
     )
     .await
     .unwrap();
@@ -317,7 +342,7 @@ async fn an_approved_plan_is_applied_step_by_step_and_recorded() {
     assert!(
         events
             .iter()
-            .all(|e| e.digest == built[0].digest && e.driver == "dry-run")
+            .all(|e| e.digest == build.digest && e.driver == "dry-run")
     );
     let records = bus.kv::<ServiceState>(buckets::DRY_RUN).await.unwrap();
     let recorded = records
@@ -350,15 +375,15 @@ async fn an_approved_plan_is_applied_step_by_step_and_recorded() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plan_under_way_is_not_applied_by_a_second_request_until_its_lease_lapses_nor_after_it_ended()
  {
-    let server = NatsServer::start().unwrap();
-    let bus = crew_bus(&server).await;
-    let sentinel = AgentProcess::start("sentinel", &server, &[]);
-    let forge = AgentProcess::start("forge", &server, &[]);
-    let plan = plan(2, "alfred-bot", "staging", |_| {});
-    bus.publish(subjects::PLAN_ROUTED, &plan).await.unwrap();
-    let built: Vec<BuildStatus> =
-        wait_for(&bus, subjects::BUILD_STATUS, 1, &[&forge, &sentinel]).await;
-    approve_as_the_conductor(&bus, &plan, &built[0], 3).await;
+    let BuiltPlan {
+        bus,
+        sentinel: _sentinel,
+        forge,
+        plan,
+        build,
+        server: _server,
+    } = a_built_plan(2, "alfred-bot").await;
+    approve_as_the_conductor(&bus, &plan, &build, 3).await;
 
     // Another Forge took the plan's apply 12 s ago and has not renewed its lease since: it
     // lapses 3 s from now, and only then may this request apply.
@@ -372,7 +397,7 @@ async fn a_plan_under_way_is_not_applied_by_a_second_request_until_its_lease_lap
     let key = plan.plan_id.to_string();
     bus.publish(
         subjects::APPLY_REQUEST,
-        &apply_request(&plan, &built[0], 3, 60),
+        &apply_request(&plan, &build, 3, 60),
     )
     .await
     .unwrap();
@@ -416,7 +441,7 @@ async fn a_plan_under_way_is_not_applied_by_a_second_request_until_its_lease_lap
     // apply ended and changes nothing, whatever the plan's record still says.
     bus.publish(
         subjects::APPLY_REQUEST,
-        &apply_request(&plan, &built[0], 3, 60),
+        &apply_request(&plan, &build, 3, 60),
     )
     .await
     .unwrap();
@@ -428,20 +453,20 @@ async fn a_plan_under_way_is_not_applied_by_a_second_request_until_its_lease_lap
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_request_carries_on_only_an_apply_that_started_in_time() {
-    let server = NatsServer::start().unwrap();
-    let bus = crew_bus(&server).await;
-    let sentinel = AgentProcess::start("sentinel", &server, &[]);
-    let forge = AgentProcess::start("forge", &server, &[]);
-    let plan = plan(3, "legal-compliance", "staging", |_| {});
-    bus.publish(subjects::PLAN_ROUTED, &plan).await.unwrap();
-    let built: Vec<BuildStatus> =
-        wait_for(&bus, subjects::BUILD_STATUS, 1, &[&forge, &sentinel]).await;
-    approve_as_the_conductor(&bus, &plan, &built[0], 5).await;
+    let BuiltPlan {
+        bus,
+        sentinel: _sentinel,
+        forge,
+        plan,
+        build,
+        server: _server,
+    } = a_built_plan(3, "legal-compliance").await;
+    approve_as_the_conductor(&bus, &plan, &build, 5).await;
 
     // APPROVED: no apply of the plan has started, so an expired request starts none.
     bus.publish(
         subjects::APPLY_REQUEST,
-        &apply_request(&plan, &built[0], 5, -5),
+        &apply_request(&plan, &build, 5, -5),
     )
     .await
     .unwrap();
@@ -455,7 +480,7 @@ async fn an_expired_request_carries_on_only_an_apply_that_started_in_time() {
     plans
         .put(
             &plan.plan_id.to_string(),
-            &plan_record(&plan, PlanState::Applying, built[0].clone()),
+            &plan_record(&plan, PlanState::Applying, build.clone()),
         )
         .await
         .unwrap();
@@ -463,7 +488,7 @@ async fn an_expired_request_carries_on_only_an_apply_that_started_in_time() {
     let key = plan.plan_id.to_string();
     bus.publish(
         subjects::APPLY_REQUEST,
-        &apply_request(&plan, &built[0], 5, -5),
+        &apply_request(&plan, &build, 5, -5),
     )
     .await
     .unwrap();

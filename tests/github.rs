@@ -9,8 +9,8 @@ use infracrew_e2e::{
     wait_for_state,
 };
 use infracrew_protocol::{
-    ApplyRequest, DecisionChannel, GateCheck, GoalStatement, OpsEventKind, PlanId, PlanState,
-    subjects,
+    ApplyRequest, DecisionChannel, GateCheck, GoalStatement, OpsEventKind, PlanId, PlanRecord,
+    PlanState, subjects,
 };
 use infracrew_testkit::{
     NatsServer,
@@ -98,6 +98,15 @@ impl GithubCrewParts {
             condition,
         )
         .await;
+    }
+
+    /// The staging sample goal, submitted and approved by alice once READY; its READY record.
+    async fn approved_sample_plan(&self, server: &NatsServer) -> PlanRecord {
+        let plan = submit(server, "examples/goals/valid/social-intel-staging.json");
+        let ready = wait_for_state(&self.bus, plan, PlanState::Ready, &self.agents).await;
+        let approved = infracrew_e2e::approve(server, plan, "alice");
+        assert!(approved.status.success(), "{}", text(&approved.stderr));
+        ready
     }
 
     /// The staging sample goal, proposed in pull request 42.
@@ -367,11 +376,8 @@ fn ci_dispatch_forge(api_url: &str) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_ci_dispatch_driver_deploys_through_the_workflow_run_it_follows() {
     let (server, crew) = github_crew_with_forge(ci_dispatch_forge).await;
-    let plan = submit(&server, "examples/goals/valid/social-intel-staging.json");
-    let record = wait_for_state(&crew.bus, plan, PlanState::Ready, &crew.agents).await;
-    let digest = record.digest().unwrap().to_string();
-    let approved = infracrew_e2e::approve(&server, plan, "alice");
-    assert!(approved.status.success(), "{}", text(&approved.stderr));
+    let ready = crew.approved_sample_plan(&server).await;
+    let (plan, digest) = (ready.plan.plan_id, ready.digest().unwrap().to_string());
     let record = wait_for_state(&crew.bus, plan, PlanState::Applied, &crew.agents).await;
     assert!(record.history.last().unwrap().why.contains("ci-dispatch"));
 
@@ -402,10 +408,7 @@ async fn github_failing_while_a_run_is_followed_is_asked_again_not_a_failed_plan
     // GitHub goes down for the calls after the dispatch, which follow the run (finding it,
     // reading it).
     crew.github.fail_after_next_dispatch(4, 502);
-    let plan = submit(&server, "examples/goals/valid/social-intel-staging.json");
-    wait_for_state(&crew.bus, plan, PlanState::Ready, &crew.agents).await;
-    let approved = infracrew_e2e::approve(&server, plan, "alice");
-    assert!(approved.status.success(), "{}", text(&approved.stderr));
+    let plan = crew.approved_sample_plan(&server).await.plan.plan_id;
     wait_for_state(&crew.bus, plan, PlanState::Applied, &crew.agents).await;
     assert_eq!(crew.github.dispatches("acme", "deploys").len(), 1);
     let events: Vec<infracrew_protocol::OpsEvent> =
@@ -426,10 +429,7 @@ async fn a_plan_being_applied_is_not_failed_by_a_forged_request_nor_moved_by_an_
     // GitHub is down from the dispatch until the test lets it recover: the plan stays
     // APPLYING, its run followed and asked about again.
     crew.github.fail_after_next_dispatch(10_000, 502);
-    let plan = submit(&server, "examples/goals/valid/social-intel-staging.json");
-    wait_for_state(&crew.bus, plan, PlanState::Ready, &crew.agents).await;
-    let approved = infracrew_e2e::approve(&server, plan, "alice");
-    assert!(approved.status.success(), "{}", text(&approved.stderr));
+    let plan = crew.approved_sample_plan(&server).await.plan.plan_id;
     wait_for_state(&crew.bus, plan, PlanState::Applying, &crew.agents).await;
     let requests: Vec<ApplyRequest> = messages_on(&crew.bus, subjects::APPLY_REQUEST).await;
     let genuine = requests.into_iter().find(|r| r.plan_id == plan).unwrap();
@@ -492,10 +492,7 @@ async fn a_plan_being_applied_is_not_failed_by_a_forged_request_nor_moved_by_an_
 async fn a_failed_workflow_run_fails_the_plan_with_the_runs_address() {
     let (server, crew) = github_crew_with_forge(ci_dispatch_forge).await;
     crew.github.fail_runs_with("service", "social-intel");
-    let plan = submit(&server, "examples/goals/valid/social-intel-staging.json");
-    wait_for_state(&crew.bus, plan, PlanState::Ready, &crew.agents).await;
-    let approved = infracrew_e2e::approve(&server, plan, "alice");
-    assert!(approved.status.success(), "{}", text(&approved.stderr));
+    let plan = crew.approved_sample_plan(&server).await.plan.plan_id;
     let record = wait_for_state(&crew.bus, plan, PlanState::Failed, &crew.agents).await;
     let why = &record.history.last().unwrap().why;
     assert!(why.contains("/actions/runs/"), "{why}");

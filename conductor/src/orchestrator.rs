@@ -1095,21 +1095,9 @@ impl Conductor {
             PlanState::Ready | PlanState::AwaitingApproval | PlanState::Blocked
         );
         if deciding && let Some(closed) = self.config.approvals.expired_at(&record, now) {
-            let expired = self
-                .update(record.plan.plan_id, |record| {
-                    record
-                        .move_to(
-                            PlanState::Expired,
-                            CONDUCTOR,
-                            format!("no decision before {closed}"),
-                            now,
-                        )
-                        .is_ok()
-                })
+            let why = format!("no decision before {closed}");
+            self.end_stalled(&record, PlanState::Expired, why, now)
                 .await?;
-            if let Some(expired) = expired.filter(|r| r.state == PlanState::Expired) {
-                self.release(&expired).await?;
-            }
         } else if record.state == PlanState::Planned {
             self.try_start(record.plan.plan_id).await?;
         } else if record.state == PlanState::Validating
@@ -1130,22 +1118,11 @@ impl Conductor {
             // Forge did not start in time: it was down, or it refused every request as not
             // the Conductor's (it trusts another key). Forge compares the deadline with its
             // own clock, so one patience is left for clocks a little apart.
-            let failed = self
-                .update(record.plan.plan_id, |record| {
-                    record.state == PlanState::Approved
-                        && record
-                        .move_to(
-                            PlanState::Failed,
-                            CONDUCTOR,
-                            format!("Forge did not start the apply before its approval's requests expired at {deadline}; nothing was applied (see the plan's events for Forge's refusals)"),
-                            now,
-                        )
-                        .is_ok()
-                })
+            let why = format!(
+                "Forge did not start the apply before its approval's requests expired at {deadline}; nothing was applied (see the plan's events for Forge's refusals)"
+            );
+            self.end_stalled(&record, PlanState::Failed, why, now)
                 .await?;
-            if let Some(failed) = failed.filter(|r| r.state == PlanState::Failed) {
-                self.release(&failed).await?;
-            }
         } else if record.state == PlanState::Approved && self.apply_overdue(&record, now) {
             // Approved, yet Forge never started: the request was lost (a Conductor died
             // between the decision and the request, or it was dead-lettered), or Forge refused
@@ -1158,6 +1135,27 @@ impl Conductor {
             }
         }
         Ok(())
+    }
+
+    /// Ends a plan the sweeper found stalled (its decision window closed, or Forge never
+    /// started it) and releases its lock; a plan that moved on meanwhile is left as it is.
+    async fn end_stalled(
+        &self,
+        seen: &PlanRecord,
+        end: PlanState,
+        why: String,
+        now: DateTime<Utc>,
+    ) -> Result<(), HandlerError> {
+        let ended = self
+            .update(seen.plan.plan_id, |record| {
+                record.state == seen.state
+                    && record.move_to(end, CONDUCTOR, why.clone(), now).is_ok()
+            })
+            .await?;
+        match ended {
+            Some(record) if record.state == end => self.release(&record).await,
+            _ => Ok(()),
+        }
     }
 
     /// Sends again what a stalled plan waits for, under an id of its own (`<id>/copy-<n>`),
