@@ -16,7 +16,7 @@ use infracrew_protocol::{
     LockRecord, OpsEvent, OpsEventKind, PlanId, PlanRecord, PlanSpec, PlanState, SchemaVersion,
     ServiceState, examples, lock_key, signing::Signer, subjects,
 };
-use infracrew_testkit::NatsServer;
+use infracrew_testkit::{NatsServer, free_port, http};
 use uuid::Uuid;
 
 /// The sample plan for `service` in `environment`, with its own ids.
@@ -510,7 +510,8 @@ async fn an_expired_request_carries_on_only_an_apply_that_started_in_time() {
 async fn forged_apply_requests_are_refused_with_the_reason_and_change_nothing() {
     let server = NatsServer::start().unwrap();
     let bus = crew_bus(&server).await;
-    let forge = AgentProcess::start("forge", &server, &[]);
+    let listen = format!("127.0.0.1:{}", free_port());
+    let forge = AgentProcess::start("forge", &server, &["--listen", &listen]);
     let plans = bus.kv::<PlanRecord>(buckets::PLANS).await.unwrap();
     let build = examples::build_status();
 
@@ -657,6 +658,21 @@ async fn forged_apply_requests_are_refused_with_the_reason_and_change_nothing() 
         cases.len(),
         "one refusal each, no step of any apply"
     );
+    // Counted by check on /metrics (where the unsigned-request alert reads them) before each
+    // request is acknowledged.
+    wait_until_drained(&bus, "forge").await;
+    let (_, metrics) = http::get(&format!("http://{listen}/metrics"))
+        .await
+        .unwrap();
+    for check in GateCheck::ALL {
+        let expected = cases.iter().filter(|(_, by, _)| *by == check).count();
+        let sample =
+            format!("infracrew_apply_requests_refused_total{{check=\"{check}\"}} {expected}");
+        assert!(
+            metrics.lines().any(|line| line == sample),
+            "{sample} in\n{metrics}"
+        );
+    }
     let records = bus.kv::<ServiceState>(buckets::DRY_RUN).await.unwrap();
     for key in [
         "staging.social-intel",

@@ -228,8 +228,12 @@ fn summary(subject: &str, payload: &[u8]) -> String {
             }
             subjects::OPS_EVENT => {
                 let event: OpsEvent = decode(payload).ok()?;
+                let check = event
+                    .refused_by
+                    .map(|check| format!(" by {check}:"))
+                    .unwrap_or_default();
                 format!(
-                    "plan {} {:?} {}",
+                    "plan {} {:?}{check} {}",
                     short(event.plan_id),
                     event.kind,
                     event.message
@@ -258,4 +262,26 @@ fn summary(subject: &str, payload: &[u8]) -> String {
         })
     };
     text().unwrap_or_else(|| format!("({} bytes, not a message this crew reads)", payload.len()))
+}
+
+#[cfg(test)]
+mod tests {
+    use infracrew_protocol::{GateCheck, OpsEventKind, encode, examples};
+
+    use super::*;
+
+    #[test]
+    fn a_refusal_says_which_check_refused() {
+        let mut event = examples::ops_event();
+        event.kind = OpsEventKind::ApplyRefused;
+        event.refused_by = Some(GateCheck::Signature);
+        event.message = "the request is not the Conductor's: it is not signed".into();
+        let line = summary(subjects::OPS_EVENT, &encode(&event).unwrap());
+        assert!(
+            line.ends_with(
+                "ApplyRefused by SIGNATURE: the request is not the Conductor's: it is not signed"
+            ),
+            "{line}"
+        );
+    }
 }

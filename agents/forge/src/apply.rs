@@ -190,8 +190,8 @@ fn strategy(plan: &PlanSpec, environment: &str, service: &str) -> Strategy {
 /// How an ApplyRequest ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ApplyEnd {
-    /// The gate refused it; nothing was changed.
-    Refused,
+    /// The gate refused it at this check; nothing was changed.
+    Refused(GateCheck),
     Applied,
     RolledBack,
     /// A step failed on a driver that does not roll back.
@@ -204,7 +204,7 @@ impl ApplyEnd {
     /// How an apply that ran ended, as its lease records it.
     fn as_str(self) -> &'static str {
         match self {
-            ApplyEnd::Refused => "refused",
+            ApplyEnd::Refused(_) => "refused",
             ApplyEnd::Applied => "applied",
             ApplyEnd::RolledBack => "rolled back",
             ApplyEnd::Failed => "failed",
@@ -356,9 +356,10 @@ pub async fn apply<D: Apply>(
         let build = match check_gate(conductor, records, request).await? {
             Ok(build) => build,
             Err(refused) => {
-                tracing::warn!(plan = %request.plan_id, check = ?refused.by, reason = %refused.reason, "apply refused");
+                tracing::warn!(plan = %request.plan_id, check = %refused.by, reason = %refused.reason, "apply refused");
+                let check = refused.by;
                 steps.refusal(refused).await?;
-                return Ok(ApplyEnd::Refused);
+                return Ok(ApplyEnd::Refused(check));
             }
         };
         match Hold::take(&records.builds, build, holder).await? {

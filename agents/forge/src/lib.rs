@@ -157,7 +157,9 @@ pub async fn run<D: Apply>(
                         &holder,
                     )
                     .await;
-                    forge.metrics.applied(&end, started.elapsed().as_secs_f64());
+                    forge
+                        .metrics
+                        .request_ended(&end, started.elapsed().as_secs_f64());
                     end.map(drop)
                         .map_err(|error| HandlerError::Retry(error.to_string()))
                 }

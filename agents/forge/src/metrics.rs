@@ -1,4 +1,5 @@
-//! Forge's own metrics: how long applies take by how they end, and rollbacks.
+//! Forge's own metrics: how long applies take by how they end, rollbacks, and the requests
+//! its gate refused, by the check that refused them.
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
@@ -10,11 +11,18 @@ use prometheus_client::{
     registry::{Registry, Unit},
 };
 
+use infracrew_protocol::GateCheck;
+
 use crate::apply::{ApplyEnd, ApplyError};
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabel {
     pub outcome: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CheckLabel {
+    pub check: String,
 }
 
 type DurationFamily = Family<OutcomeLabel, Histogram, fn() -> Histogram>;
@@ -23,6 +31,7 @@ type DurationFamily = Family<OutcomeLabel, Histogram, fn() -> Histogram>;
 pub struct ForgeMetrics {
     apply_duration: DurationFamily,
     rollbacks: Counter,
+    refused: Family<CheckLabel, Counter>,
 }
 
 /// 10 ms to about an hour: a dry run is instant, a slow rollout takes many minutes.
@@ -37,12 +46,16 @@ impl Default for ForgeMetrics {
         let metrics = Self {
             apply_duration: Family::new_with_constructor(apply_buckets),
             rollbacks: Counter::default(),
+            refused: Family::default(),
         };
-        // Every outcome is exported from the start, at zero.
+        // Every outcome and check is exported from the start, at zero.
         for outcome in OUTCOMES {
             let _ = metrics.apply_duration.get_or_create(&OutcomeLabel {
                 outcome: outcome.to_owned(),
             });
+        }
+        for check in GateCheck::ALL {
+            let _ = metrics.refused.get_or_create(&check_label(check));
         }
         metrics
     }
@@ -61,13 +74,23 @@ impl ForgeMetrics {
             "Applies rolled back after a step failed",
             self.rollbacks.clone(),
         );
+        // A SIGNATURE refusal is a security signal: a request the Conductor did not sign.
+        registry.register(
+            "apply_requests_refused",
+            "ApplyRequests Forge's gate refused, by the check that refused them (nothing was changed)",
+            self.refused.clone(),
+        );
     }
 
-    /// Records an apply that ran (a refused one or a duplicate changed nothing and is not
-    /// counted).
-    pub fn applied(&self, end: &Result<ApplyEnd, ApplyError>, seconds: f64) {
+    /// Records how a request ended: a refused one by its check, an apply that ran by its
+    /// outcome (a duplicate changed nothing and is not counted).
+    pub fn request_ended(&self, end: &Result<ApplyEnd, ApplyError>, seconds: f64) {
         let outcome = match end {
-            Ok(ApplyEnd::Refused | ApplyEnd::Duplicate) => return,
+            Ok(ApplyEnd::Refused(check)) => {
+                self.refused.get_or_create(&check_label(*check)).inc();
+                return;
+            }
+            Ok(ApplyEnd::Duplicate) => return,
             Ok(ApplyEnd::Applied) => OUTCOMES[0],
             Err(_) | Ok(ApplyEnd::Failed) => OUTCOMES[1],
             Ok(ApplyEnd::RolledBack) => {
@@ -80,5 +103,11 @@ impl ForgeMetrics {
                 outcome: outcome.to_owned(),
             })
             .observe(seconds);
+    }
+}
+
+fn check_label(check: GateCheck) -> CheckLabel {
+    CheckLabel {
+        check: check.as_str().to_owned(),
     }
 }

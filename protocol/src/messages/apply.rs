@@ -269,3 +269,46 @@ pub enum GateCheck {
     /// A build with the request's digest is recorded.
     Build,
 }
+
+impl GateCheck {
+    /// In the order Forge makes them.
+    pub const ALL: [GateCheck; 5] = [
+        Self::Signature,
+        Self::Expiry,
+        Self::Plan,
+        Self::Lock,
+        Self::Build,
+    ];
+
+    /// The name on the wire (`refused_by`), also the label of Forge's refusal counter.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Signature => "SIGNATURE",
+            Self::Expiry => "EXPIRY",
+            Self::Plan => "PLAN",
+            Self::Lock => "LOCK",
+            Self::Build => "BUILD",
+        }
+    }
+}
+
+impl std::fmt::Display for GateCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_gate_checks_name_is_its_wire_name() {
+        for check in GateCheck::ALL {
+            assert_eq!(
+                serde_json::to_value(check).unwrap(),
+                serde_json::Value::from(check.as_str())
+            );
+        }
+    }
+}
