@@ -7,8 +7,8 @@ use std::process::Command;
 
 use infracrew_bus::buckets;
 use infracrew_e2e::{
-    AgentProcess, approve, crew, crew_bus, messages_on, start_crew, start_crew_with, submit, text,
-    wait_for_state,
+    AgentProcess, PATIENCE, approve, crew, crew_bus, messages_on, start_crew, start_crew_with,
+    submit, text, wait_for_state,
 };
 use infracrew_protocol::{
     ApplyRequest, DecisionChannel, DecisionKind, DecisionOutcome, DecisionReply, DecisionRequest,
@@ -683,7 +683,8 @@ async fn outside_a_demo_cli_decisions_must_be_signed_by_the_approvers_own_key() 
         seed_file("alice", &alice_seed),
         seed_file("mallory", &mallory_seed),
     );
-    let agents = start_crew_with(&server, &["--config", config.to_str().unwrap()]);
+    let conductor_args = ["--config", config.to_str().unwrap()];
+    let mut agents = start_crew_with(&server, &conductor_args);
     let plan = submit(&server, "examples/goals/valid/social-intel-staging.json");
     wait_for_state(&bus, plan, PlanState::Ready, &agents).await;
     let id = plan.to_string();
@@ -727,13 +728,24 @@ async fn outside_a_demo_cli_decisions_must_be_signed_by_the_approvers_own_key() 
     }
     .signed_by(&alice);
     let bytes = infracrew_protocol::encode(&request).unwrap();
+    // Asked until a Conductor answers (one may be starting).
     let ask = || async {
-        let answer = bus
-            .client()
-            .request(subjects::APPROVAL_REQUEST, bytes.clone().into())
-            .await
-            .unwrap();
-        infracrew_protocol::decode::<DecisionReply>(&answer.payload).unwrap()
+        let deadline = std::time::Instant::now() + PATIENCE;
+        loop {
+            match bus
+                .client()
+                .request(subjects::APPROVAL_REQUEST, bytes.clone().into())
+                .await
+            {
+                Ok(answer) => {
+                    break infracrew_protocol::decode::<DecisionReply>(&answer.payload).unwrap();
+                }
+                Err(error) if std::time::Instant::now() > deadline => {
+                    panic!("no Conductor answered: {error}")
+                }
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(200)).await,
+            }
+        }
     };
     let first = ask().await;
     assert_eq!(
@@ -748,6 +760,13 @@ async fn outside_a_demo_cli_decisions_must_be_signed_by_the_approvers_own_key() 
         replayed.message,
         "this exact decision was already received; a replay is refused"
     );
+    // Another replica refuses it too, here one started after the first is gone: the ids are
+    // in a bucket every Conductor shares, not in one process's memory.
+    agents[3].kill();
+    agents.push(AgentProcess::start("conductor", &server, &conductor_args));
+    let replayed_elsewhere = ask().await;
+    assert_eq!(replayed_elsewhere.outcome, DecisionOutcome::Refused);
+    assert_eq!(replayed_elsewhere.message, replayed.message);
     let applied = wait_for_state(&bus, plan, PlanState::Applied, &agents).await;
     assert_eq!(applied.approvals.len(), 1);
     assert!(!applied.approvals[0].unauthenticated);

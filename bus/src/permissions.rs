@@ -112,6 +112,7 @@ pub fn crew_users() -> Vec<CrewUser> {
                 kv(buckets::PLANS),
                 kv(buckets::LOCKS),
                 kv(buckets::REVIEWS),
+                kv(buckets::REQUESTS_SEEN),
             ],
             &[subjects::APPROVAL_REQUEST],
         ),

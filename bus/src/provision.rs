@@ -59,7 +59,14 @@ pub mod buckets {
     pub const DRY_RUN: &str = "crew_dryrun";
     /// Where each plan's review was posted outside the crew (Slack), by plan id.
     pub const REVIEWS: &str = "crew_reviews";
+    /// The ids of the signed requests the Conductor took (CLI decisions, Slack's requests,
+    /// GitHub's deliveries), to refuse a copy whichever replica it reaches; kept a day.
+    pub const REQUESTS_SEEN: &str = "crew_requests_seen";
 }
+
+/// How long `crew_requests_seen` keeps an id: longer than a copy of any request could still
+/// pass its other checks (GitHub redelivers an event for up to a day).
+pub const REQUESTS_SEEN_FOR: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// Settings of the crew's bus; the defaults suit one server.
 #[derive(Debug, Clone)]
@@ -208,6 +215,10 @@ impl Topology {
             bucket(buckets::BUILDS, 1),
             bucket(buckets::DRY_RUN, 16),
             bucket(buckets::REVIEWS, 1),
+            kv::Config {
+                max_age: REQUESTS_SEEN_FOR,
+                ..bucket(buckets::REQUESTS_SEEN, 1)
+            },
         ];
         Topology {
             streams,

@@ -846,8 +846,8 @@ async fn provisioning_twice_is_a_noop_and_conflicts_are_reported_not_recreated()
     let first = topology.provision(&bus).await.unwrap();
     assert_eq!(
         first.created().count(),
-        4 + 5 + 5,
-        "4 streams, 5 buckets, 5 consumers"
+        4 + 6 + 5,
+        "4 streams, 6 buckets, 5 consumers"
     );
     let second = topology.provision(&bus).await.unwrap();
     assert!(second.is_noop(), "{second:?}");

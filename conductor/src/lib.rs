@@ -22,7 +22,7 @@ use crate::{
     github::{GithubSetup, report::GithubReports, webhook::GithubEndpoint},
     metrics::ConductorMetrics,
     orchestrator::{Conductor, ConductorMessage},
-    replay::SeenRecently,
+    replay::SeenRequests,
     slack::{
         SlackDesk, SlackInbound, SlackSetup,
         endpoint::SlackEndpoint,
@@ -69,7 +69,7 @@ pub async fn run(
         crew: crew.clone(),
         metrics,
         signer: Arc::new(options.signer),
-        seen_decisions: SeenRecently::new(orchestrator::SIGNED_DECISION_WINDOW * 2),
+        seen: SeenRequests::new(agent.bucket(buckets::REQUESTS_SEEN).await?),
         written: Default::default(),
         finished: Default::default(),
     });
@@ -222,7 +222,6 @@ async fn start_reviews(
                 api: github.api.clone(),
                 config: github.config.clone(),
                 secret: github.webhook_secret,
-                seen: SeenRecently::new(github::webhook::DELIVERIES_KEPT_FOR),
             });
             let webhook = github::webhook::routes(endpoint);
             routes = Some(match routes {

@@ -20,7 +20,7 @@ use crate::{
     approvals::{Accepted, Decision, Refusal},
     config::ConductorConfig,
     metrics::{ConductorMetrics, PlanCensus},
-    replay::SeenRecently,
+    replay::{RequestSource, SeenRequests},
     watch::CrewWatch,
 };
 
@@ -95,9 +95,9 @@ pub struct Conductor {
     pub metrics: Arc<ConductorMetrics>,
     /// Signs every ApplyRequest; Forge applies only what it signed.
     pub signer: Arc<Signer>,
-    /// Signed decisions taken lately, by request id, to refuse a replay (kept twice the
-    /// signing window, so one issued ahead of our clock is still remembered).
-    pub seen_decisions: SeenRecently,
+    /// The signed requests taken lately (CLI decisions, Slack's, GitHub's), shared with every
+    /// replica, to refuse a copy.
+    pub seen: SeenRequests,
     /// The records this process last wrote, for plans still moving: the next move starts
     /// from them instead of a read. Another writer's move makes one stale, which the
     /// compare-and-set finds.
@@ -730,7 +730,7 @@ impl Conductor {
     /// Who sent a decision that came over the bus: the approver whose configured key signed
     /// it, or, in a demo installation only, whoever the request names (recorded as
     /// unauthenticated). The refusal says what is missing.
-    pub fn authenticate(
+    pub async fn authenticate(
         &self,
         mut request: DecisionRequest,
         now: DateTime<Utc>,
@@ -769,11 +769,17 @@ impl Conductor {
                 SIGNED_DECISION_WINDOW.as_secs() / 60
             ));
         }
-        if !self
-            .seen_decisions
-            .first_time(&request.request_id.to_string())
-        {
-            return Err("this exact decision was already received; a replay is refused".into());
+        let id = request.request_id.to_string();
+        match self.seen.first_time(RequestSource::Decision, &id).await {
+            Ok(true) => {}
+            Ok(false) => {
+                return Err("this exact decision was already received; a replay is refused".into());
+            }
+            Err(error) => {
+                return Err(format!(
+                    "whether this decision was taken already cannot be checked ({error}); nothing was done, send it again"
+                ));
+            }
         }
         Ok((request, Authenticity::Verified))
     }
@@ -989,7 +995,7 @@ impl Conductor {
             let reply = match decode::<DecisionRequest>(&message.payload) {
                 Ok(request) => {
                     let plan_id = request.plan_id;
-                    match self.authenticate(request, Utc::now()) {
+                    match self.authenticate(request, Utc::now()).await {
                         Ok((request, authenticity)) => self.decide(request, authenticity).await,
                         Err(reason) => {
                             tracing::warn!(plan = %plan_id, %reason, "a decision refused");

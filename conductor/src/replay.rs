@@ -1,38 +1,80 @@
 //! Refusing a copy of a request already taken: Slack's signed requests, signed CLI decisions
-//! and GitHub's deliveries each carry an id, remembered for as long as a copy could still
-//! pass the other checks.
+//! and GitHub's deliveries each carry an id. The ids live in the `crew_requests_seen` bucket,
+//! which every Conductor replica shares and a restarted one still reads, so a copy is refused
+//! whichever replica it reaches. The bucket forgets an id after a day (its maximum age), longer
+//! than any copy could pass the other checks: Slack's and the CLI's five-minute windows, and
+//! GitHub's redelivery of a day-old event.
 
-use std::{
-    collections::HashMap,
-    sync::Mutex,
-    time::{Duration, Instant},
+use axum::{
+    http::StatusCode,
+    response::{IntoResponse, Response},
 };
+use chrono::{DateTime, Utc};
+use infracrew_bus::{Kv, KvError};
+use sha2::{Digest, Sha256};
 
-/// The ids seen within the last `keep`.
-#[derive(Debug)]
-pub struct SeenRecently {
-    keep: Duration,
-    seen: Mutex<HashMap<String, Instant>>,
+/// Where a request came from; its ids are kept apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestSource {
+    /// A signed decision from the CLI, by its request id.
+    Decision,
+    /// A request Slack signed, by its signature.
+    Slack,
+    /// A GitHub webhook delivery, by its `X-GitHub-Delivery` id.
+    Github,
 }
 
-impl SeenRecently {
-    pub fn new(keep: Duration) -> Self {
-        SeenRecently {
-            keep,
-            seen: Mutex::default(),
+impl RequestSource {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Decision => "decision",
+            Self::Slack => "slack",
+            Self::Github => "github",
         }
     }
+}
 
-    /// True the first time `id` comes within `keep`; false for a copy.
-    pub fn first_time(&self, id: &str) -> bool {
-        let now = Instant::now();
-        let mut seen = self
-            .seen
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        seen.retain(|_, at| now.duration_since(*at) < self.keep);
-        seen.insert(id.to_owned(), now).is_none()
+/// The requests taken lately, shared by every Conductor replica.
+#[derive(Debug, Clone)]
+pub struct SeenRequests {
+    /// When each was first taken, by source and hashed id.
+    seen: Kv<DateTime<Utc>>,
+}
+
+impl SeenRequests {
+    pub fn new(seen: Kv<DateTime<Utc>>) -> Self {
+        SeenRequests { seen }
     }
+
+    /// True the first time `id` comes from `source`, false for a copy. One create-only write
+    /// decides it, so two replicas taking copies at the same moment cannot both see it first.
+    /// An error means the bucket did not answer: the caller refuses the request, to be sent
+    /// again, rather than take one it cannot check.
+    pub async fn first_time(&self, source: RequestSource, id: &str) -> Result<bool, KvError> {
+        match self.seen.create(&key(source, id), &Utc::now()).await {
+            Ok(_) => Ok(true),
+            Err(KvError::AlreadyExists { .. }) => Ok(false),
+            Err(error) => Err(error),
+        }
+    }
+}
+
+/// The answer to an HTTP request whose replay check could not be made: 503, so its sender
+/// tries again, and nothing was done.
+pub fn replay_unchecked(error: KvError) -> Response {
+    let reason = format!(
+        "whether this request was taken already cannot be checked ({error}); nothing was done, send it again"
+    );
+    tracing::warn!(%reason, "refused a request");
+    (StatusCode::SERVICE_UNAVAILABLE, reason).into_response()
+}
+
+/// `<source>.<sha-256 of the id in hex>`: the id comes from outside, the hash is always a
+/// valid key of one length.
+fn key(source: RequestSource, id: &str) -> String {
+    let digest = Sha256::digest(id.as_bytes());
+    let hex: String = digest.iter().map(|byte| format!("{byte:02x}")).collect();
+    format!("{}.{hex}", source.as_str())
 }
 
 #[cfg(test)]
@@ -40,12 +82,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn an_id_is_new_once_until_it_is_forgotten() {
-        let recent = SeenRecently::new(Duration::from_millis(50));
-        assert!(recent.first_time("a"));
-        assert!(!recent.first_time("a"));
-        assert!(recent.first_time("b"));
-        std::thread::sleep(Duration::from_millis(60));
-        assert!(recent.first_time("a"));
+    fn a_key_is_valid_whatever_the_id_and_keeps_sources_apart() {
+        let odd = key(RequestSource::Github, "../* >{weird id}\n");
+        assert!(odd.starts_with("github."), "{odd}");
+        assert_eq!(odd.len(), "github.".len() + 64);
+        assert!(
+            odd.chars().all(|c| c.is_ascii_alphanumeric() || c == '.'),
+            "{odd}"
+        );
+        assert_ne!(
+            key(RequestSource::Slack, "v0=abc"),
+            key(RequestSource::Decision, "v0=abc")
+        );
     }
 }

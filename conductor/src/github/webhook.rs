@@ -23,13 +23,9 @@ use super::GithubApi;
 use crate::{
     config::GithubConfig,
     orchestrator::Conductor,
-    replay::SeenRecently,
+    replay::{RequestSource, replay_unchecked},
     slack::requests::{SlackAction, parse_command},
 };
-
-/// How long a delivery is remembered to refuse a replayed one (GitHub signs no timestamp;
-/// its own redeliveries of a failed delivery come within hours).
-pub const DELIVERIES_KEPT_FOR: std::time::Duration = std::time::Duration::from_secs(24 * 60 * 60);
 
 /// What the webhook's handler shares.
 #[derive(Debug)]
@@ -38,8 +34,6 @@ pub struct GithubEndpoint {
     pub api: GithubApi,
     pub config: GithubConfig,
     pub secret: Vec<u8>,
-    /// Recent `X-GitHub-Delivery` ids ([`DELIVERIES_KEPT_FOR`]).
-    pub seen: SeenRecently,
 }
 
 /// The webhook route, to be served on the Conductor's HTTP address.
@@ -105,9 +99,19 @@ async fn webhook(
             .unwrap_or_default()
             .to_owned()
     };
-    let refused = verify(&endpoint.secret, &headers, &body)
-        .err()
-        .or_else(|| endpoint.replayed(&header("x-github-delivery")));
+    // GitHub signs no timestamp: a copy is told by its delivery id, kept a day.
+    let delivery = header("x-github-delivery");
+    let refused = match verify(&endpoint.secret, &headers, &body) {
+        Err(refusal) => Some(refusal),
+        Ok(()) if delivery.is_empty() => None,
+        Ok(()) => {
+            let seen = &endpoint.conductor.seen;
+            match seen.first_time(RequestSource::Github, &delivery).await {
+                Ok(first) => (!first).then_some(WebhookRefusal::Replayed(delivery)),
+                Err(error) => return replay_unchecked(error),
+            }
+        }
+    };
     if let Some(refusal) = refused {
         tracing::warn!(reason = %refusal, "refused a request that claims to come from GitHub");
         return (StatusCode::UNAUTHORIZED, refusal.to_string()).into_response();
@@ -182,11 +186,6 @@ struct PullRequest {
 }
 
 impl GithubEndpoint {
-    fn replayed(&self, delivery: &str) -> Option<WebhookRefusal> {
-        (!delivery.is_empty() && !self.seen.first_time(delivery))
-            .then(|| WebhookRefusal::Replayed(delivery.to_owned()))
-    }
-
     /// A comment: a command on its first line is answered; anything else is left alone.
     async fn on_comment(&self, body: &[u8]) -> Result<String, String> {
         let event: CommentEvent = serde_json::from_slice(body)

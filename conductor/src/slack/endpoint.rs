@@ -17,8 +17,9 @@ use slack_morphism::prelude::{SlackCommandEvent, SlackInteractionEvent};
 
 use super::{
     SlackDesk,
-    requests::{RequestVerifier, parse_command},
+    requests::{RequestVerifier, Unverified, parse_command},
 };
+use crate::replay::{RequestSource, replay_unchecked};
 
 /// How long a command's answer may take before Slack is answered "working on it" and the
 /// answer follows through the response URL (Slack gives up after three seconds).
@@ -44,8 +45,23 @@ fn ephemeral(text: impl Into<String>) -> Response {
     Json(serde_json::json!({"response_type": "ephemeral", "text": text.into()})).into_response()
 }
 
-fn unverified(endpoint: &SlackEndpoint, headers: &HeaderMap, body: &[u8]) -> Option<Response> {
-    let refused = endpoint.verifier.verify(headers, body).err()?;
+/// The refusal of a request that is not Slack's, or is a copy of one already taken.
+async fn unverified(
+    endpoint: &SlackEndpoint,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Option<Response> {
+    let refused = match endpoint.verifier.verify(headers, body) {
+        Err(refused) => refused,
+        Ok(signature) => {
+            let seen = &endpoint.desk.conductor.seen;
+            match seen.first_time(RequestSource::Slack, signature).await {
+                Ok(true) => return None,
+                Ok(false) => Unverified::Replayed,
+                Err(error) => return Some(replay_unchecked(error)),
+            }
+        }
+    };
     tracing::warn!(reason = %refused, "refused a request that claims to come from Slack");
     Some((StatusCode::UNAUTHORIZED, refused.to_string()).into_response())
 }
@@ -55,7 +71,7 @@ async fn command(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Some(refusal) = unverified(&endpoint, &headers, &body) {
+    if let Some(refusal) = unverified(&endpoint, &headers, &body).await {
         return refusal;
     }
     let event: SlackCommandEvent = match serde_urlencoded::from_bytes(&body) {
@@ -111,7 +127,7 @@ async fn interaction(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Some(refusal) = unverified(&endpoint, &headers, &body) {
+    if let Some(refusal) = unverified(&endpoint, &headers, &body).await {
         return refusal;
     }
     let event = serde_urlencoded::from_bytes::<InteractionForm>(&body)

@@ -1,10 +1,7 @@
 //! What arrives from Slack: verified before anything is parsed (slack-morphism's v0 signature
-//! check, constant-time, five-minute window, plus a refusal of replayed requests), then read
-//! as an action on a plan.
+//! check, constant-time, five-minute window; the endpoint then refuses a replayed request),
+//! then read as an action on a plan.
 
-use std::time::Duration;
-
-use crate::replay::SeenRecently;
 use axum::http::HeaderMap;
 use infracrew_protocol::DecisionKind;
 use slack_morphism::{
@@ -12,9 +9,6 @@ use slack_morphism::{
     prelude::SlackInteractionEvent,
     signature_verifier::{SlackEventSignatureVerifier, SlackEventSignatureVerifierError},
 };
-
-/// How old a signed request may be (Slack's own rule).
-const WINDOW: Duration = Duration::from_secs(5 * 60);
 
 /// Why a request was not accepted as coming from Slack.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -31,11 +25,9 @@ pub enum Unverified {
     Secret(String),
 }
 
-/// Checks requests with the app's signing secret and remembers the ones it accepted within
-/// the window, so a captured request cannot be sent again.
+/// Checks requests with the app's signing secret, within Slack's five-minute window.
 pub struct RequestVerifier {
     verifier: SlackEventSignatureVerifier,
-    seen: SeenRecently,
 }
 
 impl std::fmt::Debug for RequestVerifier {
@@ -50,15 +42,12 @@ impl RequestVerifier {
             verifier: SlackEventSignatureVerifier::new(&SlackSigningSecret::new(
                 signing_secret.to_owned(),
             )),
-            // Twice the window: a request dated up to five minutes ahead stays remembered
-            // until its timestamp has also aged out.
-            seen: SeenRecently::new(WINDOW * 2),
         }
     }
 
-    /// Accepts `body` with these headers only if Slack signed it within the window and it was
-    /// not accepted before.
-    pub fn verify(&self, headers: &HeaderMap, body: &[u8]) -> Result<(), Unverified> {
+    /// Accepts `body` with these headers only if Slack signed it within the window; returns
+    /// the signature, which tells one request from another for the replay check.
+    pub fn verify<'h>(&self, headers: &'h HeaderMap, body: &[u8]) -> Result<&'h str, Unverified> {
         let header = |name: &'static str| {
             headers
                 .get(name)
@@ -79,10 +68,7 @@ impl RequestVerifier {
                 }
                 other => Unverified::Secret(other.to_string()),
             })?;
-        if !self.seen.first_time(signature) {
-            return Err(Unverified::Replayed);
-        }
-        Ok(())
+        Ok(signature)
     }
 }
 
@@ -193,18 +179,15 @@ mod tests {
     }
 
     #[test]
-    fn only_fresh_correctly_signed_new_requests_pass() {
+    fn only_fresh_correctly_signed_requests_pass() {
         let verifier = RequestVerifier::new("8f742231b10e8888abcd99yyyzzz85a5");
         let body = "command=%2Fapprove&text=0f6c1a52&user_id=U0ALICE";
         let now = unix_now();
         let signed = sign("8f742231b10e8888abcd99yyyzzz85a5", now, body);
+        let headers_signed = headers(&signed, now);
         assert_eq!(
-            verifier.verify(&headers(&signed, now), body.as_bytes()),
-            Ok(())
-        );
-        assert_eq!(
-            verifier.verify(&headers(&signed, now), body.as_bytes()),
-            Err(Unverified::Replayed)
+            verifier.verify(&headers_signed, body.as_bytes()),
+            Ok(signed.as_str())
         );
 
         let forged = sign("another secret", now, body);
