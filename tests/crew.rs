@@ -760,14 +760,16 @@ async fn outside_a_demo_cli_decisions_must_be_signed_by_the_approvers_own_key() 
         replayed.message,
         "this exact decision was already received; a replay is refused"
     );
+    let applied = wait_for_state(&bus, plan, PlanState::Applied, &agents).await;
+    assert_eq!(applied.approvals.len(), 1);
+    assert!(!applied.approvals[0].unauthenticated);
+
     // Another replica refuses it too, here one started after the first is gone: the ids are
-    // in a bucket every Conductor shares, not in one process's memory.
+    // in a bucket every Conductor shares, not in one process's memory (a Conductor that
+    // forgot would refuse it for the plan's state, with another reason).
     agents[3].kill();
     agents.push(AgentProcess::start("conductor", &server, &conductor_args));
     let replayed_elsewhere = ask().await;
     assert_eq!(replayed_elsewhere.outcome, DecisionOutcome::Refused);
     assert_eq!(replayed_elsewhere.message, replayed.message);
-    let applied = wait_for_state(&bus, plan, PlanState::Applied, &agents).await;
-    assert_eq!(applied.approvals.len(), 1);
-    assert!(!applied.approvals[0].unauthenticated);
 }
