@@ -225,11 +225,12 @@ async fn hold_lock(bus: &Bus, plan: &PlanSpec, holder_plan: PlanId, token: u64) 
 /// staging, routed and built.
 struct BuiltPlan {
     bus: Bus,
-    sentinel: AgentProcess,
     forge: AgentProcess,
     plan: PlanSpec,
     build: BuildStatus,
-    server: NatsServer,
+    /// Held so Sentinel and the server run as long as the test.
+    _sentinel: AgentProcess,
+    _server: NatsServer,
 }
 
 async fn a_built_plan(number: u128, service: &str) -> BuiltPlan {
@@ -243,11 +244,11 @@ async fn a_built_plan(number: u128, service: &str) -> BuiltPlan {
         wait_for(&bus, subjects::BUILD_STATUS, 1, &[&forge, &sentinel]).await;
     BuiltPlan {
         bus,
-        sentinel,
         forge,
         plan,
         build: built.remove(0),
-        server,
+        _sentinel: sentinel,
+        _server: server,
     }
 }
 
@@ -309,25 +310,22 @@ fn apply_request(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_approved_plan_is_applied_step_by_step_and_recorded() {
+    let built = a_built_plan(1, "social-intel").await;
     let BuiltPlan {
         bus,
-        sentinel: _sentinel,
         forge,
         plan,
         build,
-        server: _server,
-    } = a_built_plan(1, "social-intel").await;
+        ..
+    } = &built;
     assert_eq!(build.outcome, BuildOutcome::Ready, "{:?}", build.findings);
 
-    approve_as_the_conductor(&bus, &plan, &build, 7).await;
-    bus.publish(
-        subjects::APPLY_REQUEST,
-        &apply_request(&plan, &build, 7, 60),
-    )
-    .await
-    .unwrap();
+    approve_as_the_conductor(bus, plan, build, 7).await;
+    bus.publish(subjects::APPLY_REQUEST, &apply_request(plan, build, 7, 60))
+        .await
+        .unwrap();
 
-    let events: Vec<OpsEvent> = wait_for(&bus, subjects::OPS_EVENT, 4, &[&forge]).await;
+    let events: Vec<OpsEvent> = wait_for(bus, subjects::OPS_EVENT, 4, &[forge]).await;
     let kinds: Vec<OpsEventKind> = events.iter().map(|e| e.kind).collect();
     use OpsEventKind::*;
     assert_eq!(
@@ -353,17 +351,17 @@ async fn an_approved_plan_is_applied_step_by_step_and_recorded() {
         .value;
     assert_eq!(
         recorded,
-        running(&plan),
+        running(plan),
         "the dry-run driver recorded the approved state"
     );
 
     // A copy of the routing that comes after the plan moved on (the Conductor's sweeper sends
     // one when it thinks the first lost) is not built again: the approved build stays.
-    bus.publish_with_id(subjects::PLAN_ROUTED, &plan, "plan-copy-0")
+    bus.publish_with_id(subjects::PLAN_ROUTED, plan, "plan-copy-0")
         .await
         .unwrap();
-    wait_until_drained(&bus, "forge").await;
-    let statuses: Vec<BuildStatus> = messages_on(&bus, subjects::BUILD_STATUS).await;
+    wait_until_drained(bus, "forge").await;
+    let statuses: Vec<BuildStatus> = messages_on(bus, subjects::BUILD_STATUS).await;
     assert_eq!(statuses.len(), 1, "built once: {statuses:#?}");
     assert!(
         forge.log().contains("routed again after it was built"),
@@ -375,34 +373,25 @@ async fn an_approved_plan_is_applied_step_by_step_and_recorded() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plan_under_way_is_not_applied_by_a_second_request_until_its_lease_lapses_nor_after_it_ended()
  {
+    let built = a_built_plan(2, "alfred-bot").await;
     let BuiltPlan {
         bus,
-        sentinel: _sentinel,
         forge,
         plan,
         build,
-        server: _server,
-    } = a_built_plan(2, "alfred-bot").await;
-    approve_as_the_conductor(&bus, &plan, &build, 3).await;
+        ..
+    } = &built;
+    approve_as_the_conductor(bus, plan, build, 3).await;
 
     // Another Forge took the plan's apply 12 s ago and has not renewed its lease since: it
     // lapses 3 s from now, and only then may this request apply.
-    let builds = lease_held_by(
-        &bus,
-        &plan,
-        "forge elsewhere",
-        chrono::Duration::seconds(12),
-    )
-    .await;
+    let builds = lease_held_by(bus, plan, "forge elsewhere", chrono::Duration::seconds(12)).await;
     let key = plan.plan_id.to_string();
-    bus.publish(
-        subjects::APPLY_REQUEST,
-        &apply_request(&plan, &build, 3, 60),
-    )
-    .await
-    .unwrap();
+    bus.publish(subjects::APPLY_REQUEST, &apply_request(plan, build, 3, 60))
+        .await
+        .unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
-    let early: Vec<OpsEvent> = messages_on(&bus, subjects::OPS_EVENT).await;
+    let early: Vec<OpsEvent> = messages_on(bus, subjects::OPS_EVENT).await;
     assert!(
         early.is_empty(),
         "applied while another held the lease: {early:#?}"
@@ -415,14 +404,14 @@ async fn a_plan_under_way_is_not_applied_by_a_second_request_until_its_lease_lap
         forge.log()
     );
 
-    let events: Vec<OpsEvent> = wait_for(&bus, subjects::OPS_EVENT, 4, &[&forge]).await;
+    let events: Vec<OpsEvent> = wait_for(bus, subjects::OPS_EVENT, 4, &[forge]).await;
     assert_eq!(
         events.last().unwrap().kind,
         OpsEventKind::ApplyDone,
         "{events:#?}"
     );
     // The lease is marked ended once the last event is confirmed, before the request's ack.
-    wait_until_drained(&bus, "forge").await;
+    wait_until_drained(bus, "forge").await;
     let lease = builds
         .get(&key)
         .await
@@ -439,38 +428,32 @@ async fn a_plan_under_way_is_not_applied_by_a_second_request_until_its_lease_lap
 
     // A second request for the same build (the sweeper resends one it thinks lost) finds the
     // apply ended and changes nothing, whatever the plan's record still says.
-    bus.publish(
-        subjects::APPLY_REQUEST,
-        &apply_request(&plan, &build, 3, 60),
-    )
-    .await
-    .unwrap();
-    wait_until_drained(&bus, "forge").await;
-    let after: Vec<OpsEvent> = messages_on(&bus, subjects::OPS_EVENT).await;
+    bus.publish(subjects::APPLY_REQUEST, &apply_request(plan, build, 3, 60))
+        .await
+        .unwrap();
+    wait_until_drained(bus, "forge").await;
+    let after: Vec<OpsEvent> = messages_on(bus, subjects::OPS_EVENT).await;
     assert_eq!(after.len(), events.len(), "applied again: {after:#?}");
     assert!(forge.log().contains("has ended already"), "{}", forge.log());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_request_carries_on_only_an_apply_that_started_in_time() {
+    let built = a_built_plan(3, "legal-compliance").await;
     let BuiltPlan {
         bus,
-        sentinel: _sentinel,
         forge,
         plan,
         build,
-        server: _server,
-    } = a_built_plan(3, "legal-compliance").await;
-    approve_as_the_conductor(&bus, &plan, &build, 5).await;
+        ..
+    } = &built;
+    approve_as_the_conductor(bus, plan, build, 5).await;
 
     // APPROVED: no apply of the plan has started, so an expired request starts none.
-    bus.publish(
-        subjects::APPLY_REQUEST,
-        &apply_request(&plan, &build, 5, -5),
-    )
-    .await
-    .unwrap();
-    let refused: Vec<OpsEvent> = wait_for(&bus, subjects::OPS_EVENT, 1, &[&forge]).await;
+    bus.publish(subjects::APPLY_REQUEST, &apply_request(plan, build, 5, -5))
+        .await
+        .unwrap();
+    let refused: Vec<OpsEvent> = wait_for(bus, subjects::OPS_EVENT, 1, &[forge]).await;
     assert_eq!(refused[0].kind, OpsEventKind::ApplyRefused);
     assert_eq!(refused[0].refused_by, Some(GateCheck::Expiry));
 
@@ -480,19 +463,16 @@ async fn an_expired_request_carries_on_only_an_apply_that_started_in_time() {
     plans
         .put(
             &plan.plan_id.to_string(),
-            &plan_record(&plan, PlanState::Applying, build.clone()),
+            &plan_record(plan, PlanState::Applying, build.clone()),
         )
         .await
         .unwrap();
-    let builds = lease_held_by(&bus, &plan, "forge that died", chrono::Duration::minutes(1)).await;
+    let builds = lease_held_by(bus, plan, "forge that died", chrono::Duration::minutes(1)).await;
     let key = plan.plan_id.to_string();
-    bus.publish(
-        subjects::APPLY_REQUEST,
-        &apply_request(&plan, &build, 5, -5),
-    )
-    .await
-    .unwrap();
-    let events: Vec<OpsEvent> = wait_for(&bus, subjects::OPS_EVENT, 5, &[&forge]).await;
+    bus.publish(subjects::APPLY_REQUEST, &apply_request(plan, build, 5, -5))
+        .await
+        .unwrap();
+    let events: Vec<OpsEvent> = wait_for(bus, subjects::OPS_EVENT, 5, &[forge]).await;
     let kinds: Vec<OpsEventKind> = events.iter().skip(1).map(|e| e.kind).collect();
     use OpsEventKind::*;
     assert_eq!(
@@ -501,7 +481,7 @@ async fn an_expired_request_carries_on_only_an_apply_that_started_in_time() {
         "{events:#?}"
     );
     // The lease is marked ended once the last event is confirmed, before the request's ack.
-    wait_until_drained(&bus, "forge").await;
+    wait_until_drained(bus, "forge").await;
     let lease = builds.get(&key).await.unwrap().unwrap().value.applying;
     assert_eq!(lease.unwrap().ended.as_deref(), Some("applied"));
 }

@@ -775,11 +775,7 @@ impl Conductor {
             Ok(false) => {
                 return Err("this exact decision was already received; a replay is refused".into());
             }
-            Err(error) => {
-                return Err(format!(
-                    "whether this decision was taken already cannot be checked ({error}); nothing was done, send it again"
-                ));
-            }
+            Err(error) => return Err(error.to_string()),
         }
         Ok((request, Authenticity::Verified))
     }

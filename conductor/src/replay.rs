@@ -50,23 +50,33 @@ impl SeenRequests {
     /// decides it, so two replicas taking copies at the same moment cannot both see it first.
     /// An error means the bucket did not answer: the caller refuses the request, to be sent
     /// again, rather than take one it cannot check.
-    pub async fn first_time(&self, source: RequestSource, id: &str) -> Result<bool, KvError> {
+    pub async fn first_time(
+        &self,
+        source: RequestSource,
+        id: &str,
+    ) -> Result<bool, ReplayUnchecked> {
         match self.seen.create(&key(source, id), &Utc::now()).await {
             Ok(_) => Ok(true),
             Err(KvError::AlreadyExists { .. }) => Ok(false),
-            Err(error) => Err(error),
+            Err(error) => Err(ReplayUnchecked(error)),
         }
     }
 }
 
-/// The answer to an HTTP request whose replay check could not be made: 503, so its sender
-/// tries again, and nothing was done.
-pub fn replay_unchecked(error: KvError) -> Response {
-    let reason = format!(
-        "whether this request was taken already cannot be checked ({error}); nothing was done, send it again"
-    );
-    tracing::warn!(%reason, "refused a request");
-    (StatusCode::SERVICE_UNAVAILABLE, reason).into_response()
+/// The bucket did not answer, so a request is refused unchecked; nothing was done.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "whether this request was taken already cannot be checked ({0}); nothing was done, send it again"
+)]
+pub struct ReplayUnchecked(KvError);
+
+/// Over HTTP: 503, so the sender tries again.
+impl IntoResponse for ReplayUnchecked {
+    fn into_response(self) -> Response {
+        let reason = self.to_string();
+        tracing::warn!(%reason, "refused a request");
+        (StatusCode::SERVICE_UNAVAILABLE, reason).into_response()
+    }
 }
 
 /// `<source>.<sha-256 of the id in hex>`: the id comes from outside, the hash is always a

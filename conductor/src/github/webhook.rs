@@ -23,7 +23,7 @@ use super::GithubApi;
 use crate::{
     config::GithubConfig,
     orchestrator::Conductor,
-    replay::{RequestSource, replay_unchecked},
+    replay::RequestSource,
     slack::requests::{SlackAction, parse_command},
 };
 
@@ -108,7 +108,7 @@ async fn webhook(
             let seen = &endpoint.conductor.seen;
             match seen.first_time(RequestSource::Github, &delivery).await {
                 Ok(first) => (!first).then_some(WebhookRefusal::Replayed(delivery)),
-                Err(error) => return replay_unchecked(error),
+                Err(error) => return error.into_response(),
             }
         }
     };

@@ -19,7 +19,7 @@ use super::{
     SlackDesk,
     requests::{RequestVerifier, Unverified, parse_command},
 };
-use crate::replay::{RequestSource, replay_unchecked};
+use crate::replay::RequestSource;
 
 /// How long a command's answer may take before Slack is answered "working on it" and the
 /// answer follows through the response URL (Slack gives up after three seconds).
@@ -58,7 +58,7 @@ async fn unverified(
             match seen.first_time(RequestSource::Slack, signature).await {
                 Ok(true) => return None,
                 Ok(false) => Unverified::Replayed,
-                Err(error) => return Some(replay_unchecked(error)),
+                Err(error) => return Some(error.into_response()),
             }
         }
     };
