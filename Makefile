@@ -56,9 +56,9 @@ bench: deps
 	cargo build --release --workspace --bins --locked
 	./target/release/crew bench --plans 1000
 	./target/release/crew bench --plans 1000 --rate 100
-	cargo run --release -p infracrew-bus --example bench
-	cargo run --release -p infracrew-sentinel --example bench
-	cargo run --release -p infracrew-atlas --example bench
+	cargo run --release -p infracrew-bus --example bus_latency
+	cargo run --release -p infracrew-sentinel --example judging_speed
+	cargo run --release -p infracrew-atlas --example planning_speed
 
 clean:
 	cargo clean

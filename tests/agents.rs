@@ -44,8 +44,8 @@ fn the_four_agents_connect_report_and_stop_on_sigterm() {
     }
     assert_eq!(
         report["consumers"].as_array().unwrap().len(),
-        5,
-        "one durable consumer per role, and the Conductor's Slack reviews"
+        4,
+        "one durable consumer per role; none for reviews without Slack or GitHub"
     );
 
     for agent in &mut agents {

@@ -19,8 +19,8 @@ pub use consumer::{
 pub use kv::{Kv, KvError, Versioned};
 pub use metrics::ConsumerMetrics;
 pub use provision::{
-    ConsumerSpec, ProvisionError, ProvisionOptions, ProvisionReport, Provisioned, Topology,
-    buckets, consumers, max_deliveries_subject, role_subjects, streams,
+    ConsumerSpec, Creation, ProvisionError, ProvisionOptions, ProvisionReport, Provisioned,
+    Topology, buckets, consumers, max_deliveries_subject, role_subjects, streams,
 };
 pub use publish::{PublishError, Published, Sent, message_id};
 pub use shutdown::{Shutdown, shutdown_on_signal};

@@ -105,6 +105,17 @@ impl Default for ProvisionOptions {
     }
 }
 
+/// Who creates a consumer, and so where it starts reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Creation {
+    /// Provisioned with the topology; reads the stream from its first message.
+    WithTopology,
+    /// Created by the agent that reads it when it first needs it, reading the messages
+    /// published from then on; provisioning leaves it out, so nothing piles up for a reader
+    /// that an installation never runs.
+    OnDemand,
+}
+
 /// One durable pull consumer.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ConsumerSpec {
@@ -114,14 +125,39 @@ pub struct ConsumerSpec {
     pub ack_wait: Duration,
     pub max_deliver: i64,
     pub max_ack_pending: i64,
+    pub creation: Creation,
 }
 
 impl ConsumerSpec {
+    /// Creates the consumer if it is missing; one that exists is checked for these settings.
+    pub async fn ensure(&self, bus: &Bus) -> Result<Provisioned, ProvisionError> {
+        ensure_consumer(bus.jetstream(), self).await
+    }
+
+    /// Whether the consumer exists on its stream.
+    pub async fn exists(&self, bus: &Bus) -> Result<bool, ProvisionError> {
+        let name = format!("{}/{}", self.stream, self.durable);
+        let stream = bus
+            .jetstream()
+            .get_stream_no_info(&self.stream)
+            .await
+            .map_err(|error| request_error("read", "consumer", &name, error))?;
+        match stream.consumer_info(&self.durable).await {
+            Ok(_) => Ok(true),
+            Err(error) if matches!(error.kind(), ConsumerInfoErrorKind::NotFound) => Ok(false),
+            Err(error) => Err(request_error("read", "consumer", &name, error)),
+        }
+    }
+
     fn config(&self) -> pull::Config {
+        let deliver_policy = match self.creation {
+            Creation::WithTopology => DeliverPolicy::All,
+            Creation::OnDemand => DeliverPolicy::New,
+        };
         pull::Config {
             durable_name: Some(self.durable.clone()),
             ack_policy: AckPolicy::Explicit,
-            deliver_policy: DeliverPolicy::All,
+            deliver_policy,
             ack_wait: self.ack_wait,
             max_deliver: self.max_deliver,
             max_ack_pending: self.max_ack_pending,
@@ -187,6 +223,7 @@ impl Topology {
                 ack_wait: options.ack_wait,
                 max_deliver: options.max_deliver,
                 max_ack_pending: options.max_ack_pending,
+                creation: Creation::WithTopology,
             })
             .chain(std::iter::once(ConsumerSpec {
                 stream: streams::WORK.to_owned(),
@@ -200,6 +237,8 @@ impl Topology {
                 // One message out at a time: a review's posts reach Slack in the order of the
                 // plan's moves, also after a retry.
                 max_ack_pending: 1,
+                // Only a Conductor with a review channel (Slack, GitHub) reads it.
+                creation: Creation::OnDemand,
             }))
             .collect();
         let bucket = |name: &str, history: i64| kv::Config {
@@ -242,7 +281,11 @@ impl Topology {
         for config in &self.buckets {
             report.items.push(ensure_bucket(js, config).await?);
         }
-        for spec in &self.consumers {
+        for spec in self
+            .consumers
+            .iter()
+            .filter(|spec| spec.creation == Creation::WithTopology)
+        {
             report.items.push(ensure_consumer(js, spec).await?);
         }
         Ok(report)

@@ -13,8 +13,9 @@ use std::{
 
 use bytes::Bytes;
 use infracrew_bus::{
-    Bus, ConnectArgs, ConnectError, ConsumerSettings, ConsumerSpec, Delivery, HandlerError,
-    KvError, ProvisionError, ProvisionOptions, Shutdown, Topology, WorkStats, buckets, streams,
+    Bus, ConnectArgs, ConnectError, ConsumerSettings, ConsumerSpec, Creation, Delivery,
+    HandlerError, KvError, ProvisionError, ProvisionOptions, Shutdown, Topology, WorkStats,
+    buckets, consumers, streams,
 };
 use infracrew_protocol::{
     self as protocol, DeadLetter, DeadLetterKind, GoalStatement, Message, PlanSpec, examples,
@@ -51,14 +52,9 @@ async fn test_consumer(
         ack_wait,
         max_deliver,
         max_ack_pending: 1000,
+        creation: Creation::WithTopology,
     };
-    Topology {
-        consumers: vec![spec.clone()],
-        ..Topology::default()
-    }
-    .provision(bus)
-    .await
-    .unwrap();
+    spec.ensure(bus).await.unwrap();
     spec
 }
 
@@ -846,11 +842,37 @@ async fn provisioning_twice_is_a_noop_and_conflicts_are_reported_not_recreated()
     let first = topology.provision(&bus).await.unwrap();
     assert_eq!(
         first.created().count(),
-        4 + 6 + 5,
-        "4 streams, 6 buckets, 5 consumers"
+        4 + 6 + 4,
+        "4 streams, 6 buckets, a consumer per role"
     );
     let second = topology.provision(&bus).await.unwrap();
     assert!(second.is_noop(), "{second:?}");
+
+    // The reviews consumer is left to the Conductor that has somewhere to post: created
+    // then, it reads from the next message on, not the stream's history.
+    let reviews = topology.consumer(consumers::REVIEWS).unwrap();
+    assert!(!reviews.exists(&bus).await.unwrap());
+    bus.publish_with_id(subjects::OPS_EVENT, &examples::ops_event(), "before")
+        .await
+        .unwrap();
+    assert!(reviews.ensure(&bus).await.unwrap().created);
+    assert!(reviews.exists(&bus).await.unwrap());
+    assert!(!reviews.ensure(&bus).await.unwrap().created);
+    let pending = async || {
+        bus.jetstream()
+            .get_stream_no_info(streams::WORK)
+            .await
+            .unwrap()
+            .consumer_info(consumers::REVIEWS)
+            .await
+            .unwrap()
+            .num_pending
+    };
+    assert_eq!(pending().await, 0, "the ops event before it is not read");
+    bus.publish_with_id(subjects::OPS_EVENT, &examples::ops_event(), "after")
+        .await
+        .unwrap();
+    assert_eq!(pending().await, 1, "the ops event after it is");
 
     bus.publish(subjects::PLAN_PENDING, &examples::plan_spec())
         .await
@@ -867,7 +889,7 @@ async fn provisioning_twice_is_a_noop_and_conflicts_are_reported_not_recreated()
     assert!(error.to_string().contains("max_age"), "{error}");
     assert_eq!(
         stream_messages(&bus, streams::WORK).await.len(),
-        1,
+        3,
         "the stream kept its messages"
     );
 

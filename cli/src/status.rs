@@ -6,6 +6,7 @@ use std::{collections::BTreeMap, process::ExitCode, time::Duration};
 use async_nats::jetstream::{
     self,
     consumer::{AckPolicy, DeliverPolicy},
+    context::ConsumerInfoErrorKind,
     stream::DirectGetErrorKind,
 };
 use chrono::Utc;
@@ -314,13 +315,22 @@ async fn read_backlogs(bus: &Bus) -> Result<Vec<Backlog>, CliError> {
         .map(consumers::for_role)
         .chain([consumers::REVIEWS]);
     for name in durables {
-        let info = stream
-            .consumer_info(name)
-            .await
-            .map_err(|error| CliError::Read {
-                what: "consumer state",
-                reason: error.to_string(),
-            })?;
+        let info = match stream.consumer_info(name).await {
+            Ok(info) => info,
+            // Created only by a Conductor with a review channel.
+            Err(error)
+                if name == consumers::REVIEWS
+                    && matches!(error.kind(), ConsumerInfoErrorKind::NotFound) =>
+            {
+                continue;
+            }
+            Err(error) => {
+                return Err(CliError::Read {
+                    what: "consumer state",
+                    reason: error.to_string(),
+                });
+            }
+        };
         backlogs.push(Backlog {
             name: name.to_owned(),
             pending: info.num_pending,

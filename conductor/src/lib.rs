@@ -97,7 +97,8 @@ pub async fn run(
             },
         )),
     ];
-    tasks.push(start_reviews(&agent, &conductor, options.slack, options.github, &shutdown).await?);
+    tasks
+        .extend(start_reviews(&agent, &conductor, options.slack, options.github, &shutdown).await?);
     let handler = {
         let conductor = conductor.clone();
         move |message: ConductorMessage, delivery: Delivery| {
@@ -161,15 +162,23 @@ impl Reviews {
     }
 }
 
-/// Starts the reviews consumer (read and acknowledged even with neither Slack nor GitHub, so
-/// it keeps no backlog) and the endpoints that take decisions from Slack and GitHub.
+/// Starts the endpoints that take decisions from Slack and GitHub and the reviews consumer
+/// that posts to them, creating it with the first review channel. Without a channel it is
+/// not created, and one left from an earlier configuration is read and acknowledged, so it
+/// keeps no backlog.
 async fn start_reviews(
     agent: &Agent,
     conductor: &Arc<Conductor>,
     slack: Option<SlackSetup>,
     github: Option<GithubSetup>,
     shutdown: &Shutdown,
-) -> Result<JoinHandle<()>, WorkError> {
+) -> Result<Option<JoinHandle<()>>, WorkError> {
+    if slack.is_some() || github.is_some() {
+        agent.create_consumer(consumers::REVIEWS).await?;
+    } else if !agent.has_consumer(consumers::REVIEWS).await? {
+        tracing::info!("no review channel (Slack, GitHub): plans are reviewed with crew show");
+        return Ok(None);
+    }
     let settings = ConsumerSettings {
         concurrency: 1,
         ..ConsumerSettings::default()
@@ -248,7 +257,7 @@ async fn start_reviews(
     });
     let agent = agent.clone();
     let shutdown = shutdown.clone();
-    Ok(tokio::spawn(async move {
+    Ok(Some(tokio::spawn(async move {
         let handler = move |input: ReviewInput, delivery: Delivery| {
             let reviews = reviews.clone();
             async move { reviews.handle(input, delivery).await }
@@ -265,5 +274,5 @@ async fn start_reviews(
         {
             tracing::error!(%error, "Slack's Socket Mode listener failed");
         }
-    }))
+    })))
 }

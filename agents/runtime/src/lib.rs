@@ -112,6 +112,13 @@ pub enum WorkError {
     Consume(#[from] infracrew_bus::ConsumeError),
 }
 
+fn unusable(durable: &str, error: impl std::fmt::Display) -> WorkError {
+    WorkError::Consumer {
+        durable: durable.to_owned(),
+        reason: error.to_string(),
+    }
+}
+
 /// Runs an agent process from its parsed flags: logging, its HTTP address, start, `work`
 /// until SIGTERM or Ctrl-C, and a clean stop. Errors are printed for a person; the exit code
 /// says failure.
@@ -268,31 +275,46 @@ impl Agent {
         Ok(outcome?)
     }
 
+    /// Creates one of the crew's on-demand consumers if it is missing (it then reads the
+    /// messages published from now on); true when it was created.
+    pub async fn create_consumer(&self, durable: &str) -> Result<bool, WorkError> {
+        let provisioned = self
+            .spec_of(durable)?
+            .ensure(&self.bus)
+            .await
+            .map_err(|error| unusable(durable, error))?;
+        if provisioned.created {
+            tracing::info!(item = %provisioned, "provisioned");
+        }
+        Ok(provisioned.created)
+    }
+
+    /// Whether one of the crew's consumers exists.
+    pub async fn has_consumer(&self, durable: &str) -> Result<bool, WorkError> {
+        self.spec_of(durable)?
+            .exists(&self.bus)
+            .await
+            .map_err(|error| unusable(durable, error))
+    }
+
     fn spec_of(&self, durable: &str) -> Result<ConsumerSpec, WorkError> {
         self.topology
             .consumer(durable)
             .cloned()
-            .ok_or_else(|| WorkError::Consumer {
-                durable: durable.to_owned(),
-                reason: "not in the crew's topology".into(),
-            })
+            .ok_or_else(|| unusable(durable, "not in the crew's topology"))
     }
 
     async fn backlog(&self, spec: &ConsumerSpec) -> Result<Backlog, WorkError> {
-        let unusable = |reason: String| WorkError::Consumer {
-            durable: spec.durable.clone(),
-            reason,
-        };
         let stream = self
             .bus
             .jetstream()
             .get_stream_no_info(&spec.stream)
             .await
-            .map_err(|error| unusable(error.to_string()))?;
+            .map_err(|error| unusable(&spec.durable, error))?;
         let info = stream
             .consumer_info(&spec.durable)
             .await
-            .map_err(|error| unusable(error.to_string()))?;
+            .map_err(|error| unusable(&spec.durable, error))?;
         Ok(Backlog {
             pending: info.num_pending,
             ack_pending: info.num_ack_pending,

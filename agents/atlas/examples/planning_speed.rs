@@ -1,7 +1,7 @@
 //! Atlas's planning speed: goals planned per second through the same `planner::plan` the agent
 //! runs (catalog lookup, parameter checks, merge, risk), on one core.
 //!
-//! Run: `cargo run --release -p infracrew-atlas --example bench -- [SECONDS]`.
+//! Run: `cargo run --release -p infracrew-atlas --example planning_speed -- [SECONDS]`.
 
 use std::{path::PathBuf, time::Instant};
 

@@ -2,7 +2,7 @@
 //! core NATS request-reply, JetStream publish-to-ack, publish-to-consume-to-ack through a
 //! durable pull consumer, and the throughput of `Bus::consume` on schema-checked messages.
 //!
-//! Run: `make bench`, or `cargo run --release -p infracrew-bus --example bench -- [N]`.
+//! Run: `make bench`, or `cargo run --release -p infracrew-bus --example bus_latency -- [N]`.
 
 use std::{
     sync::{Arc, atomic::Ordering},
@@ -13,7 +13,7 @@ use async_nats::jetstream::{consumer::pull, stream};
 use bytes::Bytes;
 use futures::StreamExt;
 use infracrew_bus::{
-    Bus, ConnectArgs, ConsumerSettings, ConsumerSpec, Delivery, Shutdown, Topology, WorkStats,
+    Bus, ConnectArgs, ConsumerSettings, ConsumerSpec, Creation, Delivery, Shutdown, WorkStats,
 };
 use infracrew_protocol::{PlanSpec, encode, examples};
 use infracrew_testkit::NatsServer;
@@ -121,13 +121,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         ack_wait: Duration::from_secs(30),
         max_deliver: 5,
         max_ack_pending: 10_000,
+        creation: Creation::WithTopology,
     };
-    Topology {
-        consumers: vec![spec.clone()],
-        ..Topology::default()
-    }
-    .provision(&bus)
-    .await?;
+    spec.ensure(&bus).await?;
     let stats = Arc::new(WorkStats::default());
     let shutdown = Shutdown::new();
     let handler = |_plan: PlanSpec, _delivery: Delivery| async { Ok(()) };

@@ -1,7 +1,7 @@
 //! Sentinel's judging speed with the default policy pack, through the same `judge` the agent
 //! runs (input document, every policy, levels, cost), on one core.
 //!
-//! Run: `cargo run --release -p infracrew-sentinel --example bench -- [SECONDS]`.
+//! Run: `cargo run --release -p infracrew-sentinel --example judging_speed -- [SECONDS]`.
 
 use std::{
     path::PathBuf,
