@@ -150,8 +150,10 @@ where
     let (progress, mut lines) = Progress::channel();
     let work = work(progress);
     tokio::pin!(work);
-    let mut keepalive = tokio::time::interval(KEEPALIVE);
-    keepalive.tick().await;
+    // Starting one period ahead: awaiting an interval's "immediate" first tick waits for the
+    // timer's next millisecond, which every step of every apply would spend.
+    let mut keepalive =
+        tokio::time::interval_at(tokio::time::Instant::now() + KEEPALIVE, KEEPALIVE);
     loop {
         tokio::select! {
             output = &mut work => {
