@@ -164,6 +164,8 @@ fn crew_bench_drives_plans_through_a_whole_crew_and_prints_its_figures() {
         "PlanSpec -> READY",
         "JetStream hop (publish, ack, consume): p50",
         "x the floor",
+        "handling per message (mean, ack included): atlas: goal.submitted ",
+        "forge: apply.request ",
         "peak resident memory: atlas ",
     ] {
         assert!(printed.contains(figure), "{figure:?} missing:\n{printed}");

@@ -1,10 +1,11 @@
 //! `crew bench`: N plans through a whole crew (a nats-server it starts, the four agents as
 //! processes, the dry-run driver, dev approving automatically), at a given rate or as fast as
 //! possible; it prints throughput, end-to-end and per-stage latency, the raw JetStream hop
-//! measured in the same run, and each agent's peak resident memory.
+//! measured in the same run, each process's CPU time, each handler's mean time, and each
+//! agent's peak resident memory.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     path::{Path, PathBuf},
     process::{ExitCode, Stdio},
     time::{Duration, Instant},
@@ -73,7 +74,11 @@ pub async fn bench(options: BenchOptions) -> Result<ExitCode, CliError> {
         .unwrap_or_default();
     let (signer, seed) = Signer::generate();
     let mut agents: Vec<(&str, Child)> = Vec::new();
+    // Each agent's /metrics, read at the end for its handlers' times.
+    let mut metrics: Vec<(&str, String)> = Vec::new();
     for name in AGENTS {
+        let listen = free_address().map_err(|e| bench_error("a free port", e))?;
+        metrics.push((name, format!("http://{listen}/metrics")));
         let log = std::fs::File::create(work.path().join(format!("{name}.log")))
             .map_err(|e| bench_error("an agent log", e))?;
         let mut command = Command::new(bin.join(name));
@@ -82,7 +87,7 @@ pub async fn bench(options: BenchOptions) -> Result<ExitCode, CliError> {
             .env("INFRACREW_PLAYBOOKS", &playbooks)
             .env("INFRACREW_CONDUCTOR_CONFIG", &options.config)
             .env("INFRACREW_DRIVER", "dry-run")
-            .env("INFRACREW_LISTEN", "127.0.0.1:0")
+            .env("INFRACREW_LISTEN", &listen)
             .env("INFRACREW_AUTO_APPROVE", "dev")
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
@@ -157,6 +162,7 @@ pub async fn bench(options: BenchOptions) -> Result<ExitCode, CliError> {
             .saturating_sub(counts_before.api_requests) as f64
             / plans,
     );
+    report_handlers(&metrics).await;
     print!("peak resident memory:");
     for (name, child) in &agents {
         let peak = child.id().and_then(peak_rss_kib);
@@ -460,6 +466,67 @@ async fn server_counts(bus: &Bus) -> Result<ServerCounts, CliError> {
     })
 }
 
+/// A loopback address no one listens on now, for an agent's HTTP endpoint.
+fn free_address() -> std::io::Result<String> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(listener.local_addr()?.to_string())
+}
+
+/// Each agent's mean handling time per subject (its ack's round trip included), read from
+/// its /metrics: where a plan's time goes beside the hops.
+async fn report_handlers(metrics: &[(&str, String)]) {
+    print!("handling per message (mean, ack included):");
+    for (name, url) in metrics {
+        match infracrew_testkit::http::get(url).await {
+            Ok((200, body)) => {
+                let times: Vec<String> = mean_handler_times(&body)
+                    .into_iter()
+                    .map(|(subject, time)| {
+                        format!("{} {}", subject.trim_start_matches("crew."), millis(time))
+                    })
+                    .collect();
+                print!(" {name}: {};", times.join(", "));
+            }
+            _ => print!(" {name}: ?;"),
+        }
+    }
+    println!();
+}
+
+/// The handler histogram's sum over its count, per subject, from a Prometheus text page.
+fn mean_handler_times(page: &str) -> Vec<(String, Duration)> {
+    let mut sums: BTreeMap<String, f64> = BTreeMap::new();
+    let mut counts: BTreeMap<String, f64> = BTreeMap::new();
+    for line in page.lines() {
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let (totals, labels) =
+            if let Some(labels) = series.strip_prefix("infracrew_handler_duration_seconds_sum{") {
+                (&mut sums, labels)
+            } else if let Some(labels) =
+                series.strip_prefix("infracrew_handler_duration_seconds_count{")
+            {
+                (&mut counts, labels)
+            } else {
+                continue;
+            };
+        let subject = labels
+            .split("subject=\"")
+            .nth(1)
+            .and_then(|rest| rest.split('"').next());
+        if let (Some(subject), Ok(value)) = (subject, value.parse::<f64>()) {
+            totals.insert(subject.to_owned(), value);
+        }
+    }
+    sums.into_iter()
+        .filter_map(|(subject, sum)| {
+            let count = counts.get(&subject).copied().filter(|count| *count > 0.0)?;
+            Some((subject, Duration::from_secs_f64(sum / count)))
+        })
+        .collect()
+}
+
 /// CPU time per plan of each process, and the throughput the machine's cores would allow
 /// if they did nothing else.
 fn report_cpu(used: &[(&str, Option<Duration>)], plans: usize) {
@@ -529,4 +596,30 @@ fn add_bench_services(playbooks: &Path, count: usize) -> std::io::Result<()> {
         )?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mean_handling_is_each_subjects_sum_over_its_count() {
+        let page = "\
+# HELP infracrew_handler_duration_seconds Time from taking a message to settling it.
+infracrew_handler_duration_seconds_sum{subject=\"crew.plan.routed\"} 0.009
+infracrew_handler_duration_seconds_count{subject=\"crew.plan.routed\"} 10
+infracrew_handler_duration_seconds_bucket{le=\"0.001\",subject=\"crew.plan.routed\"} 2
+infracrew_handler_duration_seconds_sum{agent=\"forge\",subject=\"crew.apply.request\"} 0.004
+infracrew_handler_duration_seconds_count{agent=\"forge\",subject=\"crew.apply.request\"} 2
+infracrew_handler_duration_seconds_sum{subject=\"crew.validate.result\"} 0
+infracrew_handler_duration_seconds_count{subject=\"crew.validate.result\"} 0
+";
+        assert_eq!(
+            mean_handler_times(page),
+            vec![
+                ("crew.apply.request".to_owned(), Duration::from_millis(2)),
+                ("crew.plan.routed".to_owned(), Duration::from_micros(900)),
+            ]
+        );
+    }
 }

@@ -216,7 +216,8 @@ pub enum Command {
     ///
     /// Prints throughput, submit-to-APPLIED and per-stage latency (p50, p90, p99), the raw
     /// JetStream hop measured in the same run and the crew's latency against the sum of its
-    /// hops, and each agent's peak resident memory. Build with --release for real figures.
+    /// hops, each process's CPU time per plan, each handler's mean time per message, and each
+    /// agent's peak resident memory. Build with --release for real figures.
     ///
     /// Example: cargo run --release -p infracrew-cli -- bench --plans 2000
     Bench {
