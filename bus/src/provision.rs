@@ -271,7 +271,8 @@ impl Topology {
         self.consumers.iter().find(|spec| spec.durable == durable)
     }
 
-    /// Creates what is missing and checks that what exists has these settings.
+    /// Creates what is missing and checks that what exists has these settings; on-demand
+    /// consumers are left to the agents that read them.
     pub async fn provision(&self, bus: &Bus) -> Result<ProvisionReport, ProvisionError> {
         let js = bus.jetstream();
         let mut report = ProvisionReport::default();

@@ -276,8 +276,8 @@ impl Agent {
     }
 
     /// Creates one of the crew's on-demand consumers if it is missing (it then reads the
-    /// messages published from now on); true when it was created.
-    pub async fn create_consumer(&self, durable: &str) -> Result<bool, WorkError> {
+    /// messages published from now on).
+    pub async fn create_consumer(&self, durable: &str) -> Result<(), WorkError> {
         let provisioned = self
             .spec_of(durable)?
             .ensure(&self.bus)
@@ -286,7 +286,7 @@ impl Agent {
         if provisioned.created {
             tracing::info!(item = %provisioned, "provisioned");
         }
-        Ok(provisioned.created)
+        Ok(())
     }
 
     /// Whether one of the crew's consumers exists.
