@@ -190,11 +190,17 @@ async fn routed_plans_are_rendered_judged_and_reported() {
     );
 }
 
-fn plan_record(plan: &PlanSpec, state: PlanState, build: BuildStatus) -> PlanRecord {
-    PlanRecord {
+/// Records `plan` as the Conductor would have it in `state`, decided on `build`.
+async fn record_plan(
+    plans: &Kv<PlanRecord>,
+    plan: &PlanSpec,
+    state: PlanState,
+    build: &BuildStatus,
+) {
+    let record = PlanRecord {
         plan: plan.clone(),
         state,
-        build: Some(build),
+        build: Some(build.clone()),
         decision_opened_at: Some(Utc::now()),
         approvals: Vec::new(),
         overrides: Vec::new(),
@@ -202,7 +208,8 @@ fn plan_record(plan: &PlanSpec, state: PlanState, build: BuildStatus) -> PlanRec
         lock_token: None,
         trace_parent: None,
         history: Vec::new(),
-    }
+    };
+    plans.put(&plan.plan_id.to_string(), &record).await.unwrap();
 }
 
 async fn hold_lock(bus: &Bus, plan: &PlanSpec, holder_plan: PlanId, token: u64) {
@@ -222,8 +229,8 @@ async fn hold_lock(bus: &Bus, plan: &PlanSpec, holder_plan: PlanId, token: u64) 
 }
 
 /// Forge and Sentinel on a server of their own, and the plan numbered `number` for `service` in
-/// staging, routed and built.
-struct BuiltPlan {
+/// staging, routed, built and approved as the Conductor approves.
+struct ApprovedPlan {
     bus: Bus,
     forge: AgentProcess,
     plan: PlanSpec,
@@ -233,7 +240,9 @@ struct BuiltPlan {
     _server: NatsServer,
 }
 
-async fn a_built_plan(number: u128, service: &str) -> BuiltPlan {
+/// The record says APPROVED with the build, and the plan holds the lock with fencing token
+/// `token`.
+async fn an_approved_plan(number: u128, service: &str, token: u64) -> ApprovedPlan {
     let server = NatsServer::start().unwrap();
     let bus = crew_bus(&server).await;
     let sentinel = AgentProcess::start("sentinel", &server, &[]);
@@ -242,28 +251,18 @@ async fn a_built_plan(number: u128, service: &str) -> BuiltPlan {
     bus.publish(subjects::PLAN_ROUTED, &plan).await.unwrap();
     let mut built: Vec<BuildStatus> =
         wait_for(&bus, subjects::BUILD_STATUS, 1, &[&forge, &sentinel]).await;
-    BuiltPlan {
+    let build = built.remove(0);
+    let plans = bus.kv::<PlanRecord>(buckets::PLANS).await.unwrap();
+    record_plan(&plans, &plan, PlanState::Approved, &build).await;
+    hold_lock(&bus, &plan, plan.plan_id, token).await;
+    ApprovedPlan {
         bus,
         forge,
         plan,
-        build: built.remove(0),
+        build,
         _sentinel: sentinel,
         _server: server,
     }
-}
-
-/// What the Conductor does on an approval: the record says APPROVED with `build`, and the
-/// plan holds the lock with fencing token `token`.
-async fn approve_as_the_conductor(bus: &Bus, plan: &PlanSpec, build: &BuildStatus, token: u64) {
-    let plans = bus.kv::<PlanRecord>(buckets::PLANS).await.unwrap();
-    plans
-        .put(
-            &plan.plan_id.to_string(),
-            &plan_record(plan, PlanState::Approved, build.clone()),
-        )
-        .await
-        .unwrap();
-    hold_lock(bus, plan, plan.plan_id, token).await;
 }
 
 /// Another Forge holds the plan's apply lease, last renewed `renewed_ago`; the builds bucket,
@@ -310,17 +309,16 @@ fn apply_request(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_approved_plan_is_applied_step_by_step_and_recorded() {
-    let built = a_built_plan(1, "social-intel").await;
-    let BuiltPlan {
+    let approved = an_approved_plan(1, "social-intel", 7).await;
+    let ApprovedPlan {
         bus,
         forge,
         plan,
         build,
         ..
-    } = &built;
+    } = &approved;
     assert_eq!(build.outcome, BuildOutcome::Ready, "{:?}", build.findings);
 
-    approve_as_the_conductor(bus, plan, build, 7).await;
     bus.publish(subjects::APPLY_REQUEST, &apply_request(plan, build, 7, 60))
         .await
         .unwrap();
@@ -373,15 +371,14 @@ async fn an_approved_plan_is_applied_step_by_step_and_recorded() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plan_under_way_is_not_applied_by_a_second_request_until_its_lease_lapses_nor_after_it_ended()
  {
-    let built = a_built_plan(2, "alfred-bot").await;
-    let BuiltPlan {
+    let approved = an_approved_plan(2, "alfred-bot", 3).await;
+    let ApprovedPlan {
         bus,
         forge,
         plan,
         build,
         ..
-    } = &built;
-    approve_as_the_conductor(bus, plan, build, 3).await;
+    } = &approved;
 
     // Another Forge took the plan's apply 12 s ago and has not renewed its lease since: it
     // lapses 3 s from now, and only then may this request apply.
@@ -439,15 +436,14 @@ async fn a_plan_under_way_is_not_applied_by_a_second_request_until_its_lease_lap
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_request_carries_on_only_an_apply_that_started_in_time() {
-    let built = a_built_plan(3, "legal-compliance").await;
-    let BuiltPlan {
+    let approved = an_approved_plan(3, "legal-compliance", 5).await;
+    let ApprovedPlan {
         bus,
         forge,
         plan,
         build,
         ..
-    } = &built;
-    approve_as_the_conductor(bus, plan, build, 5).await;
+    } = &approved;
 
     // APPROVED: no apply of the plan has started, so an expired request starts none.
     bus.publish(subjects::APPLY_REQUEST, &apply_request(plan, build, 5, -5))
@@ -460,13 +456,7 @@ async fn an_expired_request_carries_on_only_an_apply_that_started_in_time() {
     // APPLYING, and the Forge that started it died (its lease lapsed, never ended): the
     // request's redelivery, expired by now, carries the apply on.
     let plans = bus.kv::<PlanRecord>(buckets::PLANS).await.unwrap();
-    plans
-        .put(
-            &plan.plan_id.to_string(),
-            &plan_record(plan, PlanState::Applying, build.clone()),
-        )
-        .await
-        .unwrap();
+    record_plan(&plans, plan, PlanState::Applying, build).await;
     let builds = lease_held_by(bus, plan, "forge that died", chrono::Duration::minutes(1)).await;
     let key = plan.plan_id.to_string();
     bus.publish(subjects::APPLY_REQUEST, &apply_request(plan, build, 5, -5))
@@ -504,13 +494,7 @@ async fn forged_apply_requests_are_refused_with_the_reason_and_change_nothing() 
     ));
 
     let unapproved = plan(11, "alfred-bot", "staging", |_| {});
-    plans
-        .put(
-            &unapproved.plan_id.to_string(),
-            &plan_record(&unapproved, PlanState::Ready, build.clone()),
-        )
-        .await
-        .unwrap();
+    record_plan(&plans, &unapproved, PlanState::Ready, &build).await;
     cases.push((
         apply_request(&unapproved, &build, 1, 60),
         GateCheck::Plan,
@@ -518,13 +502,7 @@ async fn forged_apply_requests_are_refused_with_the_reason_and_change_nothing() 
     ));
 
     let swapped = plan(12, "legal-compliance", "staging", |_| {});
-    plans
-        .put(
-            &swapped.plan_id.to_string(),
-            &plan_record(&swapped, PlanState::Approved, build.clone()),
-        )
-        .await
-        .unwrap();
+    record_plan(&plans, &swapped, PlanState::Approved, &build).await;
     let mut other_change = build.clone();
     other_change.digest =
         infracrew_protocol::PlanDigest::of_value(&serde_json::json!({"a": "different change"}));
@@ -535,13 +513,7 @@ async fn forged_apply_requests_are_refused_with_the_reason_and_change_nothing() 
     ));
 
     let stale = plan(13, "financial-tax", "staging", |_| {});
-    plans
-        .put(
-            &stale.plan_id.to_string(),
-            &plan_record(&stale, PlanState::Approved, build.clone()),
-        )
-        .await
-        .unwrap();
+    record_plan(&plans, &stale, PlanState::Approved, &build).await;
     hold_lock(&bus, &stale, stale.plan_id, 9).await;
     cases.push((
         apply_request(&stale, &build, 8, 60),
@@ -550,13 +522,7 @@ async fn forged_apply_requests_are_refused_with_the_reason_and_change_nothing() 
     ));
 
     let taken = plan(14, "mission-control", "staging", |_| {});
-    plans
-        .put(
-            &taken.plan_id.to_string(),
-            &plan_record(&taken, PlanState::Approved, build.clone()),
-        )
-        .await
-        .unwrap();
+    record_plan(&plans, &taken, PlanState::Approved, &build).await;
     hold_lock(&bus, &taken, PlanId(Uuid::nil()), 3).await;
     cases.push((
         apply_request(&taken, &build, 3, 60),
@@ -565,13 +531,7 @@ async fn forged_apply_requests_are_refused_with_the_reason_and_change_nothing() 
     ));
 
     let late = plan(15, "social-intel", "dev", |_| {});
-    plans
-        .put(
-            &late.plan_id.to_string(),
-            &plan_record(&late, PlanState::Approved, build.clone()),
-        )
-        .await
-        .unwrap();
+    record_plan(&plans, &late, PlanState::Approved, &build).await;
     hold_lock(&bus, &late, late.plan_id, 1).await;
     cases.push((
         apply_request(&late, &build, 1, -5),
@@ -583,13 +543,7 @@ async fn forged_apply_requests_are_refused_with_the_reason_and_change_nothing() 
     let mut signed_wrong = Vec::new();
     for (number, environment) in [(16, "dev"), (17, "prod"), (18, "qa")] {
         let approved = plan(number, "alfred-bot", environment, |_| {});
-        plans
-            .put(
-                &approved.plan_id.to_string(),
-                &plan_record(&approved, PlanState::Approved, build.clone()),
-            )
-            .await
-            .unwrap();
+        record_plan(&plans, &approved, PlanState::Approved, &build).await;
         hold_lock(&bus, &approved, approved.plan_id, 1).await;
         signed_wrong.push(apply_request(&approved, &build, 1, 60));
     }

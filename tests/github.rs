@@ -49,6 +49,17 @@ struct GithubCrewParts {
 }
 
 impl GithubCrewParts {
+    /// Fails, listing every ops event's message, unless one of them `says` so.
+    async fn assert_an_ops_event(&self, says: impl Fn(&str) -> bool) {
+        let events: Vec<infracrew_protocol::OpsEvent> =
+            messages_on(&self.bus, subjects::OPS_EVENT).await;
+        let messages: Vec<&str> = events.iter().map(|event| event.message.as_str()).collect();
+        assert!(
+            messages.iter().any(|message| says(message)),
+            "{messages:#?}"
+        );
+    }
+
     async fn start(server: &NatsServer, forge_args: impl FnOnce(&str) -> Vec<String>) -> Self {
         let bus = crew_bus(server).await;
         let github = GithubSimulator::start(TOKEN).await.unwrap();
@@ -391,15 +402,8 @@ async fn the_ci_dispatch_driver_deploys_through_the_workflow_run_it_follows() {
     assert_eq!(inputs["environment"], "staging");
     assert_eq!(inputs["version"], "infracrew/social-intel:1.4.0");
     // The run's steps came back as the apply's progress.
-    let events: Vec<infracrew_protocol::OpsEvent> =
-        messages_on(&crew.bus, subjects::OPS_EVENT).await;
-    assert!(
-        events
-            .iter()
-            .any(|event| event.message.contains("Deploy social-intel: success")),
-        "{:#?}",
-        events.iter().map(|e| &e.message).collect::<Vec<_>>()
-    );
+    crew.assert_an_ops_event(|message| message.contains("Deploy social-intel: success"))
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -413,16 +417,10 @@ async fn github_failing_while_a_run_is_followed_is_asked_again_not_a_failed_plan
     let plan = crew.approved_sample_plan(&server).await.plan.plan_id;
     wait_for_state(&crew.bus, plan, PlanState::Applied, &crew.agents).await;
     assert_eq!(crew.github.dispatches("acme", "deploys").len(), 1);
-    let events: Vec<infracrew_protocol::OpsEvent> =
-        messages_on(&crew.bus, subjects::OPS_EVENT).await;
-    assert!(
-        events
-            .iter()
-            .any(|event| event.message.contains("GitHub answered 502")
-                && event.message.ends_with("asking again")),
-        "{:#?}",
-        events.iter().map(|e| &e.message).collect::<Vec<_>>()
-    );
+    crew.assert_an_ops_event(|message| {
+        message.contains("GitHub answered 502") && message.ends_with("asking again")
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -83,8 +83,7 @@ impl IntoResponse for ReplayUnchecked {
 /// valid key of one length.
 fn key(source: RequestSource, id: &str) -> String {
     let digest = Sha256::digest(id.as_bytes());
-    let hex: String = digest.iter().map(|byte| format!("{byte:02x}")).collect();
-    format!("{}.{hex}", source.as_str())
+    format!("{}.{}", source.as_str(), infracrew_protocol::hex(&digest))
 }
 
 #[cfg(test)]

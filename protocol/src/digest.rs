@@ -24,13 +24,7 @@ impl PlanDigest {
     /// Digests a JSON value in its canonical form.
     pub fn of_value(value: &Value) -> Self {
         let hash = Sha256::digest(canonical_json(value).as_bytes());
-        let mut text = String::with_capacity(7 + 64);
-        text.push_str("sha256:");
-        for byte in hash {
-            // Writing to a String cannot fail.
-            let _ = write!(text, "{byte:02x}");
-        }
-        PlanDigest(text)
+        PlanDigest(format!("sha256:{}", hex(&hash)))
     }
 
     pub fn as_str(&self) -> &str {
@@ -48,6 +42,16 @@ impl fmt::Display for PlanDigest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
     }
+}
+
+/// `bytes` as lowercase hex digits, two per byte.
+pub fn hex(bytes: &[u8]) -> String {
+    let mut text = String::with_capacity(bytes.len() * 2);
+    for byte in bytes {
+        // Writing to a String cannot fail.
+        let _ = write!(text, "{byte:02x}");
+    }
+    text
 }
 
 /// Renders JSON canonically: object keys sorted by their UTF-8 bytes, no insignificant

@@ -17,7 +17,7 @@ pub use codec::{
     DecodeError, FieldError, MAX_MESSAGE_BYTES, Message, check_document, decode, decode_value,
     encode, schema_for,
 };
-pub use digest::{PlanDigest, canonical_json};
+pub use digest::{PlanDigest, canonical_json, hex};
 pub use ids::{GoalId, PlanId, PlanRefError};
 pub use messages::*;
 pub use record::{

@@ -280,13 +280,7 @@ impl PolicySet {
             hasher.update((text.len() as u64).to_le_bytes());
             hasher.update(text.as_bytes());
         }
-        let version = hasher
-            .finalize()
-            .iter()
-            .fold(String::from("sha256:"), |mut hex, byte| {
-                hex.push_str(&format!("{byte:02x}"));
-                hex
-            });
+        let version = format!("sha256:{}", infracrew_protocol::hex(&hasher.finalize()));
 
         let mut policies: Vec<Policy> = Vec::with_capacity(sources.len());
         let mut rules = Vec::new();
