@@ -148,7 +148,9 @@ pub struct ConsumerSettings {
 impl Default for ConsumerSettings {
     fn default() -> Self {
         ConsumerSettings {
-            concurrency: 16,
+            // Most handlers wait on the bus, not the CPU; and the more slots are free, the more
+            // messages one pull request brings (at 16, a plan cost about a third more CPU).
+            concurrency: 128,
             backoff_base: Duration::from_millis(250),
             backoff_max: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(10),
@@ -388,6 +390,11 @@ impl Bus {
             for message in unfinished {
                 let _ = message.ack_with(AckKind::Nak(None)).await;
             }
+        }
+        // Acks are not confirmed one by one: the finished work's acks reach the server before
+        // this returns, so a consumer started next does not get that work again.
+        if let Err(error) = self.client().flush().await {
+            tracing::warn!(durable = %spec.durable, %error, "could not flush the last acks; their messages will be redelivered");
         }
         stopped_by.map_or(Ok(()), Err)
     }
@@ -687,10 +694,13 @@ impl<H> Settle<H> {
             "message handled"
         );
         let settled = match outcome {
+            // A plain ack, not one the server confirms: a lost ack only means a redelivery,
+            // which every handler takes as the duplicate it is, while a confirmation is one
+            // more server reply per message (about a sixth of the crew's throughput).
             Outcome::Done => {
                 self.stats.handled.fetch_add(1, Ordering::Relaxed);
                 message
-                    .double_ack()
+                    .ack()
                     .await
                     .map_err(|error| ConsumeError::Ack(error.to_string()))
             }

@@ -122,14 +122,25 @@ where
     }
 }
 
+/// Whether every message was delivered and acked. Acks are not confirmed, so the server may
+/// count the last ones a moment after the handler finished: it is given a second.
 async fn consumer_is_drained(bus: &Bus, spec: &ConsumerSpec) -> bool {
     let stream = bus
         .jetstream()
         .get_stream_no_info(&spec.stream)
         .await
         .unwrap();
-    let info = stream.consumer_info(&spec.durable).await.unwrap();
-    info.num_pending == 0 && info.num_ack_pending == 0
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+    loop {
+        let info = stream.consumer_info(&spec.durable).await.unwrap();
+        if info.num_pending == 0 && info.num_ack_pending == 0 {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 fn goal_number(n: u32) -> GoalStatement {

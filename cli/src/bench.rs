@@ -13,7 +13,7 @@ use std::{
 
 use async_nats::jetstream::{consumer::pull, stream};
 use futures::StreamExt;
-use infracrew_bus::{Bus, ConnectArgs};
+use infracrew_bus::{Bus, ConnectArgs, Sent};
 use infracrew_protocol::{
     GoalStatement, PlanId, PlanSpec, PlanState, PlanTransitioned, decode, signing::Signer, subjects,
 };
@@ -229,6 +229,15 @@ fn bench_service(index: usize) -> String {
     format!("bench-{index:05}")
 }
 
+/// How many submitted goals may wait for their acks at once.
+const SUBMIT_WINDOW: usize = 64;
+
+async fn confirm_goals(bus: &Bus, sent: Vec<Sent>) {
+    if let Err(error) = bus.confirm(sent).await {
+        eprintln!("crew bench: a goal was not stored: {error}");
+    }
+}
+
 async fn run_plans(bus: &Bus, options: &BenchOptions) -> Result<HashMap<PlanId, Stages>, CliError> {
     let mut pending = bus
         .client()
@@ -251,18 +260,28 @@ async fn run_plans(bus: &Bus, options: &BenchOptions) -> Result<HashMap<PlanId, 
         let rate = options.rate;
         tokio::spawn(async move {
             let started = Instant::now();
+            // Goals go out without waiting for each one's ack, as many submitters would send
+            // them: awaited one by one, the acks' round trips, not the crew, set the pace.
+            let mut unconfirmed = Vec::with_capacity(SUBMIT_WINDOW);
             for (index, goal) in goals.into_iter().enumerate() {
                 if let Some(rate) = rate {
                     let due = started + Duration::from_secs_f64(index as f64 / rate);
                     tokio::time::sleep_until(due.into()).await;
                 }
                 let at = Instant::now();
-                if let Err(error) = bus.publish(subjects::GOAL_SUBMITTED, &goal).await {
-                    eprintln!("crew bench: a goal was not published: {error}");
-                    continue;
+                match bus.send(subjects::GOAL_SUBMITTED, &goal).await {
+                    Ok(sent) => unconfirmed.push(sent),
+                    Err(error) => {
+                        eprintln!("crew bench: a goal was not published: {error}");
+                        continue;
+                    }
                 }
                 let _ = submitted_tx.send((PlanId::for_goal(goal.id()), at));
+                if unconfirmed.len() == SUBMIT_WINDOW {
+                    confirm_goals(&bus, std::mem::take(&mut unconfirmed)).await;
+                }
             }
+            confirm_goals(&bus, unconfirmed).await;
         })
     };
     let mut finished = 0;
