@@ -20,8 +20,10 @@ use infracrew_testkit::NatsServer;
 
 const WARM_UP: usize = 200;
 
+type BenchError = Box<dyn std::error::Error + Send + Sync>;
+
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+async fn main() -> Result<(), BenchError> {
     let count: usize = std::env::args()
         .nth(1)
         .map(|n| n.parse())
@@ -58,20 +60,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
             }
         }
     });
-    let mut samples = Vec::with_capacity(count);
-    for i in 0..count + WARM_UP {
-        let start = Instant::now();
+    let mut samples = time_each(count, async |_| {
         bus.client().request("bench.echo", payload.clone()).await?;
-        if i >= WARM_UP {
-            samples.push(start.elapsed());
-        }
-    }
+        Ok(())
+    })
+    .await?;
     report("core NATS request-reply", &mut samples);
 
     // JetStream publish, waiting for the stream's ack (the path every agent publishes on).
-    samples.clear();
-    for i in 0..count + WARM_UP {
-        let start = Instant::now();
+    let mut samples = time_each(count, async |i| {
         bus.publish_bytes(
             "bench.js.ack",
             "plan_spec",
@@ -79,10 +76,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
             payload.clone(),
         )
         .await?;
-        if i >= WARM_UP {
-            samples.push(start.elapsed());
-        }
-    }
+        Ok(())
+    })
+    .await?;
     report("JetStream publish -> ack", &mut samples);
 
     // Publish, pull through a durable consumer, and acknowledge, one message at a time.
@@ -95,9 +91,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         })
         .await?;
     let mut messages = consumer.messages().await?;
-    samples.clear();
-    for i in 0..count + WARM_UP {
-        let start = Instant::now();
+    let mut samples = time_each(count, async |i| {
         bus.publish_bytes(
             "bench.js.hop",
             "plan_spec",
@@ -107,10 +101,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         .await?;
         let message = messages.next().await.ok_or("the consumer stream ended")??;
         message.double_ack().await?;
-        if i >= WARM_UP {
-            samples.push(start.elapsed());
-        }
-    }
+        Ok(())
+    })
+    .await?;
     report("publish -> consume -> ack (pull)", &mut samples);
 
     // Throughput of the bus's own consumer: decode, schema-check, handle, ack.
@@ -164,13 +157,29 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     shutdown.cancel();
     runner.await??;
     println!(
-        "{:<34} {count} msgs in {:.2} s = {:.0} msgs/s (pipelined publish, 64 handlers, schema-checked PlanSpec, double ack)",
+        "{:<34} {count} msgs in {:.2} s = {:.0} msgs/s (pipelined publish, 64 handlers, schema-checked PlanSpec, plain ack)",
         "publish -> Bus::consume -> ack",
         elapsed.as_secs_f64(),
         count as f64 / elapsed.as_secs_f64()
     );
     bus.drain().await;
     Ok(())
+}
+
+/// Times `step` `count` times, one after the other, after `WARM_UP` untimed runs.
+async fn time_each(
+    count: usize,
+    mut step: impl AsyncFnMut(usize) -> Result<(), BenchError>,
+) -> Result<Vec<Duration>, BenchError> {
+    let mut samples = Vec::with_capacity(count);
+    for i in 0..count + WARM_UP {
+        let start = Instant::now();
+        step(i).await?;
+        if i >= WARM_UP {
+            samples.push(start.elapsed());
+        }
+    }
+    Ok(samples)
 }
 
 fn report(name: &str, samples: &mut [Duration]) {

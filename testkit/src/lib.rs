@@ -22,6 +22,7 @@ pub mod images;
 pub mod otlp;
 pub mod prometheus;
 pub mod slack;
+pub mod speed;
 
 pub use prometheus::free_port;
 

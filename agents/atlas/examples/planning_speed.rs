@@ -3,18 +3,15 @@
 //!
 //! Run: `cargo run --release -p infracrew-atlas --example planning_speed -- [SECONDS]`.
 
-use std::{path::PathBuf, time::Instant};
+use std::path::PathBuf;
 
 use infracrew_atlas::planner;
 use infracrew_playbooks::Playbooks;
 use infracrew_protocol::{GoalStatement, decode, encode, examples};
+use infracrew_testkit::speed::{run_for, seconds_from_args};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let seconds: f64 = std::env::args()
-        .nth(1)
-        .map(|s| s.parse())
-        .transpose()?
-        .unwrap_or(3.0);
+    let seconds = seconds_from_args()?;
     let playbooks =
         Playbooks::load(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../playbooks"))?;
     let goal = examples::goal();
@@ -24,33 +21,26 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "atlas bench: the sample goal (deploy social-intel to staging), one thread, {seconds} s per case"
     );
 
-    let started = Instant::now();
-    let mut planned = 0u64;
-    while started.elapsed().as_secs_f64() < seconds {
-        planner::plan(&goal, &playbooks, now).map_err(|reasons| format!("{reasons:?}"))?;
-        planned += 1;
-    }
-    let elapsed = started.elapsed().as_secs_f64();
+    let rate = run_for(seconds, || {
+        planner::plan(&goal, &playbooks, now)
+            .map(drop)
+            .map_err(|reasons| format!("{reasons:?}"))
+    })?;
     println!(
         "plan only:                 {:>9.0} plans/s ({:.2} µs each)",
-        planned as f64 / elapsed,
-        elapsed * 1e6 / planned as f64
+        rate.per_second, rate.micros_each
     );
 
-    let started = Instant::now();
-    let mut planned = 0u64;
-    while started.elapsed().as_secs_f64() < seconds {
+    let rate = run_for(seconds, || -> Result<(), Box<dyn std::error::Error>> {
         let goal: GoalStatement = decode(&bytes)?;
         let plan =
             planner::plan(&goal, &playbooks, now).map_err(|reasons| format!("{reasons:?}"))?;
         encode(&plan)?;
-        planned += 1;
-    }
-    let elapsed = started.elapsed().as_secs_f64();
+        Ok(())
+    })?;
     println!(
         "decode + check + plan + encode: {:>5.0} plans/s ({:.2} µs each)",
-        planned as f64 / elapsed,
-        elapsed * 1e6 / planned as f64
+        rate.per_second, rate.micros_each
     );
     Ok(())
 }

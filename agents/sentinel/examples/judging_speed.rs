@@ -3,15 +3,13 @@
 //!
 //! Run: `cargo run --release -p infracrew-sentinel --example judging_speed -- [SECONDS]`.
 
-use std::{
-    path::PathBuf,
-    time::{Duration, Instant},
-};
+use std::{path::PathBuf, time::Duration};
 
 use infracrew_protocol::{
     ChangeAction, ChangeSet, ResourceChange, SchemaVersion, ValidateRequest, examples,
 };
 use infracrew_sentinel::{Config, judge};
+use infracrew_testkit::speed::{run_for, seconds_from_args};
 use serde_json::json;
 
 fn request(services: usize) -> ValidateRequest {
@@ -54,11 +52,7 @@ fn request(services: usize) -> ValidateRequest {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let seconds: f64 = std::env::args()
-        .nth(1)
-        .map(|s| s.parse())
-        .transpose()?
-        .unwrap_or(3.0);
+    let seconds = seconds_from_args()?;
     let playbooks = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../playbooks");
     let config = Config {
         playbooks,
@@ -79,17 +73,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let request = request(services);
         let now = chrono::Utc::now();
         let first = judge::judge(&request, &loaded.policies, &loaded.context, now)?;
-        let started = Instant::now();
-        let mut evaluations = 0u64;
-        while started.elapsed().as_secs_f64() < seconds {
-            judge::judge(&request, &loaded.policies, &loaded.context, now)?;
-            evaluations += 1;
-        }
-        let elapsed = started.elapsed().as_secs_f64();
+        let rate = run_for(seconds, || {
+            judge::judge(&request, &loaded.policies, &loaded.context, now).map(drop)
+        })?;
         println!(
             "{services:>2} service(s) per plan: {:>8.0} evaluations/s  ({:.1} µs each; verdict {:?}, {} finding(s))",
-            evaluations as f64 / elapsed,
-            elapsed * 1e6 / evaluations as f64,
+            rate.per_second,
+            rate.micros_each,
             first.verdict,
             first.findings.len()
         );
