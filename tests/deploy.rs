@@ -134,10 +134,17 @@ impl Fixture {
         strategy: Strategy,
     ) -> (Result<(), DriverError>, Vec<String>) {
         let (progress, mut lines) = Progress::channel();
+        let expected = self
+            .driver
+            .current(&self.environment, SERVICE)
+            .await
+            .ok()
+            .flatten();
         let context = ApplyContext {
             plan_id: examples::plan_spec().plan_id,
             digest: "sha256:deploy-test".into(),
             strategy,
+            expected,
             progress,
         };
         let outcome = self

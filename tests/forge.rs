@@ -10,11 +10,15 @@ use infracrew_bus::{Bus, Kv, buckets};
 use infracrew_e2e::{
     AgentProcess, conductor_key, crew_bus, messages_on, wait_for, wait_until_drained,
 };
-use infracrew_forge::{ApplyLease, BuildRecord};
+use infracrew_forge::{
+    ApplyLease, BuildRecord,
+    driver::{Apply, ApplyContext, Progress},
+    dry_run::DryRunDriver,
+};
 use infracrew_protocol::{
     ApplyRequest, BuildOutcome, BuildStatus, ChangeAction, DesiredState, GateCheck, GoalId, Intent,
     LockRecord, OpsEvent, OpsEventKind, PlanId, PlanRecord, PlanSpec, PlanState, SchemaVersion,
-    ServiceState, examples, lock_key, signing::Signer, subjects,
+    ServiceState, Strategy, examples, lock_key, signing::Signer, subjects,
 };
 use infracrew_testkit::{NatsServer, free_port, http};
 use uuid::Uuid;
@@ -51,6 +55,59 @@ async fn record_running(bus: &Bus, environment: &str, service: &str, state: &Ser
         .put(&format!("{environment}.{service}"), state)
         .await
         .unwrap();
+}
+
+/// The dry-run driver writes a service its change was rendered without (`expected: None`)
+/// without reading it first; one that is recorded after all (the create of an earlier try
+/// whose ack was lost) is compared, and a state recorded already is not recorded again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dry_run_driver_records_each_state_once_whatever_it_expected() {
+    let server = NatsServer::start().unwrap();
+    let bus = crew_bus(&server).await;
+    let driver = DryRunDriver::open(&bus).await.unwrap();
+    let records = bus.kv::<ServiceState>(buckets::DRY_RUN).await.unwrap();
+    let first = running(&plan(70, "dry-create", "dev", |_| {}));
+    let second = ServiceState {
+        replicas: first.replicas + 1,
+        ..first.clone()
+    };
+    let context = |expected: Option<&ServiceState>| ApplyContext {
+        plan_id: examples::plan_spec().plan_id,
+        digest: "sha256:dry-run-test".into(),
+        strategy: Strategy::Rolling,
+        expected: expected.cloned(),
+        progress: Progress::silent(),
+    };
+    let revisions = || async { records.history("dev.dry-create").await.unwrap().len() };
+
+    driver
+        .apply("dev", "dry-create", Some(&first), &context(None))
+        .await
+        .unwrap();
+    assert_eq!(revisions().await, 1, "created in one write");
+    driver
+        .apply("dev", "dry-create", Some(&first), &context(None))
+        .await
+        .unwrap();
+    assert_eq!(revisions().await, 1, "the state was recorded already");
+    driver
+        .apply("dev", "dry-create", Some(&second), &context(None))
+        .await
+        .unwrap();
+    driver
+        .verify("dev", "dry-create", Some(&second))
+        .await
+        .unwrap();
+    assert_eq!(
+        revisions().await,
+        2,
+        "a record found where none was expected is updated, not created again"
+    );
+    driver
+        .apply("dev", "dry-create", None, &context(Some(&second)))
+        .await
+        .unwrap();
+    driver.verify("dev", "dry-create", None).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,7 +3,9 @@
 //! whoever sent the request; every refusal and every step is an OpsEvent.
 
 use std::{
+    collections::HashMap,
     future::Future,
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -11,7 +13,7 @@ use chrono::Utc;
 use infracrew_bus::{Bus, Delivery, Kv, KvError, Sent, Versioned};
 use infracrew_protocol::{
     ApplyRequest, ChangeAction, DesiredState, GateCheck, LockRecord, OpsEvent, OpsEventKind,
-    PlanRecord, PlanSpec, PlanState, SchemaVersion, ServiceState, Strategy, lock_key,
+    PlanId, PlanRecord, PlanSpec, PlanState, SchemaVersion, ServiceState, Strategy, lock_key,
     signing::Verifier, subjects,
 };
 
@@ -33,12 +35,44 @@ pub const LEASE: Duration = Duration::from_secs(15);
 /// How often a request that found another apply of its plan under way looks again.
 const LEASE_POLL: Duration = Duration::from_secs(1);
 
-/// The buckets the apply checks against.
+/// The buckets the apply checks against, and the locks of the plans this Forge built.
 #[derive(Debug, Clone)]
 pub struct Records {
     pub plans: Kv<PlanRecord>,
     pub locks: Kv<LockRecord>,
     pub builds: Kv<BuildRecord>,
+    pub built: Arc<BuiltTargets>,
+}
+
+/// How many plans' locks [`BuiltTargets`] keeps; past that it starts again empty.
+const TARGETS_KEPT: usize = 4096;
+
+/// The lock each plan this Forge built lately needs, so the gate can read an apply's lock
+/// together with its plan and build rather than after them. Only a hint: the gate checks the
+/// lock its plan's record names, and reads it afterwards for a plan built elsewhere (by
+/// another replica, or before a restart).
+#[derive(Debug, Default)]
+pub struct BuiltTargets(Mutex<HashMap<PlanId, String>>);
+
+impl BuiltTargets {
+    pub fn remember(&self, plan: &PlanSpec) {
+        let mut locks = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if locks.len() >= TARGETS_KEPT {
+            locks.clear();
+        }
+        locks.insert(plan.plan_id, lock_key(&plan.environment, &plan.service));
+    }
+
+    fn lock_of(&self, plan_id: PlanId) -> Option<String> {
+        let locks = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        locks.get(&plan_id).cloned()
+    }
 }
 
 /// Why an ApplyRequest could not run, or stopped.
@@ -419,7 +453,8 @@ async fn carry_out<D: Apply>(
         )
         .await?;
 
-    let mut applied: Vec<(&str, &str, Option<ServiceState>)> = Vec::new();
+    // What each applied service ran before and runs now, to roll it back.
+    let mut applied: Vec<(&str, &str, Option<ServiceState>, Option<ServiceState>)> = Vec::new();
     for resource in change
         .resources
         .iter()
@@ -443,17 +478,17 @@ async fn carry_out<D: Apply>(
             )
             .await?;
         let strategy = strategy(&build.plan, environment, service);
+        let (expected, wanted) = (before.clone(), after.as_ref());
         let outcome = with_progress(steps, hold, &step, delivery, |progress| async move {
             let context = ApplyContext {
                 plan_id: request.plan_id,
                 digest: request.digest.to_string(),
                 strategy,
+                expected,
                 progress,
             };
-            driver
-                .apply(environment, service, after.as_ref(), &context)
-                .await?;
-            driver.verify(environment, service, after.as_ref()).await
+            driver.apply(environment, service, wanted, &context).await?;
+            driver.verify(environment, service, wanted).await
         })
         .await?;
         if let Err(error) = outcome {
@@ -474,14 +509,15 @@ async fn carry_out<D: Apply>(
                     .await?;
                 return Ok(ApplyEnd::Failed);
             }
-            applied.push((environment, service, before));
-            for (environment, service, before) in applied.iter().rev() {
+            applied.push((environment, service, before, after));
+            for (environment, service, before, after) in applied.iter().rev() {
                 let step = format!("roll back {}", resource_name(environment, service));
                 with_progress(steps, hold, &step, delivery, |progress| async move {
                     let context = ApplyContext {
                         plan_id: request.plan_id,
                         digest: request.digest.to_string(),
                         strategy: Strategy::Rolling,
+                        expected: after.clone(),
                         progress,
                     };
                     driver
@@ -507,7 +543,7 @@ async fn carry_out<D: Apply>(
                 format!("{} is as approved", resource.resource),
             )
             .await?;
-        applied.push((environment, service, before));
+        applied.push((environment, service, before, after));
     }
     steps
         .event(
@@ -546,8 +582,22 @@ async fn check_gate(
         );
     }
     let key = request.plan_id.to_string();
-    // The plan and its build are read at once; the lock's name comes from the plan.
-    let (record, build) = tokio::join!(records.plans.get(&key), records.builds.get(&key));
+    // The plan, its build and (when this Forge built it) its lock are read at once.
+    let hinted_lock = async {
+        match records.built.lock_of(request.plan_id) {
+            Some(name) => records
+                .locks
+                .get(&name)
+                .await
+                .map(|lock| Some((name, lock))),
+            None => Ok(None),
+        }
+    };
+    let (record, build, hinted_lock) = tokio::join!(
+        records.plans.get(&key),
+        records.builds.get(&key),
+        hinted_lock
+    );
     let record = record.map_err(transient)?.map(|r| r.value);
     // An expired request may only carry on an apply that started in time: the redelivery of
     // one whose Forge died, which the build's lease keeps to one apply.
@@ -589,12 +639,11 @@ async fn check_gate(
         );
     }
     let lock_name = lock_key(&record.plan.environment, &record.plan.service);
-    let lock = records
-        .locks
-        .get(&lock_name)
-        .await
-        .map_err(transient)?
-        .map(|l| l.value);
+    let lock = match hinted_lock.map_err(transient)? {
+        Some((name, lock)) if name == lock_name => lock,
+        _ => records.locks.get(&lock_name).await.map_err(transient)?,
+    }
+    .map(|l| l.value);
     match lock {
         Some(lock) if lock.plan_id == request.plan_id && lock.token == request.fencing_token => {}
         Some(lock) if lock.plan_id != request.plan_id => {

@@ -73,6 +73,10 @@ pub struct ApplyContext {
     /// The approved change's digest, for drivers that hand the change on (a CI workflow).
     pub digest: String,
     pub strategy: Strategy,
+    /// What the target ran when the change was rendered (`None`: nothing ran), and so what it
+    /// most likely runs now: a driver may write against it without reading first, as long as
+    /// its write fails when it is wrong.
+    pub expected: Option<ServiceState>,
     pub progress: Progress,
 }
 

@@ -84,15 +84,24 @@ impl Apply for DryRunDriver {
     /// already recorded is left as it is, so an apply picked up again records nothing twice.
     /// The write is a compare-and-set on what was read: a write whose ack was lost in a
     /// failover can still land after that read, and then this one fails instead of
-    /// recording the state a second time (the apply's retry finds it recorded).
+    /// recording the state a second time (the apply's retry finds it recorded). A service
+    /// the change was rendered without is created unread: the create is the same
+    /// compare-and-set (on no record), and one that finds a record reads it as above.
     async fn apply(
         &self,
         environment: &str,
         service: &str,
         state: Option<&ServiceState>,
-        _context: &ApplyContext,
+        context: &ApplyContext,
     ) -> Result<(), DriverError> {
         let key = Self::key(environment, service);
+        if let (Some(state), None) = (state, &context.expected) {
+            match self.records.create(&key, state).await {
+                Ok(_) => return Ok(()),
+                Err(KvError::AlreadyExists { .. }) => {}
+                Err(error) => return Err(Self::failed(error)),
+            }
+        }
         match state {
             Some(state) => match self.records.get(&key).await {
                 Ok(Some(current)) if &current.value == state => Ok(()),

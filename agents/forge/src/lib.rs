@@ -106,6 +106,7 @@ pub async fn run<D: Apply>(
         plans: agent.bucket(buckets::PLANS).await?,
         locks: agent.bucket(buckets::LOCKS).await?,
         builds: agent.bucket(buckets::BUILDS).await?,
+        built: Arc::default(),
     };
     let forge = Arc::new(Forge {
         bus: agent.bus.clone(),
@@ -207,6 +208,7 @@ impl<D: Apply> Forge<D> {
             tracing::info!(plan = %plan.plan_id, state = %record.value.state, "routed again after it was built; not built again");
             return Ok(());
         }
+        self.records.built.remember(&plan);
         let (change, blocked_by) = match rendered {
             Ok(change) => (change, None),
             Err(RenderError::Driver(error)) => return Err(retry(error)),

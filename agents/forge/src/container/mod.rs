@@ -256,6 +256,7 @@ mod tests {
             plan_id: examples::plan_spec().plan_id,
             digest: examples::build_status().digest.to_string(),
             strategy: Strategy::Rolling,
+            expected: None,
             progress: Progress::silent(),
         };
         let errors = [
