@@ -17,8 +17,9 @@ use infracrew_forge::{
 };
 use infracrew_protocol::{
     ApplyRequest, BuildOutcome, BuildStatus, ChangeAction, DesiredState, GateCheck, GoalId, Intent,
-    LockRecord, OpsEvent, OpsEventKind, PlanId, PlanRecord, PlanSpec, PlanState, SchemaVersion,
-    ServiceState, Strategy, examples, lock_key, signing::Signer, subjects,
+    LockRecord, OpsEvent, OpsEventKind, PlanDigest, PlanId, PlanRecord, PlanSpec, PlanState,
+    SchemaVersion, ServiceState, Strategy, ValidateRequest, ValidationResult, examples, lock_key,
+    signing::Signer, subjects,
 };
 use infracrew_testkit::{NatsServer, free_port, http};
 use uuid::Uuid;
@@ -362,6 +363,66 @@ fn apply_request(
         signature: String::new(),
     }
     .signed_by(&conductor_key().0)
+}
+
+/// A Forge that did not build a plan (here, one restarted between the build and its verdict)
+/// remembers nothing of it: it reports the verdict with the change from the build record,
+/// ignores a verdict on another rendering, and its gate reads the plan's lock after the plan.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forge_that_did_not_build_a_plan_reports_and_applies_it_from_the_records() {
+    let server = NatsServer::start().unwrap();
+    let bus = crew_bus(&server).await;
+    let forge = AgentProcess::start("forge", &server, &[]);
+    let plan = plan(80, "legal-compliance", "staging", |_| {});
+    bus.publish(subjects::PLAN_ROUTED, &plan).await.unwrap();
+    let judged: Vec<ValidateRequest> =
+        wait_for(&bus, subjects::VALIDATE_PENDING, 1, &[&forge]).await;
+    let judged = &judged[0];
+    drop(forge);
+    let forge = AgentProcess::start("forge", &server, &[]);
+
+    let verdict = |digest: &PlanDigest| ValidationResult {
+        plan_id: plan.plan_id,
+        digest: digest.clone(),
+        findings: Vec::new(),
+        ..examples::validation_result()
+    };
+    let other_rendering = examples::validation_result().digest;
+    assert_ne!(other_rendering, judged.digest);
+    for digest in [&other_rendering, &judged.digest] {
+        bus.publish(subjects::VALIDATE_RESULT, &verdict(digest))
+            .await
+            .unwrap();
+    }
+    wait_until_drained(&bus, "forge").await;
+    let built: Vec<BuildStatus> = messages_on(&bus, subjects::BUILD_STATUS).await;
+    assert_eq!(built.len(), 1, "one verdict reported: {built:#?}");
+    let build = &built[0];
+    assert_eq!(build.outcome, BuildOutcome::Ready);
+    assert_eq!(
+        (&build.digest, &build.change),
+        (&judged.digest, &judged.change)
+    );
+    assert!(
+        forge
+            .log()
+            .contains("a validation result for an older rendering"),
+        "{}",
+        forge.log()
+    );
+
+    let plans = bus.kv::<PlanRecord>(buckets::PLANS).await.unwrap();
+    record_plan(&plans, &plan, PlanState::Approved, build).await;
+    hold_lock(&bus, &plan, plan.plan_id, 5).await;
+    bus.publish(subjects::APPLY_REQUEST, &apply_request(&plan, build, 5, 60))
+        .await
+        .unwrap();
+    let events: Vec<OpsEvent> = wait_for(&bus, subjects::OPS_EVENT, 4, &[&forge]).await;
+    assert_eq!(
+        events.last().map(|event| event.kind),
+        Some(OpsEventKind::ApplyDone),
+        "{events:#?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

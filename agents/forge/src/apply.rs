@@ -3,9 +3,8 @@
 //! whoever sent the request; every refusal and every step is an OpsEvent.
 
 use std::{
-    collections::HashMap,
     future::Future,
-    sync::{Arc, Mutex},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -13,12 +12,13 @@ use chrono::Utc;
 use infracrew_bus::{Bus, Delivery, Kv, KvError, Sent, Versioned};
 use infracrew_protocol::{
     ApplyRequest, ChangeAction, DesiredState, GateCheck, LockRecord, OpsEvent, OpsEventKind,
-    PlanId, PlanRecord, PlanSpec, PlanState, SchemaVersion, ServiceState, Strategy, lock_key,
+    PlanRecord, PlanSpec, PlanState, SchemaVersion, ServiceState, Strategy, lock_key,
     signing::Verifier, subjects,
 };
 
 use crate::{
     ApplyLease, BuildRecord,
+    built::BuiltPlans,
     driver::{Apply, ApplyContext, FailureKind, Progress},
     drivers::DriverMap,
     render::{parse_resource_name, resource_name},
@@ -41,38 +41,7 @@ pub struct Records {
     pub plans: Kv<PlanRecord>,
     pub locks: Kv<LockRecord>,
     pub builds: Kv<BuildRecord>,
-    pub built: Arc<BuiltTargets>,
-}
-
-/// How many plans' locks [`BuiltTargets`] keeps; past that it starts again empty.
-const TARGETS_KEPT: usize = 4096;
-
-/// The lock each plan this Forge built lately needs, so the gate can read an apply's lock
-/// together with its plan and build rather than after them. Only a hint: the gate checks the
-/// lock its plan's record names, and reads it afterwards for a plan built elsewhere (by
-/// another replica, or before a restart).
-#[derive(Debug, Default)]
-pub struct BuiltTargets(Mutex<HashMap<PlanId, String>>);
-
-impl BuiltTargets {
-    pub fn remember(&self, plan: &PlanSpec) {
-        let mut locks = self
-            .0
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if locks.len() >= TARGETS_KEPT {
-            locks.clear();
-        }
-        locks.insert(plan.plan_id, lock_key(&plan.environment, &plan.service));
-    }
-
-    fn lock_of(&self, plan_id: PlanId) -> Option<String> {
-        let locks = self
-            .0
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        locks.get(&plan_id).cloned()
-    }
+    pub built: Arc<BuiltPlans>,
 }
 
 /// Why an ApplyRequest could not run, or stopped.

@@ -3,6 +3,7 @@
 //! applies approved plans step by step.
 
 pub mod apply;
+pub mod built;
 pub mod ci_dispatch;
 pub mod container;
 pub mod driver;
@@ -208,7 +209,7 @@ impl<D: Apply> Forge<D> {
             tracing::info!(plan = %plan.plan_id, state = %record.value.state, "routed again after it was built; not built again");
             return Ok(());
         }
-        self.records.built.remember(&plan);
+        self.records.built.remember_lock(&plan);
         let (change, blocked_by) = match rendered {
             Ok(change) => (change, None),
             Err(RenderError::Driver(error)) => return Err(retry(error)),
@@ -237,6 +238,7 @@ impl<D: Apply> Forge<D> {
             digest: digest.clone(),
             applying: None,
         };
+        let to_be_judged = blocked_by.is_none() && !change.summary().is_empty();
         let announced = async move {
             if let Some(finding) = blocked_by {
                 return self
@@ -276,15 +278,50 @@ impl<D: Apply> Forge<D> {
                 .map_err(retry)
         };
         // The record is sent first and both acks are awaited together (one round trip): it is
-        // read back only when the verdict or an ApplyRequest comes, and a verdict that outruns
-        // it is tried again.
+        // read back when an ApplyRequest comes, and by a verdict that outruns its remembering
+        // (one that outruns the record itself is tried again).
         let (stored, announced) = tokio::join!(self.records.builds.put(&key, &record), announced);
         stored.map_err(retry)?;
+        if to_be_judged {
+            self.records
+                .built
+                .remember_judged(&record.digest, &record.change);
+        }
         announced
     }
 
     /// Turns Sentinel's verdict on the change it was sent into the build's status.
     async fn conclude(&self, result: ValidationResult) -> Result<(), HandlerError> {
+        let change = match self
+            .records
+            .built
+            .take_judged(result.plan_id, &result.digest)
+        {
+            Some(change) => change,
+            None => match self.built_change(&result).await? {
+                Some(change) => change,
+                None => return Ok(()),
+            },
+        };
+        let outcome = match result.verdict {
+            Verdict::Pass => BuildOutcome::Ready,
+            Verdict::Fail => BuildOutcome::Blocked,
+        };
+        self.report(
+            &change,
+            outcome,
+            result.findings,
+            result.cost,
+            result.policy_set,
+        )
+        .await
+    }
+
+    /// The recorded change `result` judged, or `None` when the record holds another rendering.
+    async fn built_change(
+        &self,
+        result: &ValidationResult,
+    ) -> Result<Option<ChangeSet>, HandlerError> {
         let record = self
             .records
             .builds
@@ -301,20 +338,9 @@ impl<D: Apply> Forge<D> {
         };
         if record.digest != result.digest {
             tracing::warn!(plan = %result.plan_id, judged = %result.digest, built = %record.digest, "a validation result for an older rendering; ignored");
-            return Ok(());
+            return Ok(None);
         }
-        let outcome = match result.verdict {
-            Verdict::Pass => BuildOutcome::Ready,
-            Verdict::Fail => BuildOutcome::Blocked,
-        };
-        self.report(
-            &record.change,
-            outcome,
-            result.findings,
-            result.cost,
-            result.policy_set,
-        )
-        .await
+        Ok(Some(record.change))
     }
 
     async fn report(
