@@ -35,7 +35,7 @@ pub const LEASE: Duration = Duration::from_secs(15);
 /// How often a request that found another apply of its plan under way looks again.
 const LEASE_POLL: Duration = Duration::from_secs(1);
 
-/// The buckets the apply checks against, and the locks of the plans this Forge built.
+/// The buckets the apply checks against, and what this Forge remembers of the plans it built.
 #[derive(Debug, Clone)]
 pub struct Records {
     pub plans: Kv<PlanRecord>,
