@@ -270,6 +270,19 @@ async fn record_plan(
     plans.put(&plan.plan_id.to_string(), &record).await.unwrap();
 }
 
+/// What the Conductor does on an approval: the record says APPROVED with `build`, and the
+/// plan holds the lock with fencing token `token`.
+async fn approve_as_the_conductor(
+    bus: &Bus,
+    plans: &Kv<PlanRecord>,
+    plan: &PlanSpec,
+    build: &BuildStatus,
+    token: u64,
+) {
+    record_plan(plans, plan, PlanState::Approved, build).await;
+    hold_lock(bus, plan, plan.plan_id, token).await;
+}
+
 async fn hold_lock(bus: &Bus, plan: &PlanSpec, holder_plan: PlanId, token: u64) {
     let locks = bus.kv::<LockRecord>(buckets::LOCKS).await.unwrap();
     let lock = LockRecord {
@@ -298,8 +311,7 @@ struct ApprovedPlan {
     _server: NatsServer,
 }
 
-/// The record says APPROVED with the build, and the plan holds the lock with fencing token
-/// `token`.
+/// Approved as the Conductor approves, with fencing token `token`.
 async fn an_approved_plan(number: u128, service: &str, token: u64) -> ApprovedPlan {
     let server = NatsServer::start().unwrap();
     let bus = crew_bus(&server).await;
@@ -311,8 +323,7 @@ async fn an_approved_plan(number: u128, service: &str, token: u64) -> ApprovedPl
         wait_for(&bus, subjects::BUILD_STATUS, 1, &[&forge, &sentinel]).await;
     let build = built.remove(0);
     let plans = bus.kv::<PlanRecord>(buckets::PLANS).await.unwrap();
-    record_plan(&plans, &plan, PlanState::Approved, &build).await;
-    hold_lock(&bus, &plan, plan.plan_id, token).await;
+    approve_as_the_conductor(&bus, &plans, &plan, &build, token).await;
     ApprovedPlan {
         bus,
         forge,
@@ -412,8 +423,7 @@ async fn a_forge_that_did_not_build_a_plan_reports_and_applies_it_from_the_recor
     );
 
     let plans = bus.kv::<PlanRecord>(buckets::PLANS).await.unwrap();
-    record_plan(&plans, &plan, PlanState::Approved, build).await;
-    hold_lock(&bus, &plan, plan.plan_id, 5).await;
+    approve_as_the_conductor(&bus, &plans, &plan, build, 5).await;
     bus.publish(subjects::APPLY_REQUEST, &apply_request(&plan, build, 5, 60))
         .await
         .unwrap();
@@ -631,8 +641,7 @@ async fn forged_apply_requests_are_refused_with_the_reason_and_change_nothing() 
     ));
 
     let stale = plan(13, "financial-tax", "staging", |_| {});
-    record_plan(&plans, &stale, PlanState::Approved, &build).await;
-    hold_lock(&bus, &stale, stale.plan_id, 9).await;
+    approve_as_the_conductor(&bus, &plans, &stale, &build, 9).await;
     cases.push((
         apply_request(&stale, &build, 8, 60),
         GateCheck::Lock,
@@ -649,8 +658,7 @@ async fn forged_apply_requests_are_refused_with_the_reason_and_change_nothing() 
     ));
 
     let late = plan(15, "social-intel", "dev", |_| {});
-    record_plan(&plans, &late, PlanState::Approved, &build).await;
-    hold_lock(&bus, &late, late.plan_id, 1).await;
+    approve_as_the_conductor(&bus, &plans, &late, &build, 1).await;
     cases.push((
         apply_request(&late, &build, 1, -5),
         GateCheck::Expiry,
@@ -661,8 +669,7 @@ async fn forged_apply_requests_are_refused_with_the_reason_and_change_nothing() 
     let mut signed_wrong = Vec::new();
     for (number, environment) in [(16, "dev"), (17, "prod"), (18, "qa")] {
         let approved = plan(number, "alfred-bot", environment, |_| {});
-        record_plan(&plans, &approved, PlanState::Approved, &build).await;
-        hold_lock(&bus, &approved, approved.plan_id, 1).await;
+        approve_as_the_conductor(&bus, &plans, &approved, &build, 1).await;
         signed_wrong.push(apply_request(&approved, &build, 1, 60));
     }
     let mut unsigned = signed_wrong.remove(0);

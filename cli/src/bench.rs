@@ -143,6 +143,7 @@ pub async fn bench(options: BenchOptions) -> Result<ExitCode, CliError> {
             Duration::from_secs_f64(1.0 / rate.max(f64::EPSILON))
         })
         .clamp(Duration::from_millis(1), Duration::from_secs(1));
+    // On a task of its own, so handling the plans' messages does not hold a hop up.
     let paced = tokio::spawn(async move {
         let hops = probe.paced(probe_period, probe_stopped).await;
         (probe, hops)
@@ -366,8 +367,9 @@ async fn run_plans(bus: &Bus, options: &BenchOptions) -> Result<HashMap<PlanId, 
     Ok(stages)
 }
 
-/// The stream the hop probe publishes to.
+/// The stream the hop probe publishes to, and its subject.
 const HOP_STREAM: &str = "BENCH_HOP";
+const HOP_SUBJECT: &str = "bench.hop";
 
 /// How often the hop probe runs beside plans submitted as fast as possible.
 const PROBE_PERIOD_AT_FULL_SPEED: Duration = Duration::from_millis(10);
@@ -381,9 +383,9 @@ struct HopProbe {
     messages: pull::Stream,
     /// The consumer's own connection, held open while the probe runs.
     _receiver: Bus,
-    sent: usize,
 }
 
+/// Each sorted, for percentiles.
 struct Hops {
     /// Measured during the run, one every `period`.
     paced: Vec<Duration>,
@@ -398,7 +400,7 @@ impl HopProbe {
         jetstream
             .create_stream(stream::Config {
                 name: HOP_STREAM.into(),
-                subjects: vec!["bench.hop".into()],
+                subjects: vec![HOP_SUBJECT.into()],
                 ..Default::default()
             })
             .await
@@ -424,16 +426,14 @@ impl HopProbe {
             jetstream: jetstream.clone(),
             messages,
             _receiver: receiver,
-            sent: 0,
         })
     }
 
     async fn hop(&mut self) -> Result<Duration, CliError> {
-        self.sent += 1;
         let started = Instant::now();
         let ack = self
             .jetstream
-            .publish("bench.hop", self.sent.to_string().into())
+            .publish(HOP_SUBJECT, Default::default())
             .await
             .map_err(|e| bench_error("publishing a hop", e))?;
         ack.await.map_err(|e| bench_error("a hop's ack", e))?;
@@ -445,7 +445,7 @@ impl HopProbe {
         Ok(elapsed)
     }
 
-    /// One hop every `period` until `stop`.
+    /// One hop every `period` until `stop`, sorted.
     async fn paced(
         &mut self,
         period: Duration,
@@ -456,12 +456,16 @@ impl HopProbe {
         let mut samples = Vec::new();
         loop {
             tokio::select! {
-                _ = &mut stop => return Ok(samples),
+                _ = &mut stop => {
+                    samples.sort();
+                    return Ok(samples);
+                }
                 _ = ticker.tick() => samples.push(self.hop().await?),
             }
         }
     }
 
+    /// `count` hops one after another, sorted.
     async fn back_to_back(&mut self, count: usize) -> Result<Vec<Duration>, CliError> {
         let mut samples = Vec::with_capacity(count);
         for index in 0..count + 100 {
@@ -471,6 +475,7 @@ impl HopProbe {
                 samples.push(elapsed);
             }
         }
+        samples.sort();
         Ok(samples)
     }
 }
@@ -526,26 +531,28 @@ fn report(stages: &HashMap<PlanId, Stages>, hops: &Hops, plans: usize) {
     );
     line("  PlanSpec -> READY", between(|s| s.planned, |s| s.ready));
     line("  READY -> APPLIED", between(|s| s.ready, |s| s.applied));
-    let mut paced = hops.paced.clone();
-    paced.sort();
-    let mut back_to_back = hops.back_to_back.clone();
-    back_to_back.sort();
-    println!(
-        "JetStream hop (publish, ack, consume), during the run, one every {}: p50 {}  p99 {}  ({} hops)",
-        millis(hops.period),
-        millis(percentile(&paced, 0.50)),
-        millis(percentile(&paced, 0.99)),
-        paced.len()
+    let hop_line = |label: String, sorted: &[Duration]| {
+        println!(
+            "{label} p50 {}  p99 {}  ({} hops)",
+            millis(percentile(sorted, 0.50)),
+            millis(percentile(sorted, 0.99)),
+            sorted.len()
+        );
+    };
+    hop_line(
+        format!(
+            "JetStream hop (publish, ack, consume), during the run, one every {}:",
+            millis(hops.period)
+        ),
+        &hops.paced,
     );
-    println!(
-        "JetStream hop, back to back after the run:            p50 {}  p99 {}  ({} hops)",
-        millis(percentile(&back_to_back, 0.50)),
-        millis(percentile(&back_to_back, 0.99)),
-        back_to_back.len()
+    hop_line(
+        "JetStream hop, back to back after the run:".into(),
+        &hops.back_to_back,
     );
     let end_to_end = percentile(&end_to_end, 0.50).as_secs_f64();
-    let floor = percentile(&paced, 0.50) * HOPS_PER_PLAN as u32;
-    let hot_floor = percentile(&back_to_back, 0.50) * HOPS_PER_PLAN as u32;
+    let floor = percentile(&hops.paced, 0.50) * HOPS_PER_PLAN as u32;
+    let hot_floor = percentile(&hops.back_to_back, 0.50) * HOPS_PER_PLAN as u32;
     println!(
         "a plan is {HOPS_PER_PLAN} hops in sequence: floor {} at p50 (hops during the run); end to end p50 is {:.1} x the floor ({:.1} x {} back to back)",
         millis(floor),

@@ -48,14 +48,12 @@ impl BuiltPlans {
     }
 
     /// Remembers a change once its build record is stored.
-    pub fn remember_judged(&self, digest: &PlanDigest, change: &ChangeSet) {
+    pub fn remember_judged(&self, digest: PlanDigest, change: ChangeSet) {
         let mut remembered = self.remembered();
         if remembered.judged.len() >= JUDGED_KEPT {
             remembered.judged.clear();
         }
-        remembered
-            .judged
-            .insert(change.plan_id, (digest.clone(), change.clone()));
+        remembered.judged.insert(change.plan_id, (digest, change));
     }
 
     /// The change with `digest` that `plan_id` sent to be judged, forgotten once taken. A
@@ -89,7 +87,7 @@ mod tests {
         }
         .digest()
         .unwrap();
-        built.remember_judged(&digest, &change);
+        built.remember_judged(digest.clone(), change.clone());
 
         assert_eq!(built.take_judged(change.plan_id, &other), None);
         assert_eq!(

@@ -285,23 +285,15 @@ impl<D: Apply> Forge<D> {
         if to_be_judged {
             self.records
                 .built
-                .remember_judged(&record.digest, &record.change);
+                .remember_judged(record.digest, record.change);
         }
         announced
     }
 
     /// Turns Sentinel's verdict on the change it was sent into the build's status.
     async fn conclude(&self, result: ValidationResult) -> Result<(), HandlerError> {
-        let change = match self
-            .records
-            .built
-            .take_judged(result.plan_id, &result.digest)
-        {
-            Some(change) => change,
-            None => match self.built_change(&result).await? {
-                Some(change) => change,
-                None => return Ok(()),
-            },
+        let Some(change) = self.judged_change(&result).await? else {
+            return Ok(());
         };
         let outcome = match result.verdict {
             Verdict::Pass => BuildOutcome::Ready,
@@ -317,11 +309,19 @@ impl<D: Apply> Forge<D> {
         .await
     }
 
-    /// The recorded change `result` judged, or `None` when the record holds another rendering.
-    async fn built_change(
+    /// The change `result` judged: remembered from its build, or else read from the build
+    /// record; `None` when the record holds another rendering.
+    async fn judged_change(
         &self,
         result: &ValidationResult,
     ) -> Result<Option<ChangeSet>, HandlerError> {
+        if let Some(change) = self
+            .records
+            .built
+            .take_judged(result.plan_id, &result.digest)
+        {
+            return Ok(Some(change));
+        }
         let record = self
             .records
             .builds
