@@ -63,7 +63,7 @@ async fn a_goal_is_approved_by_an_allowed_person_and_applied() {
     };
     bus.publish(subjects::APPLY_REQUEST, &forged).await.unwrap();
     let refusal = loop {
-        let events: Vec<OpsEvent> = messages_on(&bus, subjects::OPS_EVENT).await;
+        let events: Vec<OpsEvent> = messages_on(&bus, subjects::OPS).await;
         if let Some(event) = events.into_iter().find(|e| e.plan_id == plan) {
             break event;
         }
@@ -141,7 +141,7 @@ async fn a_goal_is_approved_by_an_allowed_person_and_applied() {
             Submitted, Planned, Validating, Ready, Approved, Applying, Applied
         ]
     );
-    let events: Vec<OpsEvent> = messages_on(&bus, subjects::OPS_EVENT).await;
+    let events: Vec<OpsEvent> = messages_on(&bus, subjects::OPS).await;
     let kinds: Vec<OpsEventKind> = events
         .iter()
         .filter(|e| e.plan_id == plan)
@@ -260,7 +260,7 @@ async fn a_plan_forge_never_starts_fails_when_its_approval_expires_with_the_lock
         why.contains("Forge did not start the apply before its approval's requests expired"),
         "{why}"
     );
-    let events: Vec<OpsEvent> = messages_on(&bus, subjects::OPS_EVENT).await;
+    let events: Vec<OpsEvent> = messages_on(&bus, subjects::OPS).await;
     assert!(
         events.iter().all(|e| e.kind == OpsEventKind::ApplyRefused
             && e.refused_by == Some(infracrew_protocol::GateCheck::Signature)),

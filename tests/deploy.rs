@@ -567,7 +567,7 @@ async fn a_forge_killed_mid_rollout_converges_when_restarted_without_duplicates(
     // Kill Forge as soon as the first replica is up and the second is not.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let events = messages_on::<OpsEvent>(&bus, subjects::OPS_EVENT).await;
+        let events = messages_on::<OpsEvent>(&bus, subjects::OPS).await;
         if events
             .iter()
             .any(|event| event.message.contains("replica 1 of 2 is ready"))
@@ -606,7 +606,7 @@ async fn a_forge_killed_mid_rollout_converges_when_restarted_without_duplicates(
     let names = labelled(&driver, &labels).await.len();
     assert_eq!(names, 3, "two replicas and the edge, no duplicates");
     assert_eq!(http_get(9002, "/").unwrap(), (200, "7.0.0".to_owned()));
-    let events = messages_on::<OpsEvent>(&bus, subjects::OPS_EVENT).await;
+    let events = messages_on::<OpsEvent>(&bus, subjects::OPS).await;
     assert!(
         events
             .iter()

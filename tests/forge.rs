@@ -427,7 +427,7 @@ async fn a_forge_that_did_not_build_a_plan_reports_and_applies_it_from_the_recor
     bus.publish(subjects::APPLY_REQUEST, &apply_request(&plan, build, 5, 60))
         .await
         .unwrap();
-    let events: Vec<OpsEvent> = wait_for(&bus, subjects::OPS_EVENT, 4, &[&forge]).await;
+    let events: Vec<OpsEvent> = wait_for(&bus, subjects::OPS, 4, &[&forge]).await;
     assert_eq!(
         events.last().map(|event| event.kind),
         Some(OpsEventKind::ApplyDone),
@@ -451,7 +451,7 @@ async fn an_approved_plan_is_applied_step_by_step_and_recorded() {
         .await
         .unwrap();
 
-    let events: Vec<OpsEvent> = wait_for(bus, subjects::OPS_EVENT, 4, &[forge]).await;
+    let events: Vec<OpsEvent> = wait_for(bus, subjects::OPS, 4, &[forge]).await;
     let kinds: Vec<OpsEventKind> = events.iter().map(|e| e.kind).collect();
     use OpsEventKind::*;
     assert_eq!(
@@ -468,6 +468,13 @@ async fn an_approved_plan_is_applied_step_by_step_and_recorded() {
             .iter()
             .all(|e| e.digest == build.digest && e.driver == "dry-run")
     );
+    // The Conductor reads only the apply's start and end; the steps have their own subject.
+    let moving: Vec<OpsEventKind> = messages_on::<OpsEvent>(bus, subjects::OPS_EVENT)
+        .await
+        .iter()
+        .map(|e| e.kind)
+        .collect();
+    assert_eq!(moving, [ApplyStarted, ApplyDone]);
     let records = bus.kv::<ServiceState>(buckets::DRY_RUN).await.unwrap();
     let recorded = records
         .get("staging.social-intel")
@@ -516,7 +523,7 @@ async fn a_plan_under_way_is_not_applied_by_a_second_request_until_its_lease_lap
         .await
         .unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
-    let early: Vec<OpsEvent> = messages_on(bus, subjects::OPS_EVENT).await;
+    let early: Vec<OpsEvent> = messages_on(bus, subjects::OPS).await;
     assert!(
         early.is_empty(),
         "applied while another held the lease: {early:#?}"
@@ -529,7 +536,7 @@ async fn a_plan_under_way_is_not_applied_by_a_second_request_until_its_lease_lap
         forge.log()
     );
 
-    let events: Vec<OpsEvent> = wait_for(bus, subjects::OPS_EVENT, 4, &[forge]).await;
+    let events: Vec<OpsEvent> = wait_for(bus, subjects::OPS, 4, &[forge]).await;
     assert_eq!(
         events.last().unwrap().kind,
         OpsEventKind::ApplyDone,
@@ -557,7 +564,7 @@ async fn a_plan_under_way_is_not_applied_by_a_second_request_until_its_lease_lap
         .await
         .unwrap();
     wait_until_drained(bus, "forge").await;
-    let after: Vec<OpsEvent> = messages_on(bus, subjects::OPS_EVENT).await;
+    let after: Vec<OpsEvent> = messages_on(bus, subjects::OPS).await;
     assert_eq!(after.len(), events.len(), "applied again: {after:#?}");
     assert!(forge.log().contains("has ended already"), "{}", forge.log());
 }
@@ -577,7 +584,7 @@ async fn an_expired_request_carries_on_only_an_apply_that_started_in_time() {
     bus.publish(subjects::APPLY_REQUEST, &apply_request(plan, build, 5, -5))
         .await
         .unwrap();
-    let refused: Vec<OpsEvent> = wait_for(bus, subjects::OPS_EVENT, 1, &[forge]).await;
+    let refused: Vec<OpsEvent> = wait_for(bus, subjects::OPS, 1, &[forge]).await;
     assert_eq!(refused[0].kind, OpsEventKind::ApplyRefused);
     assert_eq!(refused[0].refused_by, Some(GateCheck::Expiry));
 
@@ -590,7 +597,7 @@ async fn an_expired_request_carries_on_only_an_apply_that_started_in_time() {
     bus.publish(subjects::APPLY_REQUEST, &apply_request(plan, build, 5, -5))
         .await
         .unwrap();
-    let events: Vec<OpsEvent> = wait_for(bus, subjects::OPS_EVENT, 5, &[forge]).await;
+    let events: Vec<OpsEvent> = wait_for(bus, subjects::OPS, 5, &[forge]).await;
     let kinds: Vec<OpsEventKind> = events.iter().skip(1).map(|e| e.kind).collect();
     use OpsEventKind::*;
     assert_eq!(
@@ -697,7 +704,7 @@ async fn forged_apply_requests_are_refused_with_the_reason_and_change_nothing() 
     for (request, _, _) in &cases {
         bus.publish(subjects::APPLY_REQUEST, request).await.unwrap();
     }
-    let events: Vec<OpsEvent> = wait_for(&bus, subjects::OPS_EVENT, cases.len(), &[&forge]).await;
+    let events: Vec<OpsEvent> = wait_for(&bus, subjects::OPS, cases.len(), &[&forge]).await;
     for (request, check, reason) in &cases {
         let event = events
             .iter()

@@ -51,8 +51,7 @@ struct GithubCrewParts {
 impl GithubCrewParts {
     /// Fails, listing every ops event's message, unless one of them `says` so.
     async fn assert_an_ops_event(&self, says: impl Fn(&str) -> bool) {
-        let events: Vec<infracrew_protocol::OpsEvent> =
-            messages_on(&self.bus, subjects::OPS_EVENT).await;
+        let events: Vec<infracrew_protocol::OpsEvent> = messages_on(&self.bus, subjects::OPS).await;
         let messages: Vec<&str> = events.iter().map(|event| event.message.as_str()).collect();
         assert!(
             messages.iter().any(|message| says(message)),
@@ -465,8 +464,7 @@ async fn a_plan_being_applied_is_not_failed_by_a_forged_request_nor_moved_by_an_
         })
     })
     .await;
-    let events: Vec<infracrew_protocol::OpsEvent> =
-        messages_on(&crew.bus, subjects::OPS_EVENT).await;
+    let events: Vec<infracrew_protocol::OpsEvent> = messages_on(&crew.bus, subjects::OPS).await;
     let refusals: Vec<_> = events
         .iter()
         .filter(|event| event.kind == OpsEventKind::ApplyRefused)

@@ -92,6 +92,7 @@ pub fn crew_users() -> Vec<CrewUser> {
                 subjects::VALIDATE_PENDING.to_owned(),
                 subjects::BUILD_STATUS.to_owned(),
                 subjects::OPS_EVENT.to_owned(),
+                subjects::OPS_STEP.to_owned(),
                 kv(buckets::BUILDS),
                 kv(buckets::DRY_RUN),
             ],
@@ -208,6 +209,7 @@ mod tests {
         };
         assert_eq!(may_publish(subjects::APPLY_REQUEST), ["conductor"]);
         assert_eq!(may_publish(subjects::OPS_EVENT), ["forge"]);
+        assert_eq!(may_publish(subjects::OPS_STEP), ["forge"]);
         assert_eq!(may_publish(subjects::BUILD_STATUS), ["forge"]);
         assert_eq!(may_publish(subjects::GOAL_SUBMITTED), ["cli"]);
         assert!(users.iter().all(|user| {

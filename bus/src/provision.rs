@@ -231,6 +231,7 @@ impl Topology {
                 filter_subjects: vec![
                     subjects::PLAN_STATE.to_owned(),
                     subjects::OPS_EVENT.to_owned(),
+                    subjects::OPS_STEP.to_owned(),
                 ],
                 ack_wait: options.ack_wait,
                 max_deliver: options.max_deliver,

@@ -24,8 +24,8 @@ use crate::CliError;
 
 const AGENTS: [&str; 4] = ["atlas", "forge", "sentinel", "conductor"];
 /// Messages in sequence from a submitted goal to an APPLIED plan: goal, PlanSpec, routed plan,
-/// validate request, validation result, build status, apply request, and the ops events
-/// (started, step started, step succeeded, done) of which the Conductor waits for the last.
+/// validate request, validation result, build status, apply request, and the apply's events
+/// (started, done) of which the Conductor waits for the last.
 const HOPS_PER_PLAN: usize = 8;
 
 /// How the bench runs.

@@ -226,7 +226,7 @@ fn summary(subject: &str, payload: &[u8]) -> String {
                     request.approvers.join(", ")
                 )
             }
-            subjects::OPS_EVENT => {
+            subjects::OPS_EVENT | subjects::OPS_STEP => {
                 let event: OpsEvent = decode(payload).ok()?;
                 let check = event
                     .refused_by

@@ -24,11 +24,16 @@ pub const BUILD_STATUS: &str = "crew.build.status";
 pub const APPROVAL_DECIDED: &str = "crew.approval.decided";
 /// The instruction to apply an approved plan: Conductor -> Forge.
 pub const APPLY_REQUEST: &str = "crew.apply.request";
-/// Each step of an apply: Forge -> Conductor.
+/// An apply's start and its end (done, failed, rolled back, refused): Forge -> Conductor.
 pub const OPS_EVENT: &str = "crew.ops.event";
+/// The steps inside an apply (started, progress, succeeded, failed): Forge -> whoever
+/// watches, and the reviews.
+pub const OPS_STEP: &str = "crew.ops.step";
+/// Every event of an apply, its start, steps and end, in the order Forge sent them.
+pub const OPS: &str = "crew.ops.>";
 
 /// Every work subject above, which the work stream captures.
-pub const WORK: [&str; 11] = [
+pub const WORK: [&str; 12] = [
     GOAL_SUBMITTED,
     GOAL_REJECTED,
     PLAN_PENDING,
@@ -40,6 +45,7 @@ pub const WORK: [&str; 11] = [
     APPROVAL_DECIDED,
     APPLY_REQUEST,
     OPS_EVENT,
+    OPS_STEP,
 ];
 
 /// All heartbeats: `crew.heartbeat.<agent>`.

@@ -13,7 +13,7 @@ use infracrew_bus::{Bus, Delivery, Kv, KvError, Sent, Versioned};
 use infracrew_protocol::{
     ApplyRequest, ChangeAction, DesiredState, GateCheck, LockRecord, OpsEvent, OpsEventKind,
     PlanRecord, PlanSpec, PlanState, SchemaVersion, ServiceState, Strategy, lock_key,
-    signing::Verifier, subjects,
+    signing::Verifier,
 };
 
 use crate::{
@@ -113,7 +113,7 @@ impl Steps<'_> {
         };
         let sent = self
             .bus
-            .send(subjects::OPS_EVENT, &event)
+            .send(event.subject(), &event)
             .await
             .map_err(transient)?;
         self.unconfirmed.push(sent);

@@ -40,7 +40,7 @@ impl infracrew_bus::Inbound for ReviewInput {
     fn decode(subject: &str, payload: &[u8]) -> Result<Self, DecodeError> {
         match subject {
             subjects::PLAN_STATE => decode(payload).map(ReviewInput::Moved),
-            subjects::OPS_EVENT => decode(payload).map(ReviewInput::Ops),
+            subjects::OPS_EVENT | subjects::OPS_STEP => decode(payload).map(ReviewInput::Ops),
             other => Err(DecodeError::Invalid {
                 kind: "review input",
                 errors: vec![FieldError {

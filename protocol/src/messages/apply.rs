@@ -219,6 +219,18 @@ pub struct OpsEvent {
     pub at: DateTime<Utc>,
 }
 
+impl OpsEvent {
+    /// Steps go to `crew.ops.step`, which people and the reviews read; the apply's start and
+    /// end to `crew.ops.event`, which the Conductor reads too: it moves plans on those alone.
+    pub fn subject(&self) -> &'static str {
+        if self.kind.is_step() {
+            crate::subjects::OPS_STEP
+        } else {
+            crate::subjects::OPS_EVENT
+        }
+    }
+}
+
 message!(OpsEvent, "ops_event", |event| format!(
     "ops:{}:{}:{}:{}:{}",
     event.plan_id,
@@ -249,6 +261,17 @@ pub enum OpsEventKind {
     RolledBack,
     /// Forge refused the ApplyRequest (not approved, wrong digest, stale fencing token, ...).
     ApplyRefused,
+}
+
+impl OpsEventKind {
+    /// A step inside an apply, as opposed to the apply's start, end or refusal, which move
+    /// the plan.
+    pub fn is_step(self) -> bool {
+        matches!(
+            self,
+            Self::StepStarted | Self::StepProgress | Self::StepSucceeded | Self::StepFailed
+        )
+    }
 }
 
 /// The checks of Forge's gate, in the order it makes them; the first that fails refuses an
@@ -301,6 +324,26 @@ impl std::fmt::Display for GateCheck {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn steps_go_to_their_own_subject_and_the_rest_to_the_conductors() {
+        use OpsEventKind::*;
+        let mut event = crate::examples::ops_event();
+        for (kind, subject) in [
+            (ApplyStarted, crate::subjects::OPS_EVENT),
+            (StepStarted, crate::subjects::OPS_STEP),
+            (StepProgress, crate::subjects::OPS_STEP),
+            (StepSucceeded, crate::subjects::OPS_STEP),
+            (StepFailed, crate::subjects::OPS_STEP),
+            (ApplyDone, crate::subjects::OPS_EVENT),
+            (ApplyFailed, crate::subjects::OPS_EVENT),
+            (RolledBack, crate::subjects::OPS_EVENT),
+            (ApplyRefused, crate::subjects::OPS_EVENT),
+        ] {
+            event.kind = kind;
+            assert_eq!(event.subject(), subject, "{kind:?}");
+        }
+    }
 
     #[test]
     fn a_gate_checks_name_is_its_wire_name() {
