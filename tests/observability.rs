@@ -193,9 +193,11 @@ async fn prometheus_scrapes_the_crew_and_every_dashboard_query_and_the_down_aler
     let bus = crew_bus(&crew.server).await;
 
     for agent in AGENTS {
+        // Ready first: it waits for the agent's HTTP endpoint, which binds a moment after
+        // the process starts.
+        let ready = crew.ready(agent).await;
         let (status, live) = http::get(&crew.url(agent, "/health/live")).await.unwrap();
         assert_eq!(status, 200, "{live}");
-        let ready = crew.ready(agent).await;
         assert_eq!(ready["ready"], true, "{ready}");
         assert_eq!(ready["checks"]["nats"]["ok"], true, "{ready}");
         assert_eq!(
