@@ -19,7 +19,10 @@ struct Cli {
     agent: AgentArgs,
 }
 
-#[tokio::main]
+// Forge waits on the bus, not the CPU: one thread spares a second thread's wake-up for
+// each message (about a sixth less CPU per plan, measured with `crew bench`; see
+// docs/architecture.md, Speed). Sentinel and Atlas compute, and keep both cores.
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     let conductor = cli
