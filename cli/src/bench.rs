@@ -11,9 +11,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use async_nats::jetstream::{consumer::pull, stream};
+use async_nats::jetstream::{
+    consumer::{DeliverPolicy, pull, push::OrderedConfig},
+    stream,
+};
 use futures::StreamExt;
-use infracrew_bus::{Bus, ConnectArgs, Sent};
+use infracrew_bus::{Bus, ConnectArgs, Sent, streams};
 use infracrew_protocol::{
     GoalStatement, PlanId, PlanSpec, PlanState, PlanTransitioned, decode, signing::Signer, subjects,
 };
@@ -23,10 +26,12 @@ use tokio::process::{Child, Command};
 use crate::CliError;
 
 const AGENTS: [&str; 4] = ["atlas", "forge", "sentinel", "conductor"];
-/// Messages in sequence from a submitted goal to an APPLIED plan: goal, PlanSpec, routed plan,
-/// validate request, validation result, build status, apply request, and the apply's events
-/// (started, done) of which the Conductor waits for the last.
-const HOPS_PER_PLAN: usize = 8;
+/// Messages in sequence from a submitted goal to an APPLIED plan as a watcher sees it: goal,
+/// PlanSpec, routed plan, validate request, validation result, build status, apply request,
+/// the apply's events (started, done) of which the Conductor waits for the last, and the
+/// plan's move to APPLIED, which the bench reads through a JetStream consumer as the hop
+/// probe reads its messages.
+const HOPS_PER_PLAN: usize = 9;
 
 /// How the bench runs.
 #[derive(Debug, Clone)]
@@ -269,10 +274,21 @@ async fn run_plans(bus: &Bus, options: &BenchOptions) -> Result<HashMap<PlanId, 
         .await
         .map_err(|e| bench_error("subscribing", e))?;
     let mut moves = bus
-        .client()
-        .subscribe(subjects::PLAN_STATE)
+        .jetstream()
+        .get_stream_no_info(streams::WORK)
         .await
-        .map_err(|e| bench_error("subscribing", e))?;
+        .map_err(|e| bench_error("the work stream", e))?
+        .create_consumer(OrderedConfig {
+            deliver_subject: bus.client().new_inbox(),
+            filter_subject: subjects::PLAN_STATE.to_owned(),
+            deliver_policy: DeliverPolicy::New,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| bench_error("the plans' moves", e))?
+        .messages()
+        .await
+        .map_err(|e| bench_error("the plans' moves", e))?;
     let goals: Vec<GoalStatement> = (0..options.plans).map(bench_goal).collect();
     let mut stages: HashMap<PlanId, Stages> = goals
         .iter()
@@ -324,7 +340,7 @@ async fn run_plans(bus: &Bus, options: &BenchOptions) -> Result<HashMap<PlanId, 
                     stage.planned.get_or_insert(now);
                 }
             }
-            Some(message) = moves.next() => {
+            Some(Ok(message)) = moves.next() => {
                 let now = Instant::now();
                 if let Ok(moved) = decode::<PlanTransitioned>(&message.payload)
                     && let Some(stage) = stages.get_mut(&moved.plan_id)
