@@ -129,12 +129,12 @@ pub fn encode<M: Message>(message: &M) -> Result<Vec<u8>, serde_json::Error> {
     serde_json::to_vec(message)
 }
 
-/// Decodes bytes from outside this process: JSON, then the schema major version, then every
-/// schema violation at once, then the typed value.
 /// The largest message the crew's bus carries: nats-server's `max_payload` (1 MB by default,
 /// and in deploy/nats/nats.conf). The server refuses a larger publish.
 pub const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
 
+/// Decodes bytes from outside this process: JSON, then the schema major version, then every
+/// schema violation at once, then the typed value.
 pub fn decode<M: Message>(bytes: &[u8]) -> Result<M, DecodeError> {
     let value: Value = serde_json::from_slice(bytes).map_err(|error| DecodeError::Malformed {
         kind: M::KIND,
