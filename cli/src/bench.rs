@@ -12,7 +12,7 @@ use std::{
 };
 
 use async_nats::jetstream::{
-    consumer::{DeliverPolicy, pull, push::OrderedConfig},
+    consumer::{DeliverPolicy, pull},
     stream,
 };
 use futures::StreamExt;
@@ -274,19 +274,7 @@ async fn run_plans(bus: &Bus, options: &BenchOptions) -> Result<HashMap<PlanId, 
         .await
         .map_err(|e| bench_error("subscribing", e))?;
     let mut moves = bus
-        .jetstream()
-        .get_stream_no_info(streams::WORK)
-        .await
-        .map_err(|e| bench_error("the work stream", e))?
-        .create_consumer(OrderedConfig {
-            deliver_subject: bus.client().new_inbox(),
-            filter_subject: subjects::PLAN_STATE.to_owned(),
-            deliver_policy: DeliverPolicy::New,
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| bench_error("the plans' moves", e))?
-        .messages()
+        .follow(streams::WORK, subjects::PLAN_STATE, DeliverPolicy::New)
         .await
         .map_err(|e| bench_error("the plans' moves", e))?;
     let goals: Vec<GoalStatement> = (0..options.plans).map(bench_goal).collect();

@@ -1,7 +1,7 @@
 //! `crew watch`: the crew's subjects as they happen, one readable line per message; or the
 //! work stream replayed from a time or a sequence.
 
-use async_nats::jetstream::consumer::{DeliverPolicy, push::OrderedConfig};
+use async_nats::jetstream::consumer::DeliverPolicy;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use infracrew_bus::{Bus, streams};
@@ -55,21 +55,10 @@ pub async fn watch(bus: &Bus, filter: &str, from: From, as_json: bool) -> Result
         }
         From::Sequence(start_sequence) => DeliverPolicy::ByStartSequence { start_sequence },
     };
-    let stream = bus
-        .jetstream()
-        .get_stream_no_info(streams::WORK)
+    let mut messages = bus
+        .follow(streams::WORK, filter, policy)
         .await
         .map_err(follow_error)?;
-    let consumer = stream
-        .create_consumer(OrderedConfig {
-            deliver_subject: bus.client().new_inbox(),
-            filter_subject: filter.to_owned(),
-            deliver_policy: policy,
-            ..Default::default()
-        })
-        .await
-        .map_err(follow_error)?;
-    let mut messages = consumer.messages().await.map_err(follow_error)?;
     while let Some(message) = messages.next().await {
         let message = message.map_err(follow_error)?;
         let (at, sequence) = match message.info() {

@@ -9,7 +9,7 @@ use std::{
     time::Duration,
 };
 
-use async_nats::jetstream::consumer::{DeliverPolicy, push::OrderedConfig};
+use async_nats::jetstream::consumer::DeliverPolicy;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use infracrew_bus::{Bus, Shutdown, streams};
@@ -209,7 +209,14 @@ impl CrewWatch {
         let mut judging = tokio::time::interval(Duration::from_secs(1).min(self.silence / 2));
         judging.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         while !shutdown.is_cancelled() {
-            let mut beats = match heartbeats(&bus).await {
+            let mut beats = match bus
+                .follow(
+                    streams::HEARTBEATS,
+                    subjects::HEARTBEATS,
+                    DeliverPolicy::LastPerSubject,
+                )
+                .await
+            {
                 Ok(beats) => beats,
                 Err(error) => {
                     tracing::warn!(%error, "cannot follow heartbeats; trying again");
@@ -247,26 +254,6 @@ impl CrewWatch {
             }
         }
     }
-}
-
-type Beats = async_nats::jetstream::consumer::push::Ordered;
-
-async fn heartbeats(bus: &Bus) -> Result<Beats, String> {
-    let stream = bus
-        .jetstream()
-        .get_stream_no_info(streams::HEARTBEATS)
-        .await
-        .map_err(|error| error.to_string())?;
-    let consumer = stream
-        .create_consumer(OrderedConfig {
-            deliver_subject: bus.client().new_inbox(),
-            filter_subject: subjects::HEARTBEATS.to_owned(),
-            deliver_policy: DeliverPolicy::LastPerSubject,
-            ..Default::default()
-        })
-        .await
-        .map_err(|error| error.to_string())?;
-    consumer.messages().await.map_err(|error| error.to_string())
 }
 
 fn short(instance: Uuid) -> String {
