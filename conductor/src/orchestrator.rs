@@ -100,8 +100,9 @@ pub struct Conductor {
     pub seen: SeenRequests,
     /// The records this process last wrote, for plans still moving: the next move starts
     /// from them instead of a read. Another writer's move makes one stale, which the
-    /// compare-and-set finds.
-    pub written: std::sync::Mutex<std::collections::HashMap<PlanId, Versioned<PlanRecord>>>,
+    /// compare-and-set finds. Shared with the handler that wrote it, not copied: the next
+    /// move takes it back without a copy, as that handler is done by then.
+    pub written: std::sync::Mutex<std::collections::HashMap<PlanId, Versioned<Arc<PlanRecord>>>>,
     /// Plans the sweeper found finished, by key, with their end state and time: a finished
     /// plan never moves again, so later sweeps count it without reading it.
     pub finished: std::sync::Mutex<std::collections::HashMap<String, FinishedPlan>>,
@@ -150,7 +151,7 @@ impl Conductor {
         &self,
         plan_id: PlanId,
         change: impl FnMut(&mut PlanRecord) -> bool,
-    ) -> Result<Option<PlanRecord>, HandlerError> {
+    ) -> Result<Option<Arc<PlanRecord>>, HandlerError> {
         let (record, sent) = self.update_sending(plan_id, change).await?;
         self.bus.confirm(sent).await.map_err(retry)?;
         Ok(record)
@@ -162,13 +163,18 @@ impl Conductor {
         &self,
         plan_id: PlanId,
         change: impl FnMut(&mut PlanRecord) -> bool,
-    ) -> Result<(Option<PlanRecord>, Vec<Sent>), HandlerError> {
-        let written = lock_ignoring_poison(&self.written).remove(&plan_id);
+    ) -> Result<(Option<Arc<PlanRecord>>, Vec<Sent>), HandlerError> {
+        let written = lock_ignoring_poison(&self.written)
+            .remove(&plan_id)
+            .map(|held| Versioned {
+                value: Arc::unwrap_or_clone(held.value),
+                revision: held.revision,
+            });
         self.update_from(plan_id, written, change).await
     }
 
     /// Keeps the record just written for the plan's next move, or lets it go once it ended.
-    fn remember(&self, plan_id: PlanId, record: &PlanRecord, revision: u64) {
+    fn remember(&self, plan_id: PlanId, record: &Arc<PlanRecord>, revision: u64) {
         let mut written = lock_ignoring_poison(&self.written);
         if record.state.is_terminal() {
             written.remove(&plan_id);
@@ -180,7 +186,7 @@ impl Conductor {
         written.insert(
             plan_id,
             Versioned {
-                value: record.clone(),
+                value: Arc::clone(record),
                 revision,
             },
         );
@@ -194,7 +200,7 @@ impl Conductor {
         plan_id: PlanId,
         mut known: Option<Versioned<PlanRecord>>,
         mut change: impl FnMut(&mut PlanRecord) -> bool,
-    ) -> Result<(Option<PlanRecord>, Vec<Sent>), HandlerError> {
+    ) -> Result<(Option<Arc<PlanRecord>>, Vec<Sent>), HandlerError> {
         let key = plan_id.to_string();
         for _ in 0..UPDATE_TRIES {
             let (current, held) = match known.take() {
@@ -210,10 +216,11 @@ impl Conductor {
                 if held {
                     continue;
                 }
-                return Ok((Some(record), Vec::new()));
+                return Ok((Some(Arc::new(record)), Vec::new()));
             }
             match self.plans.update(&key, &record, current.revision).await {
                 Ok(revision) => {
+                    let record = Arc::new(record);
                     self.remember(plan_id, &record, revision);
                     let sent = self.send_moves(&record, moves_before).await?;
                     return Ok((Some(record), sent));
@@ -328,6 +335,7 @@ impl Conductor {
             Err(KvError::AlreadyExists { .. }) => return self.try_start(plan_id).await,
             Err(error) => return Err(retry(error)),
         };
+        let record = Arc::new(record);
         self.remember(plan_id, &record, revision);
         let mut sent = self.send_moves(&record, 0).await?;
         if token.is_some() {

@@ -244,6 +244,7 @@ impl<D: Apply> Forge<D> {
                 return self
                     .report(
                         &change,
+                        digest,
                         BuildOutcome::Blocked,
                         vec![finding],
                         None,
@@ -256,6 +257,7 @@ impl<D: Apply> Forge<D> {
                 return self
                     .report(
                         &change,
+                        digest,
                         BuildOutcome::NoChange,
                         Vec::new(),
                         None,
@@ -301,6 +303,7 @@ impl<D: Apply> Forge<D> {
         };
         self.report(
             &change,
+            result.digest,
             outcome,
             result.findings,
             result.cost,
@@ -343,9 +346,11 @@ impl<D: Apply> Forge<D> {
         Ok(Some(record.change))
     }
 
+    /// Reports the build of `change`, whose digest the caller computed when it was rendered.
     async fn report(
         &self,
         change: &ChangeSet,
+        digest: PlanDigest,
         outcome: BuildOutcome,
         findings: Vec<Finding>,
         cost: Option<infracrew_protocol::CostEstimate>,
@@ -354,9 +359,7 @@ impl<D: Apply> Forge<D> {
         let status = BuildStatus {
             schema_version: SchemaVersion::CURRENT,
             plan_id: change.plan_id,
-            digest: change
-                .digest()
-                .map_err(|error| HandlerError::Reject(error.to_string()))?,
+            digest,
             outcome,
             summary: change.summary(),
             diff_text: diff_text(change),
