@@ -94,15 +94,18 @@ impl Fixture {
             environment: environment.to_owned(),
             published_port: free_port(),
         };
-        for container in fixture.containers().await {
-            let options = RemoveContainerOptionsBuilder::default().force(true).build();
-            let _ = fixture
-                .driver
-                .docker()
-                .remove_container(&container, Some(options))
-                .await;
-        }
+        remove_labelled(&fixture.driver, &[fixture.label()]).await;
         fixture
+    }
+
+    /// Removes this environment's containers once the test has passed. A failed test leaves
+    /// them to be looked at; the next run clears them when it starts.
+    async fn finish(self) {
+        remove_labelled(&self.driver, &[self.label()]).await;
+    }
+
+    fn label(&self) -> String {
+        format!("infracrew.environment={}", self.environment)
     }
 
     fn state(&self, version: &str, replicas: u32) -> ServiceState {
@@ -168,8 +171,7 @@ impl Fixture {
 
     /// The names of this environment's containers, running or not.
     async fn containers(&self) -> Vec<String> {
-        let environment = format!("infracrew.environment={}", self.environment);
-        labelled(&self.driver, &[environment]).await
+        labelled(&self.driver, &[self.label()]).await
     }
 
     fn get(&self, path: &str) -> Result<(u16, String), String> {
@@ -195,6 +197,23 @@ async fn labelled(driver: &ContainerDriver, labels: &[String]) -> Vec<String> {
         .collect();
     names.sort();
     names
+}
+
+/// Removes the containers carrying every one of `labels`, running or not; best effort, as it
+/// only tidies up.
+async fn remove_labelled(driver: &ContainerDriver, labels: &[String]) {
+    for name in labelled(driver, labels).await {
+        let options = RemoveContainerOptionsBuilder::default().force(true).build();
+        let _ = driver.docker().remove_container(&name, Some(options)).await;
+    }
+}
+
+/// The labels of `service`'s containers in dev, where the crew tests deploy.
+fn dev_service(service: &str) -> [String; 2] {
+    [
+        "infracrew.environment=dev".to_owned(),
+        format!("infracrew.service={service}"),
+    ]
 }
 
 /// A plain HTTP/1.0 GET on loopback: the status and the body.
@@ -291,6 +310,7 @@ async fn a_first_deploy_runs_every_replica_healthy_behind_the_published_port() {
     let (outcome, _) = fixture.apply(Some(&v1), Strategy::Rolling).await;
     outcome.unwrap();
     assert_eq!(fixture.containers().await, containers);
+    fixture.finish().await;
 }
 
 #[tokio::test]
@@ -320,6 +340,7 @@ async fn a_rolling_upgrade_always_leaves_a_healthy_replica_serving() {
     // One at a time: the first old replica goes only after the first new one is ready.
     assert!(position(&lines, "replica 1 of 2 is ready") < position(&lines, "removing old replica"));
     assert!(position(&lines, "removing old replica") < position(&lines, "starting replica 2 of 2"));
+    fixture.finish().await;
 }
 
 #[tokio::test]
@@ -339,6 +360,7 @@ async fn a_broken_image_is_rolled_back_and_the_old_revision_keeps_serving() {
     assert_eq!(fixture.current().await, Some(v1));
     assert_eq!(fixture.get("/").unwrap(), (200, "1".to_owned()));
     assert_eq!(fixture.containers().await.len(), 3);
+    fixture.finish().await;
 }
 
 #[tokio::test]
@@ -360,6 +382,7 @@ async fn blue_green_removes_the_old_set_only_after_the_whole_new_set_is_ready() 
     assert!(last_ready < first_removal, "{lines:#?}");
     assert_eq!(fixture.current().await, Some(v2));
     assert_eq!(fixture.get("/").unwrap(), (200, "2".to_owned()));
+    fixture.finish().await;
 }
 
 #[tokio::test]
@@ -455,6 +478,7 @@ async fn a_container_removed_by_hand_shows_up_in_the_next_diff() {
     let change = render(&plan, &fixture.driver).await.unwrap();
     let text = diff_text(&change);
     assert!(text.contains("replicas: 1 -> 2"), "{text}");
+    fixture.finish().await;
 }
 
 /// Atlas, Sentinel and the Conductor, and Forge on the container driver.
@@ -502,14 +526,7 @@ fn deploy_goal(dir: &tempfile::TempDir, service: &str, version: &str) -> String 
 async fn prepare(service: &str, sample: SampleService) -> ContainerDriver {
     let driver = test_driver().await;
     build_sample(driver.docker(), &sample).await.unwrap();
-    let labels = [
-        "infracrew.environment=dev".to_owned(),
-        format!("infracrew.service={service}"),
-    ];
-    for name in labelled(&driver, &labels).await {
-        let options = RemoveContainerOptionsBuilder::default().force(true).build();
-        let _ = driver.docker().remove_container(&name, Some(options)).await;
-    }
+    remove_labelled(&driver, &dev_service(service)).await;
     driver
 }
 
@@ -546,6 +563,7 @@ async fn a_release_that_never_becomes_ready_ends_rolled_back_with_the_reason() {
         None,
         "what the apply started is gone"
     );
+    remove_labelled(&driver, &dev_service(service)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -599,11 +617,7 @@ async fn a_forge_killed_mid_rollout_converges_when_restarted_without_duplicates(
     let current = driver.current("dev", service).await.unwrap().unwrap();
     assert_eq!(current.replicas, 2);
     assert_eq!(current.image, "infracrew/legal-compliance:7.0.0");
-    let labels = [
-        "infracrew.environment=dev".to_owned(),
-        format!("infracrew.service={service}"),
-    ];
-    let names = labelled(&driver, &labels).await.len();
+    let names = labelled(&driver, &dev_service(service)).await.len();
     assert_eq!(names, 3, "two replicas and the edge, no duplicates");
     assert_eq!(http_get(9002, "/").unwrap(), (200, "7.0.0".to_owned()));
     let events = messages_on::<OpsEvent>(&bus, subjects::OPS).await;
@@ -613,4 +627,5 @@ async fn a_forge_killed_mid_rollout_converges_when_restarted_without_duplicates(
             .any(|event| event.attempt == 2 && event.kind == OpsEventKind::ApplyDone),
         "the second attempt finished the apply: {events:#?}"
     );
+    remove_labelled(&driver, &dev_service(service)).await;
 }
