@@ -20,7 +20,7 @@ struct Cli {
 }
 
 // Forge waits on the bus, not the CPU: one thread spares a second thread's wake-up for
-// each message (about a sixth less CPU per plan, measured with `crew bench`; see
+// each message (about a fifth less CPU per plan, measured with `crew bench`; see
 // docs/architecture.md, Speed). Sentinel and Atlas compute, and keep both cores.
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
