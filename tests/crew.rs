@@ -275,24 +275,47 @@ async fn a_plan_forge_never_starts_fails_when_its_approval_expires_with_the_lock
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_second_plan_for_the_same_target_waits_for_the_lock_and_follows() {
+async fn plans_for_the_same_target_queue_on_its_lock_and_follow_in_order() {
     let server = NatsServer::start().unwrap();
     let bus = crew_bus(&server).await;
     let agents = start_crew(&server);
     let dir = tempfile::tempdir().unwrap();
-    let second_goal = dir.path().join("second.json");
     let original = std::fs::read_to_string(
         workspace_root().join("examples/goals/valid/social-intel-staging.json"),
     )
     .unwrap();
-    std::fs::write(&second_goal, original.replace("1.4.0", "1.5.0")).unwrap();
+    let later_goal = |version: &str| {
+        let path = dir.path().join(format!("{version}.json"));
+        std::fs::write(&path, original.replace("1.4.0", version)).unwrap();
+        path.to_str().unwrap().to_owned()
+    };
+    let (second_goal, third_goal) = (later_goal("1.5.0"), later_goal("1.6.0"));
+    let locks = bus.kv::<LockRecord>(buckets::LOCKS).await.unwrap();
+    let lock = || async {
+        locks
+            .get("staging.social-intel")
+            .await
+            .unwrap()
+            .unwrap()
+            .value
+    };
+    let queued = |lock: &LockRecord| lock.waiting.iter().map(|w| w.plan_id).collect::<Vec<_>>();
 
     let first = submit(&server, "examples/goals/valid/social-intel-staging.json");
     wait_for_state(&bus, first, PlanState::Ready, &agents).await;
-    let second = submit(&server, second_goal.to_str().unwrap());
+    let second = submit(&server, &second_goal);
     let waiting = wait_for_state(&bus, second, PlanState::Planned, &agents).await;
-    // Give the Conductor the time to try, then check it is waiting rather than routed.
+    let third = submit(&server, &third_goal);
+    wait_for_state(&bus, third, PlanState::Planned, &agents).await;
+    // Give the Conductor the time to try, then check both wait rather than being routed.
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let held = lock().await;
+    assert_eq!(held.plan_id, first);
+    assert_eq!(
+        queued(&held),
+        [second, third],
+        "queued on the lock, oldest first"
+    );
     let waiting_now = bus
         .kv::<PlanRecord>(buckets::PLANS)
         .await
@@ -319,6 +342,15 @@ async fn a_second_plan_for_the_same_target_waits_for_the_lock_and_follows() {
     assert!(approve(&server, first, "bob").status.success());
     let first_done = wait_for_state(&bus, first, PlanState::Applied, &agents).await;
     let ready = wait_for_state(&bus, second, PlanState::Ready, &agents).await;
+    let handed = lock().await;
+    assert_eq!(handed.plan_id, second, "the release handed the lock on");
+    assert!(handed.token > held.token, "with a newer fencing token");
+    assert_eq!(ready.lock_token, Some(handed.token));
+    assert_eq!(
+        queued(&handed),
+        [third],
+        "the rest of the queue went with it"
+    );
     assert!(
         ready
             .build
@@ -331,9 +363,21 @@ async fn a_second_plan_for_the_same_target_waits_for_the_lock_and_follows() {
     );
     assert!(approve(&server, second, "alice").status.success());
     let second_done = wait_for_state(&bus, second, PlanState::Applied, &agents).await;
+    let third_ready = wait_for_state(&bus, third, PlanState::Ready, &agents).await;
     assert!(
-        first_done.history.last().unwrap().at <= second_done.history[2].at,
-        "applied in submission order"
+        third_ready
+            .build
+            .as_ref()
+            .unwrap()
+            .diff_text
+            .contains("1.5.0 -> infracrew/social-intel:1.6.0"),
+        "{}",
+        third_ready.build.as_ref().unwrap().diff_text
+    );
+    assert!(
+        first_done.history.last().unwrap().at <= second_done.history[2].at
+            && second_done.history.last().unwrap().at <= third_ready.history[2].at,
+        "started in submission order"
     );
 }
 
@@ -588,7 +632,7 @@ async fn a_lock_whose_holder_died_is_taken_over_with_a_new_fencing_token() {
         token: 1,
         acquired_at: long_ago,
         renewed_at: long_ago,
-        waiters: false,
+        waiting: Vec::new(),
     };
     locks.put("staging.social-intel", &stale).await.unwrap();
 

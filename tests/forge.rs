@@ -291,7 +291,7 @@ async fn hold_lock(bus: &Bus, plan: &PlanSpec, holder_plan: PlanId, token: u64) 
         token,
         acquired_at: Utc::now(),
         renewed_at: Utc::now(),
-        waiters: false,
+        waiting: Vec::new(),
     };
     locks
         .put(&lock_key(&plan.environment, &plan.service), &lock)

@@ -10,8 +10,9 @@ use infracrew_bus::{Bus, HandlerError, Kv, KvError, Sent, Shutdown, TraceContext
 use infracrew_protocol::{
     AgentRole, ApplyRequest, Approval, ApprovalDecision, BuildOutcome, BuildStatus,
     DecisionChannel, DecisionKind, DecisionOutcome, DecisionReply, DecisionRequest, DecodeError,
-    FieldError, GateCheck, LockRecord, Message, OpsEvent, OpsEventKind, PlanId, PlanRecord,
-    PlanSpec, PlanState, PlanTransitioned, SchemaVersion, Transition, decode, encode, lock_key,
+    FieldError, GateCheck, LockRecord, LockWaiter, Message, OpsEvent, OpsEventKind, PlanId,
+    PlanRecord, PlanSpec, PlanState, PlanTransitioned, SchemaVersion, Transition, decode, encode,
+    lock_key,
     signing::{Signer, Verifier},
     subjects,
 };
@@ -349,33 +350,61 @@ impl Conductor {
         }
         self.bus.confirm(sent).await.map_err(retry)?;
         if token.is_none() {
-            self.mark_waited_for(&key).await?;
+            let waiter = LockWaiter {
+                plan_id,
+                since: record.plan.created_at,
+            };
+            if !self.wait_in_line(&key, waiter).await? {
+                // The holder let go in between: the lock is free to take.
+                self.try_start(plan_id).await?;
+            }
         }
         Ok(())
     }
 
-    /// Takes the target's lock and routes the plan to Forge, or records what it waits for.
-    pub async fn try_start(&self, plan_id: PlanId) -> Result<(), HandlerError> {
-        let Some(record) = self.plans.get(&plan_id.to_string()).await.map_err(retry)? else {
-            return Ok(());
-        };
-        if record.value.state != PlanState::Planned {
-            return Ok(());
-        }
-        let key = lock_key(&record.value.plan.environment, &record.value.plan.service);
-        let Some(token) = self.acquire(&key, plan_id).await? else {
+    /// Takes the target's lock and routes the plan to Forge, or queues the plan on the lock.
+    async fn try_start(&self, plan_id: PlanId) -> Result<(), HandlerError> {
+        for _ in 0..UPDATE_TRIES {
+            let Some(record) = self.plans.get(&plan_id.to_string()).await.map_err(retry)? else {
+                return Ok(());
+            };
+            if record.value.state != PlanState::Planned {
+                return Ok(());
+            }
+            let key = lock_key(&record.value.plan.environment, &record.value.plan.service);
+            if let Some(token) = self.acquire(&key, plan_id).await? {
+                return self.route_holder(plan_id, record, &key, token).await;
+            }
+            let waiter = LockWaiter {
+                plan_id,
+                since: record.value.plan.created_at,
+            };
             self.update(plan_id, |record| {
                 let waiting = record.waiting_for_lock.as_deref() != Some(key.as_str());
                 record.waiting_for_lock = Some(key.clone());
                 waiting
             })
             .await?;
-            self.mark_waited_for(&key).await?;
-            return Ok(());
-        };
+            if self.wait_in_line(&key, waiter).await? {
+                return Ok(());
+            }
+        }
+        Err(HandlerError::Retry(format!(
+            "the lock on plan {plan_id}'s target kept changing hands; trying again later"
+        )))
+    }
+
+    /// Routes a PLANNED plan that holds its target's lock to Forge.
+    async fn route_holder(
+        &self,
+        plan_id: PlanId,
+        record: Versioned<PlanRecord>,
+        key: &str,
+        token: u64,
+    ) -> Result<(), HandlerError> {
         let (routed, mut sent) = self
             .update_from(plan_id, Some(record), |record| {
-                record.state == PlanState::Planned && route(record, &key, token)
+                record.state == PlanState::Planned && route(record, key, token)
             })
             .await?;
         if let Some(record) = routed.filter(|record| record.state == PlanState::Validating) {
@@ -393,13 +422,13 @@ impl Conductor {
     /// The lock's fencing token if `plan_id` holds it now (taking it when free or abandoned).
     async fn acquire(&self, key: &str, plan_id: PlanId) -> Result<Option<u64>, HandlerError> {
         let now = Utc::now();
-        let fresh = |token| LockRecord {
+        let fresh = |token, waiting| LockRecord {
             plan_id,
             holder: self.instance.clone(),
             token,
             acquired_at: now,
             renewed_at: now,
-            waiters: false,
+            waiting,
         };
         // A lock is taken in one write, and its fencing token is one more than the revision
         // that write replaces (0 for a key never written, else the last holder's release or
@@ -417,7 +446,18 @@ impl Conductor {
                 Some(lock) if !self.abandoned(&lock.value, now) => return Ok(None),
                 Some(lock) => {
                     let token = lock.revision + 1;
-                    match self.locks.update(key, &fresh(token), lock.revision).await {
+                    // The plans that waited for the abandoned holder wait for this one.
+                    let waiting = lock
+                        .value
+                        .waiting
+                        .into_iter()
+                        .filter(|waiter| waiter.plan_id != plan_id)
+                        .collect();
+                    match self
+                        .locks
+                        .update(key, &fresh(token, waiting), lock.revision)
+                        .await
+                    {
                         Ok(_) => return Ok(Some(token)),
                         Err(KvError::Conflict { .. }) => continue,
                         Err(error) => return Err(retry(error)),
@@ -425,7 +465,7 @@ impl Conductor {
                 }
                 None => match self
                     .locks
-                    .create_with(key, |replaced| fresh(replaced + 1))
+                    .create_with(key, |replaced| fresh(replaced + 1, Vec::new()))
                     .await
                 {
                     Ok(taken) => return Ok(Some(taken.value.token)),
@@ -444,71 +484,96 @@ impl Conductor {
         lock.renewed_at + lease < now
     }
 
-    /// Says on the lock that a plan waits for it. A lock released in between is not marked;
-    /// its waiter is started by the sweeper, which tries every PLANNED plan.
-    async fn mark_waited_for(&self, key: &str) -> Result<(), HandlerError> {
-        if let Some(lock) = self.locks.get(key).await.map_err(retry)?
-            && !lock.value.waiters
-        {
+    /// Puts the plan in the queue of the lock on `key`, in order of age. False when there is
+    /// no lock to wait for: its holder let go in between.
+    async fn wait_in_line(&self, key: &str, waiter: LockWaiter) -> Result<bool, HandlerError> {
+        for _ in 0..UPDATE_TRIES {
+            let Some(lock) = self.locks.get(key).await.map_err(retry)? else {
+                return Ok(false);
+            };
+            let queued = lock.value.plan_id == waiter.plan_id
+                || lock
+                    .value
+                    .waiting
+                    .iter()
+                    .any(|queued| queued.plan_id == waiter.plan_id);
+            if queued {
+                return Ok(true);
+            }
+            let mut waiting = lock.value.waiting.clone();
+            waiting.push(waiter.clone());
+            waiting.sort_by_key(|waiter| (waiter.since, waiter.plan_id));
             let marked = LockRecord {
-                waiters: true,
+                waiting,
                 ..lock.value
             };
             match self.locks.update(key, &marked, lock.revision).await {
-                Ok(_) | Err(KvError::Conflict { .. }) => {}
+                Ok(_) => return Ok(true),
+                Err(KvError::Conflict { .. }) => continue,
                 Err(error) => return Err(retry(error)),
             }
         }
-        Ok(())
+        Err(HandlerError::Retry(format!(
+            "the lock on {key} kept changing; trying again later"
+        )))
     }
 
-    /// Releases the plan's lock and starts the plan that waited longest for it, if any did.
+    /// Releases the plan's lock: to the plan that waited longest for it, if one still waits.
     async fn release(&self, record: &PlanRecord) -> Result<(), HandlerError> {
         let key = lock_key(&record.plan.environment, &record.plan.service);
-        let mut waited_for = true;
-        if let Some(lock) = self.locks.get(&key).await.map_err(retry)?
-            && lock.value.plan_id == record.plan.plan_id
-        {
-            waited_for = lock.value.waiters;
-            match self.locks.delete(&key, lock.revision).await {
-                Ok(()) => {}
-                // Changed under us (a waiter marked it): look for the next holder.
-                Err(KvError::Conflict { .. }) => waited_for = true,
-                Err(error) => return Err(retry(error)),
+        for _ in 0..UPDATE_TRIES {
+            let Some(lock) = self.locks.get(&key).await.map_err(retry)? else {
+                return Ok(());
+            };
+            if lock.value.plan_id != record.plan.plan_id || self.pass_on(&key, lock).await? {
+                return Ok(());
             }
         }
-        if waited_for {
-            self.start_next(&key).await
-        } else {
-            Ok(())
-        }
+        Err(HandlerError::Retry(format!(
+            "the lock on {key} kept changing; trying again later"
+        )))
     }
 
-    async fn start_next(&self, key: &str) -> Result<(), HandlerError> {
-        let mut waiting = Vec::new();
-        let mut plan_keys = self.plans.keys().await.map_err(retry)?;
-        {
-            let finished = lock_ignoring_poison(&self.finished);
-            plan_keys.retain(|plan_key| !finished.contains_key(plan_key));
+    /// Hands the lock to the first plan in its queue that still waits, in the one write that
+    /// takes it from its holder (so a crash never loses the queue), and routes that plan; or
+    /// deletes a lock no plan waits for. False when the lock changed since it was read.
+    async fn pass_on(&self, key: &str, lock: Versioned<LockRecord>) -> Result<bool, HandlerError> {
+        let mut queue = lock.value.waiting.into_iter();
+        while let Some(waiter) = queue.next() {
+            let Some(next) = self
+                .plans
+                .get(&waiter.plan_id.to_string())
+                .await
+                .map_err(retry)?
+                .filter(|next| next.value.state == PlanState::Planned)
+            else {
+                continue;
+            };
+            let now = Utc::now();
+            // One more than the revision replaced, as when a lock is taken.
+            let token = lock.revision + 1;
+            let handed = LockRecord {
+                plan_id: waiter.plan_id,
+                holder: self.instance.clone(),
+                token,
+                acquired_at: now,
+                renewed_at: now,
+                waiting: queue.collect(),
+            };
+            return match self.locks.update(key, &handed, lock.revision).await {
+                Ok(_) => {
+                    self.route_holder(waiter.plan_id, next, key, token).await?;
+                    Ok(true)
+                }
+                Err(KvError::Conflict { .. }) => Ok(false),
+                Err(error) => Err(retry(error)),
+            };
         }
-        for plan_key in plan_keys {
-            if let Some(record) = self.plans.get(&plan_key).await.map_err(retry)?
-                && record.value.state == PlanState::Planned
-                && record.value.waiting_for_lock.as_deref() == Some(key)
-            {
-                waiting.push(record.value);
-            }
+        match self.locks.delete(key, lock.revision).await {
+            Ok(()) => Ok(true),
+            Err(KvError::Conflict { .. }) => Ok(false),
+            Err(error) => Err(retry(error)),
         }
-        // In submission order: the plan that waited longest goes first.
-        waiting.sort_by_key(|record| (record.plan.created_at, record.plan.plan_id));
-        if let Some(next) = waiting.first() {
-            self.try_start(next.plan.plan_id).await?;
-            // The others still wait: the new holder's release must look for them.
-            if waiting.len() > 1 {
-                self.mark_waited_for(key).await?;
-            }
-        }
-        Ok(())
     }
 
     /// Forge's build: READY, BLOCKED or NO_CHANGE, and auto-approval where configured.
@@ -1035,6 +1100,8 @@ impl Conductor {
     }
 
     async fn sweep_once(&self) -> Result<(), HandlerError> {
+        // Locks first, so a long look at the plans never lets a live plan's lease run out.
+        let queued = self.sweep_locks().await?;
         let now = Utc::now();
         let mut census = PlanCensus::default();
         let mut known_finished = std::mem::take(&mut *lock_ignoring_poison(&self.finished));
@@ -1052,6 +1119,8 @@ impl Conductor {
             if record.state.is_terminal() {
                 let since = record.history.last().map(|last| last.at);
                 finished.insert(key, (record.state, since));
+            } else if record.state == PlanState::Planned && queued.contains(&record.plan.plan_id) {
+                // In a live lock's queue: the lock's release starts it.
             } else {
                 Self::trace_of(&record)
                     .scope(self.sweep_plan(record, now))
@@ -1060,6 +1129,14 @@ impl Conductor {
         }
         *lock_ignoring_poison(&self.finished) = finished;
         self.metrics.census(&census, now);
+        Ok(())
+    }
+
+    /// Renews the locks of plans still moving (each with the time of its renewal), releases
+    /// those of ended plans and hands on those whose plan never came. Returns the plans
+    /// queued on the renewed locks.
+    async fn sweep_locks(&self) -> Result<std::collections::HashSet<PlanId>, HandlerError> {
+        let mut queued = std::collections::HashSet::new();
         for key in self.locks.keys().await.map_err(retry)? {
             let Some(lock) = self.locks.get(&key).await.map_err(retry)? else {
                 continue;
@@ -1071,8 +1148,9 @@ impl Conductor {
                 .map_err(retry)?;
             match plan.map(|p| p.value) {
                 Some(record) if !record.state.is_terminal() => {
+                    queued.extend(lock.value.waiting.iter().map(|waiter| waiter.plan_id));
                     let renewed = LockRecord {
-                        renewed_at: now,
+                        renewed_at: Utc::now(),
                         ..lock.value
                     };
                     let _ = self.locks.update(&key, &renewed, lock.revision).await;
@@ -1080,14 +1158,14 @@ impl Conductor {
                 Some(record) => self.release(&record).await?,
                 // A plan takes its lock before its record is written: only a lock whose
                 // lease ran out is one whose plan never came.
-                None if self.abandoned(&lock.value, now) => {
-                    let _ = self.locks.delete(&key, lock.revision).await;
-                    self.start_next(&key).await?;
+                None if self.abandoned(&lock.value, Utc::now()) => {
+                    // Changed since it was read: the next sweep looks again.
+                    self.pass_on(&key, lock).await?;
                 }
                 None => {}
             }
         }
-        Ok(())
+        Ok(queued)
     }
 }
 

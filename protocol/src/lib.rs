@@ -21,7 +21,7 @@ pub use digest::{PlanDigest, canonical_json, hex};
 pub use ids::{GoalId, PlanId, PlanRefError};
 pub use messages::*;
 pub use record::{
-    Approval, IllegalTransition, LockRecord, Override, PlanRecord, PlanState, ReviewRecord,
-    SlackMessageRef, Transition, lock_key,
+    Approval, IllegalTransition, LockRecord, LockWaiter, Override, PlanRecord, PlanState,
+    ReviewRecord, SlackMessageRef, Transition, lock_key,
 };
 pub use version::{SchemaVersion, UnsupportedVersion};

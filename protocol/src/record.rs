@@ -177,10 +177,18 @@ pub struct LockRecord {
     pub token: u64,
     pub acquired_at: DateTime<Utc>,
     pub renewed_at: DateTime<Utc>,
-    /// Another plan waits for this lock: its release must look for the next holder (without
-    /// waiters, a release skips reading every plan).
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub waiters: bool,
+    /// The plans waiting for this lock, the longest waiting first: its release starts the
+    /// first that is still waiting and queues the others on the next holder's lock.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub waiting: Vec<LockWaiter>,
+}
+
+/// A plan in a lock's queue.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct LockWaiter {
+    pub plan_id: crate::PlanId,
+    /// When the plan was made: the queue's order.
+    pub since: DateTime<Utc>,
 }
 
 /// The lock key of a service in an environment.
