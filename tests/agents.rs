@@ -146,7 +146,16 @@ fn crew_up_starts_a_whole_crew_and_one_interrupt_stops_it() {
 #[test]
 fn crew_bench_drives_plans_through_a_whole_crew_and_prints_its_figures() {
     let output = Command::new(binary("crew"))
-        .args(["bench", "--plans", "5", "--patience", "60s"])
+        // Two services for five plans: three wait on a lock and follow its release.
+        .args([
+            "bench",
+            "--plans",
+            "5",
+            "--services",
+            "2",
+            "--patience",
+            "60s",
+        ])
         .env_remove("NATS_URL")
         .current_dir(infracrew_testkit::workspace_root())
         .output()

@@ -39,6 +39,8 @@ pub struct BenchOptions {
     pub plans: usize,
     /// Plans per second; `None` submits as fast as the bus takes them.
     pub rate: Option<f64>,
+    /// How many services the plans take turns on.
+    pub services: usize,
     pub playbooks: PathBuf,
     pub config: PathBuf,
     /// How long to wait for the last plan.
@@ -57,6 +59,9 @@ struct Stages {
     finished: bool,
 }
 
+/// How a plan that was not APPLIED ended, and why (its last move's reason).
+type OtherEnd = (PlanState, String);
+
 fn bench_error(what: &str, error: impl std::fmt::Display) -> CliError {
     CliError::Bench(format!("{what}: {error}"))
 }
@@ -66,9 +71,9 @@ pub async fn bench(options: BenchOptions) -> Result<ExitCode, CliError> {
     let playbooks = work.path().join("playbooks");
     copy_dir(&options.playbooks, &playbooks)
         .map_err(|e| bench_error("copying the playbooks", e))?;
-    // One service per plan, so no plan waits for another's lock: the bench measures the crew,
-    // not the queue in front of one target.
-    add_bench_services(&playbooks, options.plans)
+    // By default one service per plan, so no plan waits for another's lock: the bench
+    // measures the crew, not the queue in front of one target.
+    add_bench_services(&playbooks, options.services)
         .map_err(|e| bench_error("the bench catalog", e))?;
 
     let server = NatsServer::start().map_err(|e| bench_error("nats-server", e))?;
@@ -153,10 +158,17 @@ pub async fn bench(options: BenchOptions) -> Result<ExitCode, CliError> {
         let hops = probe.paced(probe_period, probe_stopped).await;
         (probe, hops)
     });
-    let stages = run_plans(&bus, &options).await;
+    let pids: Vec<Option<u32>> = processes.iter().map(|(_, pid)| *pid).collect();
+    let (stop_sampling, sampling_stopped) = tokio::sync::oneshot::channel();
+    let sampling = tokio::spawn(sample_cpu(pids, sampling_stopped));
+    let run = run_plans(&bus, &options).await;
+    let _ = stop_sampling.send(());
     let _ = stop_probe.send(());
+    let cpu_samples = sampling
+        .await
+        .map_err(|e| bench_error("the CPU sampler", e))?;
     let (mut probe, paced) = paced.await.map_err(|e| bench_error("the hop probe", e))?;
-    let (stages, paced) = (stages?, paced?);
+    let (run, paced) = (run?, paced?);
     let counts_after = server_counts(&bus).await?;
     let cpu_used: Vec<(&str, Option<Duration>)> = processes
         .iter()
@@ -173,7 +185,7 @@ pub async fn bench(options: BenchOptions) -> Result<ExitCode, CliError> {
         .collect();
     let back_to_back = probe.back_to_back(options.plans.clamp(200, 5000)).await?;
     report(
-        &stages,
+        &run.stages,
         &Hops {
             paced,
             period: probe_period,
@@ -181,6 +193,8 @@ pub async fn bench(options: BenchOptions) -> Result<ExitCode, CliError> {
         },
         options.plans,
     );
+    report_other_ends(&run.other_ends);
+    report_windows(&run.stages, &cpu_samples);
     report_cpu(&cpu_used, options.plans);
     let plans = options.plans.max(1) as f64;
     println!(
@@ -244,10 +258,11 @@ async fn wait_until_ready(bus: &Bus, agents: &mut [(&str, Child)]) -> Result<(),
     }
 }
 
-fn bench_goal(index: usize) -> GoalStatement {
+/// Plan `index` of a run over `services` services: the next version of its service.
+fn bench_goal(index: usize, services: usize) -> GoalStatement {
     let mut goal = infracrew_protocol::examples::goal();
     goal.goal_id = None;
-    goal.service = bench_service(index);
+    goal.service = bench_service(index % services.max(1));
     goal.environment = "dev".into();
     goal.replicas = Some(1);
     goal.version = Some(format!("1.0.{index}"));
@@ -267,7 +282,13 @@ async fn confirm_goals(bus: &Bus, sent: Vec<Sent>) {
     }
 }
 
-async fn run_plans(bus: &Bus, options: &BenchOptions) -> Result<HashMap<PlanId, Stages>, CliError> {
+/// What became of the plans: when each passed each stage, and how those not APPLIED ended.
+struct Run {
+    stages: HashMap<PlanId, Stages>,
+    other_ends: Vec<OtherEnd>,
+}
+
+async fn run_plans(bus: &Bus, options: &BenchOptions) -> Result<Run, CliError> {
     let mut pending = bus
         .client()
         .subscribe(subjects::PLAN_PENDING)
@@ -277,7 +298,9 @@ async fn run_plans(bus: &Bus, options: &BenchOptions) -> Result<HashMap<PlanId, 
         .follow(streams::WORK, subjects::PLAN_STATE, DeliverPolicy::New)
         .await
         .map_err(|e| bench_error("the plans' moves", e))?;
-    let goals: Vec<GoalStatement> = (0..options.plans).map(bench_goal).collect();
+    let goals: Vec<GoalStatement> = (0..options.plans)
+        .map(|index| bench_goal(index, options.services))
+        .collect();
     let mut stages: HashMap<PlanId, Stages> = goals
         .iter()
         .map(|goal| (PlanId::for_goal(goal.id()), Stages::default()))
@@ -313,6 +336,7 @@ async fn run_plans(bus: &Bus, options: &BenchOptions) -> Result<HashMap<PlanId, 
         })
     };
     let mut finished = 0;
+    let mut other_ends: Vec<OtherEnd> = Vec::new();
     let deadline = tokio::time::Instant::now() + options.patience;
     while finished < options.plans {
         tokio::select! {
@@ -342,6 +366,9 @@ async fn run_plans(bus: &Bus, options: &BenchOptions) -> Result<HashMap<PlanId, 
                     if moved.transition.to.is_terminal() && !stage.finished {
                         stage.finished = true;
                         finished += 1;
+                        if moved.transition.to != PlanState::Applied {
+                            other_ends.push((moved.transition.to, moved.transition.why));
+                        }
                     }
                 }
             }
@@ -368,7 +395,7 @@ async fn run_plans(bus: &Bus, options: &BenchOptions) -> Result<HashMap<PlanId, 
             options.patience
         );
     }
-    Ok(stages)
+    Ok(Run { stages, other_ends })
 }
 
 /// The stream the hop probe publishes to, and its subject.
@@ -564,6 +591,91 @@ fn report(stages: &HashMap<PlanId, Stages>, hops: &Hops, plans: usize) {
         end_to_end / hot_floor.as_secs_f64().max(f64::EPSILON),
         millis(hot_floor),
     );
+}
+
+/// How often a long run is summed up, to show whether the crew keeps its pace.
+const WINDOW: Duration = Duration::from_secs(10);
+
+/// The crew's processes' CPU time so far, at one moment.
+struct CpuSample {
+    at: Instant,
+    used: Vec<Option<Duration>>,
+}
+
+/// Each process's CPU time every [`WINDOW`] until `stop`, and once more then.
+async fn sample_cpu(
+    pids: Vec<Option<u32>>,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) -> Vec<CpuSample> {
+    let sample = || CpuSample {
+        at: Instant::now(),
+        used: pids.iter().map(|pid| pid.and_then(cpu_time)).collect(),
+    };
+    let mut ticker = tokio::time::interval(WINDOW);
+    let mut samples = Vec::new();
+    loop {
+        tokio::select! {
+            _ = &mut stop => {
+                samples.push(sample());
+                return samples;
+            }
+            _ = ticker.tick() => samples.push(sample()),
+        }
+    }
+}
+
+/// For a run longer than two windows, each window's pace: plans APPLIED per second, their
+/// submit-to-APPLIED p99, and the crew's CPU (nats-server and agents) per plan APPLIED.
+fn report_windows(stages: &HashMap<PlanId, Stages>, samples: &[CpuSample]) {
+    if samples.len() < 3 {
+        return;
+    }
+    println!(
+        "by {} s window: plans APPLIED per second, their submit -> APPLIED p99, the crew's CPU per plan APPLIED",
+        WINDOW.as_secs()
+    );
+    let first = samples[0].at;
+    for pair in samples.windows(2) {
+        let (from, to) = (&pair[0], &pair[1]);
+        let mut latencies: Vec<Duration> = stages
+            .values()
+            .filter_map(|stage| {
+                let applied = stage.applied.filter(|at| (from.at..to.at).contains(at))?;
+                Some(applied.saturating_duration_since(stage.submitted?))
+            })
+            .collect();
+        latencies.sort();
+        let cpu: Duration = from
+            .used
+            .iter()
+            .zip(&to.used)
+            .filter_map(|(before, after)| Some(after.as_ref()?.saturating_sub(*before.as_ref()?)))
+            .sum();
+        let seconds = to
+            .at
+            .duration_since(from.at)
+            .as_secs_f64()
+            .max(f64::EPSILON);
+        println!(
+            "  {:>4.0} to {:>4.0} s  {:>6.0} plans/s  p99 {:>11}  CPU {:.2} ms per plan",
+            from.at.duration_since(first).as_secs_f64(),
+            to.at.duration_since(first).as_secs_f64(),
+            latencies.len() as f64 / seconds,
+            millis(percentile(&latencies, 0.99)),
+            cpu.as_secs_f64() * 1000.0 / latencies.len().max(1) as f64,
+        );
+    }
+}
+
+/// The plans that ended other than APPLIED, by end state, each with the reason of one.
+fn report_other_ends(other_ends: &[OtherEnd]) {
+    let mut by_state: BTreeMap<String, (usize, &str)> = BTreeMap::new();
+    for (state, why) in other_ends {
+        by_state.entry(state.to_string()).or_insert((0, why)).0 += 1;
+    }
+    for (state, (count, why)) in by_state {
+        println!("not APPLIED: {count} plans ended {state}, for example: {why}");
+    }
 }
 
 /// What the server has done so far.

@@ -227,7 +227,11 @@ pub enum Command {
         /// Plans per second; without it, as fast as the bus takes them.
         #[arg(long)]
         rate: Option<f64>,
-        /// The playbooks are copied, with a service added per plan.
+        /// How many services the plans take turns on (each plan a new version of its
+        /// service); without it, one per plan, so no plan waits for another's lock.
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+        services: Option<u32>,
+        /// The playbooks are copied, with the bench's services added.
         #[command(flatten)]
         files: CrewFiles,
         /// How long to wait for the last plan.
@@ -444,12 +448,14 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Bench {
             plans,
             rate,
+            services,
             files,
             patience,
         } => {
             bench::bench(bench::BenchOptions {
                 plans,
                 rate,
+                services: services.map_or(plans, |services| services as usize),
                 playbooks: files.playbooks,
                 config: files.config,
                 patience,
