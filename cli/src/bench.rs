@@ -149,10 +149,10 @@ pub async fn bench(options: BenchOptions) -> Result<ExitCode, CliError> {
     let (stop_probe, probe_stopped) = tokio::sync::oneshot::channel();
     let probe_period = options
         .rate
-        .map_or(PROBE_PERIOD_AT_FULL_SPEED, |rate| {
+        .map_or(PROBE_PERIOD_SHORTEST, |rate| {
             Duration::from_secs_f64(1.0 / rate.max(f64::EPSILON))
         })
-        .clamp(Duration::from_millis(1), Duration::from_secs(1));
+        .clamp(PROBE_PERIOD_SHORTEST, Duration::from_secs(1));
     // On a task of its own, so handling the plans' messages does not hold a hop up.
     let paced = tokio::spawn(async move {
         let hops = probe.paced(probe_period, probe_stopped).await;
@@ -402,8 +402,10 @@ async fn run_plans(bus: &Bus, options: &BenchOptions) -> Result<Run, CliError> {
 const HOP_STREAM: &str = "BENCH_HOP";
 const HOP_SUBJECT: &str = "bench.hop";
 
-/// How often the hop probe runs beside plans submitted as fast as possible.
-const PROBE_PERIOD_AT_FULL_SPEED: Duration = Duration::from_millis(10);
+/// How often the hop probe runs beside plans submitted as fast as possible, and at most as
+/// often at any rate: one hop per plan at 1,000 plans/s would add a stored message and a
+/// delivery to each plan's 28 on the server being measured.
+const PROBE_PERIOD_SHORTEST: Duration = Duration::from_millis(10);
 
 /// The raw JetStream hop: publish (waiting for the ack, as the agents do) until a durable pull
 /// consumer on another connection has the message, one at a time. Measured both as a plan's
@@ -602,7 +604,7 @@ struct CpuSample {
     used: Vec<Option<Duration>>,
 }
 
-/// Each process's CPU time every [`WINDOW`] until `stop`, and once more then.
+/// Each process's CPU time every [`WINDOW`] until `stop`, and once more then (see [`push_last`]).
 async fn sample_cpu(
     pids: Vec<Option<u32>>,
     mut stop: tokio::sync::oneshot::Receiver<()>,
@@ -616,7 +618,7 @@ async fn sample_cpu(
     loop {
         tokio::select! {
             _ = &mut stop => {
-                samples.push(sample());
+                push_last(&mut samples, sample());
                 return samples;
             }
             _ = ticker.tick() => samples.push(sample()),
@@ -624,7 +626,19 @@ async fn sample_cpu(
     }
 }
 
-/// For a run longer than two windows, each window's pace: plans APPLIED per second, their
+/// The sample at the run's end, in place of a tick less than half a window before it: a last
+/// window of a few milliseconds would report its handful of plans as a pace.
+fn push_last(samples: &mut Vec<CpuSample>, last: CpuSample) {
+    if samples
+        .last()
+        .is_some_and(|tick| last.at.duration_since(tick.at) < WINDOW / 2)
+    {
+        samples.pop();
+    }
+    samples.push(last);
+}
+
+/// For a run that spans more than one window, each window's pace: plans APPLIED per second, their
 /// submit-to-APPLIED p99, and the crew's CPU (nats-server and agents) per plan APPLIED.
 fn report_windows(stages: &HashMap<PlanId, Stages>, samples: &[CpuSample]) {
     if samples.len() < 3 {
@@ -844,6 +858,29 @@ fn add_bench_services(playbooks: &Path, count: usize) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_last_sample_replaces_a_tick_less_than_half_a_window_before_it() {
+        let start = Instant::now();
+        let at = |seconds: f64| CpuSample {
+            at: start + Duration::from_secs_f64(seconds),
+            used: Vec::new(),
+        };
+        let ends = |samples: &[CpuSample]| -> Vec<f64> {
+            samples
+                .iter()
+                .map(|sample| sample.at.duration_since(start).as_secs_f64())
+                .collect()
+        };
+
+        let mut run_of_ten_seconds = vec![at(0.0), at(10.0)];
+        push_last(&mut run_of_ten_seconds, at(10.01));
+        assert_eq!(ends(&run_of_ten_seconds), [0.0, 10.01]);
+
+        let mut run_of_seventeen_seconds = vec![at(0.0), at(10.0)];
+        push_last(&mut run_of_seventeen_seconds, at(17.0));
+        assert_eq!(ends(&run_of_seventeen_seconds), [0.0, 10.0, 17.0]);
+    }
 
     #[test]
     fn mean_handling_is_each_subjects_sum_over_its_count() {
