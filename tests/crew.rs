@@ -280,33 +280,10 @@ async fn plans_for_the_same_target_queue_on_its_lock_and_follow_in_order() {
     let bus = crew_bus(&server).await;
     let agents = start_crew(&server);
     let dir = tempfile::tempdir().unwrap();
-    let original = std::fs::read_to_string(
-        workspace_root().join("examples/goals/valid/social-intel-staging.json"),
-    )
-    .unwrap();
-    let later_goal = |version: &str| {
-        let path = dir.path().join(format!("{version}.json"));
-        std::fs::write(&path, original.replace("1.4.0", version)).unwrap();
-        path.to_str().unwrap().to_owned()
-    };
-    let (second_goal, third_goal) = (later_goal("1.5.0"), later_goal("1.6.0"));
-    let locks = bus.kv::<LockRecord>(buckets::LOCKS).await.unwrap();
-    let lock = || async {
-        locks
-            .get("staging.social-intel")
-            .await
-            .unwrap()
-            .unwrap()
-            .value
-    };
-    let queued = |lock: &LockRecord| lock.waiting.iter().map(|w| w.plan_id).collect::<Vec<_>>();
+    let lock = || social_intel_staging_lock(&bus);
 
-    let first = submit(&server, "examples/goals/valid/social-intel-staging.json");
-    wait_for_state(&bus, first, PlanState::Ready, &agents).await;
-    let second = submit(&server, &second_goal);
-    let waiting = wait_for_state(&bus, second, PlanState::Planned, &agents).await;
-    let third = submit(&server, &third_goal);
-    wait_for_state(&bus, third, PlanState::Planned, &agents).await;
+    let [first, second, third] =
+        three_versions_of_social_intel_in_staging(&server, &bus, &agents, &dir).await;
     // Give the Conductor the time to try, then check both wait rather than being routed.
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     let held = lock().await;
@@ -325,7 +302,7 @@ async fn plans_for_the_same_target_queue_on_its_lock_and_follow_in_order() {
         .unwrap()
         .unwrap()
         .value;
-    assert_eq!(waiting_now.state, PlanState::Planned, "{waiting:?}");
+    assert_eq!(waiting_now.state, PlanState::Planned, "{waiting_now:?}");
     assert_eq!(
         waiting_now.waiting_for_lock.as_deref(),
         Some("staging.social-intel")
@@ -351,34 +328,106 @@ async fn plans_for_the_same_target_queue_on_its_lock_and_follow_in_order() {
         [third],
         "the rest of the queue went with it"
     );
-    assert!(
-        ready
-            .build
-            .as_ref()
-            .unwrap()
-            .diff_text
-            .contains("1.4.0 -> infracrew/social-intel:1.5.0"),
-        "{}",
-        ready.build.as_ref().unwrap().diff_text
-    );
+    assert_changes_image(&ready, "1.4.0", "1.5.0");
     assert!(approve(&server, second, "alice").status.success());
     let second_done = wait_for_state(&bus, second, PlanState::Applied, &agents).await;
     let third_ready = wait_for_state(&bus, third, PlanState::Ready, &agents).await;
-    assert!(
-        third_ready
-            .build
-            .as_ref()
-            .unwrap()
-            .diff_text
-            .contains("1.5.0 -> infracrew/social-intel:1.6.0"),
-        "{}",
-        third_ready.build.as_ref().unwrap().diff_text
-    );
+    assert_changes_image(&third_ready, "1.5.0", "1.6.0");
     assert!(
         first_done.history.last().unwrap().at <= second_done.history[2].at
             && second_done.history.last().unwrap().at <= third_ready.history[2].at,
         "started in submission order"
     );
+}
+
+/// Social-intel 1.4.0, 1.5.0 and 1.6.0 for staging, submitted in that order: the first once
+/// READY (holding the lock), the others each once PLANNED (waiting for it).
+async fn three_versions_of_social_intel_in_staging(
+    server: &NatsServer,
+    bus: &infracrew_bus::Bus,
+    agents: &[AgentProcess],
+    dir: &tempfile::TempDir,
+) -> [PlanId; 3] {
+    let first_goal = "examples/goals/valid/social-intel-staging.json";
+    let original = std::fs::read_to_string(workspace_root().join(first_goal)).unwrap();
+    let later_goal = |version: &str| {
+        let path = dir.path().join(format!("{version}.json"));
+        std::fs::write(&path, original.replace("1.4.0", version)).unwrap();
+        path.to_str().unwrap().to_owned()
+    };
+    let first = submit(server, first_goal);
+    wait_for_state(bus, first, PlanState::Ready, agents).await;
+    let mut plans = vec![first];
+    for version in ["1.5.0", "1.6.0"] {
+        let plan = submit(server, &later_goal(version));
+        wait_for_state(bus, plan, PlanState::Planned, agents).await;
+        plans.push(plan);
+    }
+    plans.try_into().unwrap()
+}
+
+async fn social_intel_staging_lock(bus: &infracrew_bus::Bus) -> LockRecord {
+    let locks = bus.kv::<LockRecord>(buckets::LOCKS).await.unwrap();
+    locks
+        .get("staging.social-intel")
+        .await
+        .unwrap()
+        .unwrap()
+        .value
+}
+
+/// The plan's diff moves social-intel's image from version `from` to `to`.
+fn assert_changes_image(record: &PlanRecord, from: &str, to: &str) {
+    let diff = &record.build.as_ref().expect("a built plan").diff_text;
+    assert!(
+        diff.contains(&format!("{from} -> infracrew/social-intel:{to}")),
+        "{diff}"
+    );
+}
+
+fn queued(lock: &LockRecord) -> Vec<PlanId> {
+    lock.waiting.iter().map(|waiter| waiter.plan_id).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plan_past_the_locks_queue_limit_waits_outside_it_and_the_sweeper_queues_it() {
+    let server = NatsServer::start().unwrap();
+    let bus = crew_bus(&server).await;
+    let dir = tempfile::tempdir().unwrap();
+    let demo = std::fs::read_to_string(workspace_root().join("config/demo.toml")).unwrap();
+    let config = dir.path().join("conductor.toml");
+    std::fs::write(&config, format!("lock_queue_limit = 1\n{demo}")).unwrap();
+    let agents = start_crew_with(
+        &server,
+        &["--config", config.to_str().unwrap(), "--sweep-seconds", "1"],
+    );
+    let lock = || social_intel_staging_lock(&bus);
+
+    let [first, second, third] =
+        three_versions_of_social_intel_in_staging(&server, &bus, &agents, &dir).await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(queued(&lock().await), [second], "one plan in the queue");
+    let outside = wait_for_state(&bus, third, PlanState::Planned, &agents).await;
+    assert_eq!(
+        outside.waiting_for_lock.as_deref(),
+        Some("staging.social-intel"),
+        "the third waits outside the full queue"
+    );
+
+    assert!(approve(&server, first, "bob").status.success());
+    wait_for_state(&bus, second, PlanState::Ready, &agents).await;
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while queued(&lock().await) != [third] {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the sweeper never queued the third plan: {:?}",
+            lock().await
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert!(approve(&server, second, "alice").status.success());
+    let third_ready = wait_for_state(&bus, third, PlanState::Ready, &agents).await;
+    assert_changes_image(&third_ready, "1.5.0", "1.6.0");
 }
 
 /// A goal file in `dir` from `json`.

@@ -17,6 +17,12 @@ pub struct ConductorConfig {
     #[serde(default = "defaults::lock_lease_seconds")]
     #[schemars(range(min = 1))]
     pub lock_lease_seconds: u64,
+    /// How many plans may queue on one lock. The queue lives in the lock's record, which
+    /// every plan joining it or taking the lock rewrites; plans past the limit wait outside
+    /// it, and the sweeper queues them as it shortens.
+    #[serde(default = "defaults::lock_queue_limit")]
+    #[schemars(range(min = 1))]
+    pub lock_queue_limit: usize,
     /// How long after its approval Forge may start a plan's apply: every ApplyRequest for
     /// the approval expires then, and the sweeper fails a plan still APPROVED after it.
     #[serde(default = "defaults::apply_request_ttl_seconds")]
@@ -106,6 +112,9 @@ pub enum SlackMode {
 mod defaults {
     pub fn lock_lease_seconds() -> u64 {
         30
+    }
+    pub fn lock_queue_limit() -> usize {
+        256
     }
     pub fn apply_request_ttl_seconds() -> u64 {
         300

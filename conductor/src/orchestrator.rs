@@ -112,6 +112,17 @@ pub struct Conductor {
 /// A finished plan's end state and when it got there.
 pub type FinishedPlan = (PlanState, Option<DateTime<Utc>>);
 
+/// Where a plan stands after asking to wait for a held lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum InLine {
+    /// In the lock's queue, or holding the lock: its release starts the plan.
+    Queued,
+    /// The queue is at `lock_queue_limit`: the sweeper asks again for the plan.
+    QueueFull,
+    /// No lock to wait for: its holder let go in between.
+    Free,
+}
+
 /// Plans whose last write a Conductor keeps; past it the memory is let go and moves read.
 const WRITTEN_KEPT: usize = 10_000;
 
@@ -354,7 +365,7 @@ impl Conductor {
                 plan_id,
                 since: record.plan.created_at,
             };
-            if !self.wait_in_line(&key, waiter).await? {
+            if self.wait_in_line(&key, waiter).await? == InLine::Free {
                 // The holder let go in between: the lock is free to take.
                 self.try_start(plan_id).await?;
             }
@@ -379,13 +390,21 @@ impl Conductor {
                 plan_id,
                 since: record.value.plan.created_at,
             };
-            self.update(plan_id, |record| {
-                let waiting = record.waiting_for_lock.as_deref() != Some(key.as_str());
-                record.waiting_for_lock = Some(key.clone());
-                waiting
-            })
-            .await?;
-            if self.wait_in_line(&key, waiter).await? {
+            let marked = self
+                .update(plan_id, |record| {
+                    let waiting = record.state == PlanState::Planned
+                        && record.waiting_for_lock.as_deref() != Some(key.as_str());
+                    if waiting {
+                        record.waiting_for_lock = Some(key.clone());
+                    }
+                    waiting
+                })
+                .await?;
+            // Handed the lock and routed, or superseded, since it was read: nothing to wait for.
+            if marked.is_none_or(|record| record.state != PlanState::Planned) {
+                return Ok(());
+            }
+            if self.wait_in_line(&key, waiter).await? != InLine::Free {
                 return Ok(());
             }
         }
@@ -484,12 +503,39 @@ impl Conductor {
         lock.renewed_at + lease < now
     }
 
-    /// Puts the plan in the queue of the lock on `key`, in order of age. False when there is
-    /// no lock to wait for: its holder let go in between.
-    async fn wait_in_line(&self, key: &str, waiter: LockWaiter) -> Result<bool, HandlerError> {
+    /// Renews a moving plan's lease on its lock with the time of the renewal. Plans joining
+    /// the queue rewrite the lock as well, so a renewal that meets one reads the lock again
+    /// and renews that, as long as the same plan holds it under the same token.
+    async fn renew(&self, key: &str, mut lock: Versioned<LockRecord>) -> Result<(), HandlerError> {
+        let (holder, token) = (lock.value.plan_id, lock.value.token);
+        for _ in 0..UPDATE_TRIES {
+            let renewed = LockRecord {
+                renewed_at: Utc::now(),
+                ..lock.value
+            };
+            match self.locks.update(key, &renewed, lock.revision).await {
+                Ok(_) => return Ok(()),
+                Err(KvError::Conflict { .. }) => {}
+                Err(error) => return Err(retry(error)),
+            }
+            match self.locks.get(key).await.map_err(retry)? {
+                Some(read) if read.value.plan_id == holder && read.value.token == token => {
+                    lock = read;
+                }
+                // Released or handed on in between: not this plan's lease to renew.
+                _ => return Ok(()),
+            }
+        }
+        Err(HandlerError::Retry(format!(
+            "the lock on {key} kept changing; its lease was not renewed"
+        )))
+    }
+
+    /// Puts the plan in the queue of the lock on `key`, in order of age.
+    async fn wait_in_line(&self, key: &str, waiter: LockWaiter) -> Result<InLine, HandlerError> {
         for _ in 0..UPDATE_TRIES {
             let Some(lock) = self.locks.get(key).await.map_err(retry)? else {
-                return Ok(false);
+                return Ok(InLine::Free);
             };
             let queued = lock.value.plan_id == waiter.plan_id
                 || lock
@@ -498,7 +544,16 @@ impl Conductor {
                     .iter()
                     .any(|queued| queued.plan_id == waiter.plan_id);
             if queued {
-                return Ok(true);
+                return Ok(InLine::Queued);
+            }
+            if lock.value.waiting.len() >= self.config.lock_queue_limit {
+                tracing::debug!(
+                    plan = %waiter.plan_id,
+                    lock = %key,
+                    queued = lock.value.waiting.len(),
+                    "the lock's queue is full; the plan waits for the sweeper to queue it"
+                );
+                return Ok(InLine::QueueFull);
             }
             let mut waiting = lock.value.waiting.clone();
             waiting.push(waiter.clone());
@@ -508,7 +563,7 @@ impl Conductor {
                 ..lock.value
             };
             match self.locks.update(key, &marked, lock.revision).await {
-                Ok(_) => return Ok(true),
+                Ok(_) => return Ok(InLine::Queued),
                 Err(KvError::Conflict { .. }) => continue,
                 Err(error) => return Err(retry(error)),
             }
@@ -1122,9 +1177,14 @@ impl Conductor {
             } else if record.state == PlanState::Planned && queued.contains(&record.plan.plan_id) {
                 // In a live lock's queue: the lock's release starts it.
             } else {
-                Self::trace_of(&record)
+                let plan_id = record.plan.plan_id;
+                if let Err(error) = Self::trace_of(&record)
                     .scope(self.sweep_plan(record, now))
-                    .await?;
+                    .await
+                {
+                    // One plan's trouble does not hold up the others' expiry and resends.
+                    tracing::warn!(plan = %plan_id, %error, "plan not swept; the next sweep tries again");
+                }
             }
         }
         *lock_ignoring_poison(&self.finished) = finished;
@@ -1132,37 +1192,52 @@ impl Conductor {
         Ok(())
     }
 
-    /// Renews the locks of plans still moving (each with the time of its renewal), releases
-    /// those of ended plans and hands on those whose plan never came. Returns the plans
-    /// queued on the renewed locks.
+    /// Renews the locks of plans still moving (each with the time of its renewal), then
+    /// releases those of ended plans and hands on those whose plan never came. Returns the
+    /// plans queued on the renewed locks. One lock's trouble is logged and holds up no other.
     async fn sweep_locks(&self) -> Result<std::collections::HashSet<PlanId>, HandlerError> {
         let mut queued = std::collections::HashSet::new();
+        // Renewals come first, every one of them: a release reads the plans queued behind it
+        // and may meet conflicts, and no live plan's lease may run out behind that.
+        let mut ended = Vec::new();
         for key in self.locks.keys().await.map_err(retry)? {
-            let Some(lock) = self.locks.get(&key).await.map_err(retry)? else {
-                continue;
+            let read = async {
+                let Some(lock) = self.locks.get(&key).await.map_err(retry)? else {
+                    return Ok(None);
+                };
+                let holder = lock.value.plan_id.to_string();
+                let plan = self.plans.get(&holder).await.map_err(retry)?;
+                Ok::<_, HandlerError>(Some((lock, plan.map(|plan| plan.value))))
             };
-            let plan = self
-                .plans
-                .get(&lock.value.plan_id.to_string())
-                .await
-                .map_err(retry)?;
-            match plan.map(|p| p.value) {
-                Some(record) if !record.state.is_terminal() => {
+            let swept = match read.await {
+                Ok(None) => Ok(()),
+                Ok(Some((lock, Some(record)))) if !record.state.is_terminal() => {
                     queued.extend(lock.value.waiting.iter().map(|waiter| waiter.plan_id));
-                    let renewed = LockRecord {
-                        renewed_at: Utc::now(),
-                        ..lock.value
-                    };
-                    let _ = self.locks.update(&key, &renewed, lock.revision).await;
+                    self.renew(&key, lock).await
                 }
-                Some(record) => self.release(&record).await?,
+                Ok(Some((lock, plan))) => {
+                    ended.push((key.clone(), lock, plan));
+                    Ok(())
+                }
+                Err(error) => Err(error),
+            };
+            if let Err(error) = swept {
+                tracing::warn!(lock = %key, %error, "lock not renewed; the next sweep tries again");
+            }
+        }
+        for (key, lock, plan) in ended {
+            let swept = match plan {
+                Some(record) => self.release(&record).await,
                 // A plan takes its lock before its record is written: only a lock whose
-                // lease ran out is one whose plan never came.
+                // lease ran out is one whose plan never came. A lock changed since it was
+                // read is looked at again by the next sweep.
                 None if self.abandoned(&lock.value, Utc::now()) => {
-                    // Changed since it was read: the next sweep looks again.
-                    self.pass_on(&key, lock).await?;
+                    self.pass_on(&key, lock).await.map(drop)
                 }
-                None => {}
+                None => Ok(()),
+            };
+            if let Err(error) = swept {
+                tracing::warn!(lock = %key, %error, "lock not released; the next sweep tries again");
             }
         }
         Ok(queued)
