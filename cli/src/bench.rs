@@ -140,10 +140,6 @@ pub async fn bench(options: BenchOptions) -> Result<ExitCode, CliError> {
     // are spent on.
     let mut processes: Vec<(&str, Option<u32>)> = vec![("nats-server", server.pid())];
     processes.extend(agents.iter().map(|(name, child)| (*name, child.id())));
-    let cpu_before: Vec<Option<Duration>> = processes
-        .iter()
-        .map(|(_, pid)| pid.and_then(cpu_time))
-        .collect();
     let counts_before = server_counts(&bus).await?;
     let mut probe = HopProbe::start(&bus, &url).await?;
     let (stop_probe, probe_stopped) = tokio::sync::oneshot::channel();
@@ -170,19 +166,14 @@ pub async fn bench(options: BenchOptions) -> Result<ExitCode, CliError> {
     let (mut probe, paced) = paced.await.map_err(|e| bench_error("the hop probe", e))?;
     let (run, paced) = (run?, paced?);
     let counts_after = server_counts(&bus).await?;
-    let cpu_used: Vec<(&str, Option<Duration>)> = processes
-        .iter()
-        .zip(cpu_before)
-        .map(|((name, pid), before)| {
-            let after = pid.and_then(cpu_time);
-            (
-                *name,
-                after
-                    .zip(before)
-                    .map(|(after, before)| after.saturating_sub(before)),
-            )
-        })
-        .collect();
+    let cpu_used: Vec<(&str, Option<Duration>)> = match (cpu_samples.first(), cpu_samples.last()) {
+        (Some(first), Some(last)) => processes
+            .iter()
+            .map(|(name, _)| *name)
+            .zip(cpu_used_between(first, last))
+            .collect(),
+        _ => Vec::new(),
+    };
     let back_to_back = probe.back_to_back(options.plans.clamp(200, 5000)).await?;
     report(
         &run.stages,
@@ -604,7 +595,8 @@ struct CpuSample {
     used: Vec<Option<Duration>>,
 }
 
-/// Each process's CPU time every [`WINDOW`] until `stop`, and once more then (see [`push_last`]).
+/// Each process's CPU time from now, every [`WINDOW`] until `stop`, and once more then (see
+/// [`push_last`]): the first and last samples span the run.
 async fn sample_cpu(
     pids: Vec<Option<u32>>,
     mut stop: tokio::sync::oneshot::Receiver<()>,
@@ -626,12 +618,14 @@ async fn sample_cpu(
     }
 }
 
-/// The sample at the run's end, in place of a tick less than half a window before it: a last
-/// window of a few milliseconds would report its handful of plans as a pace.
+/// The sample at the run's end, in place of a tick less than half a window before it (never
+/// the run's first): a last window of a few milliseconds would report its handful of plans as
+/// a pace.
 fn push_last(samples: &mut Vec<CpuSample>, last: CpuSample) {
-    if samples
-        .last()
-        .is_some_and(|tick| last.at.duration_since(tick.at) < WINDOW / 2)
+    if samples.len() > 1
+        && samples
+            .last()
+            .is_some_and(|tick| last.at.duration_since(tick.at) < WINDOW / 2)
     {
         samples.pop();
     }
@@ -659,12 +653,7 @@ fn report_windows(stages: &HashMap<PlanId, Stages>, samples: &[CpuSample]) {
             })
             .collect();
         latencies.sort();
-        let cpu: Duration = from
-            .used
-            .iter()
-            .zip(&to.used)
-            .filter_map(|(before, after)| Some(after.as_ref()?.saturating_sub(*before.as_ref()?)))
-            .sum();
+        let cpu: Duration = cpu_used_between(from, to).into_iter().flatten().sum();
         let seconds = to
             .at
             .duration_since(from.at)
@@ -679,6 +668,15 @@ fn report_windows(stages: &HashMap<PlanId, Stages>, samples: &[CpuSample]) {
             cpu.as_secs_f64() * 1000.0 / latencies.len().max(1) as f64,
         );
     }
+}
+
+/// Each process's CPU time between two samples (`None` where either could not be read).
+fn cpu_used_between(from: &CpuSample, to: &CpuSample) -> Vec<Option<Duration>> {
+    from.used
+        .iter()
+        .zip(&to.used)
+        .map(|(before, after)| Some(after.as_ref()?.saturating_sub(*before.as_ref()?)))
+        .collect()
 }
 
 /// The plans that ended other than APPLIED, by end state, each with the reason of one.
@@ -880,6 +878,14 @@ mod tests {
         let mut run_of_seventeen_seconds = vec![at(0.0), at(10.0)];
         push_last(&mut run_of_seventeen_seconds, at(17.0));
         assert_eq!(ends(&run_of_seventeen_seconds), [0.0, 10.0, 17.0]);
+
+        let mut run_of_two_seconds = vec![at(0.0)];
+        push_last(&mut run_of_two_seconds, at(2.0));
+        assert_eq!(
+            ends(&run_of_two_seconds),
+            [0.0, 2.0],
+            "the run's start is kept"
+        );
     }
 
     #[test]

@@ -112,6 +112,14 @@ pub struct Conductor {
 /// A finished plan's end state and when it got there.
 pub type FinishedPlan = (PlanState, Option<DateTime<Utc>>);
 
+/// What asking for a lock found.
+enum LockAnswer {
+    /// The plan holds the lock, under this fencing token.
+    Holds(u64),
+    /// Another live plan holds it: the lock as read.
+    HeldBy(Versioned<LockRecord>),
+}
+
 /// Where a plan stands after asking to wait for a held lock.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum InLine {
@@ -128,6 +136,12 @@ const WRITTEN_KEPT: usize = 10_000;
 
 fn retry(error: impl std::fmt::Display) -> HandlerError {
     HandlerError::Retry(error.to_string())
+}
+
+fn lock_kept_changing(key: &str) -> HandlerError {
+    HandlerError::Retry(format!(
+        "the lock on {key} kept changing; trying again later"
+    ))
 }
 
 impl Conductor {
@@ -328,19 +342,22 @@ impl Conductor {
         // the redelivered plan finds the lock its own, and the sweeper frees one whose plan
         // never came back once its lease ran out.
         let key = lock_key(&record.plan.environment, &record.plan.service);
-        let token = self.acquire(&key, plan_id).await?;
         let mut record = record;
-        match token {
-            Some(token) => {
+        let held_by = match self.acquire(&key, plan_id).await? {
+            LockAnswer::Holds(token) => {
                 if !route(&mut record, &key, token) {
                     return Err(HandlerError::Reject(format!(
                         "plan {plan_id} cannot move from {} to VALIDATING",
                         record.state
                     )));
                 }
+                None
             }
-            None => record.waiting_for_lock = Some(key.clone()),
-        }
+            LockAnswer::HeldBy(lock) => {
+                record.waiting_for_lock = Some(key.clone());
+                Some(lock)
+            }
+        };
         let revision = match self.plans.create(&plan_id.to_string(), &record).await {
             Ok(revision) => revision,
             // Another replica took the same plan between the read and the write.
@@ -350,7 +367,7 @@ impl Conductor {
         let record = Arc::new(record);
         self.remember(plan_id, &record, revision);
         let mut sent = self.send_moves(&record, 0).await?;
-        if token.is_some() {
+        if held_by.is_none() {
             sent.push(
                 self.bus
                     .send(subjects::PLAN_ROUTED, &record.plan)
@@ -360,15 +377,14 @@ impl Conductor {
             tracing::info!(plan = %plan_id, lock = %key, "routed to forge");
         }
         self.bus.confirm(sent).await.map_err(retry)?;
-        if token.is_none() {
-            let waiter = LockWaiter {
-                plan_id,
-                since: record.plan.created_at,
-            };
-            if self.wait_in_line(&key, waiter).await? == InLine::Free {
-                // The holder let go in between: the lock is free to take.
-                self.try_start(plan_id).await?;
-            }
+        if let Some(lock) = held_by
+            && self
+                .wait_in_line(&key, LockWaiter::of(&record.plan), lock)
+                .await?
+                == InLine::Free
+        {
+            // The holder let go in between: the lock is free to take.
+            self.try_start(plan_id).await?;
         }
         Ok(())
     }
@@ -383,13 +399,13 @@ impl Conductor {
                 return Ok(());
             }
             let key = lock_key(&record.value.plan.environment, &record.value.plan.service);
-            if let Some(token) = self.acquire(&key, plan_id).await? {
-                return self.route_holder(plan_id, record, &key, token).await;
-            }
-            let waiter = LockWaiter {
-                plan_id,
-                since: record.value.plan.created_at,
+            let lock = match self.acquire(&key, plan_id).await? {
+                LockAnswer::Holds(token) => {
+                    return self.route_holder(plan_id, record, &key, token).await;
+                }
+                LockAnswer::HeldBy(lock) => lock,
             };
+            let waiter = LockWaiter::of(&record.value.plan);
             let marked = self
                 .update(plan_id, |record| {
                     let waiting = record.state == PlanState::Planned
@@ -404,7 +420,7 @@ impl Conductor {
             if marked.is_none_or(|record| record.state != PlanState::Planned) {
                 return Ok(());
             }
-            if self.wait_in_line(&key, waiter).await? != InLine::Free {
+            if self.wait_in_line(&key, waiter, lock).await? != InLine::Free {
                 return Ok(());
             }
         }
@@ -438,17 +454,9 @@ impl Conductor {
         self.bus.confirm(sent).await.map(drop).map_err(retry)
     }
 
-    /// The lock's fencing token if `plan_id` holds it now (taking it when free or abandoned).
-    async fn acquire(&self, key: &str, plan_id: PlanId) -> Result<Option<u64>, HandlerError> {
+    /// Whether `plan_id` holds the lock now (taking it when free or abandoned), or who does.
+    async fn acquire(&self, key: &str, plan_id: PlanId) -> Result<LockAnswer, HandlerError> {
         let now = Utc::now();
-        let fresh = |token, waiting| LockRecord {
-            plan_id,
-            holder: self.instance.clone(),
-            token,
-            acquired_at: now,
-            renewed_at: now,
-            waiting,
-        };
         // A lock is taken in one write, and its fencing token is one more than the revision
         // that write replaces (0 for a key never written, else the last holder's release or
         // record): every later holder's token is higher than any earlier one's.
@@ -461,8 +469,12 @@ impl Conductor {
                 self.locks.get(key).await.map_err(retry)?
             };
             match read {
-                Some(lock) if lock.value.plan_id == plan_id => return Ok(Some(lock.value.token)),
-                Some(lock) if !self.abandoned(&lock.value, now) => return Ok(None),
+                Some(lock) if lock.value.plan_id == plan_id => {
+                    return Ok(LockAnswer::Holds(lock.value.token));
+                }
+                Some(lock) if !self.abandoned(&lock.value, now) => {
+                    return Ok(LockAnswer::HeldBy(lock));
+                }
                 Some(lock) => {
                     let token = lock.revision + 1;
                     // The plans that waited for the abandoned holder wait for this one.
@@ -474,28 +486,41 @@ impl Conductor {
                         .collect();
                     match self
                         .locks
-                        .update(key, &fresh(token, waiting), lock.revision)
+                        .update(key, &self.held_by(plan_id, token, waiting), lock.revision)
                         .await
                     {
-                        Ok(_) => return Ok(Some(token)),
+                        Ok(_) => return Ok(LockAnswer::Holds(token)),
                         Err(KvError::Conflict { .. }) => continue,
                         Err(error) => return Err(retry(error)),
                     }
                 }
                 None => match self
                     .locks
-                    .create_with(key, |replaced| fresh(replaced + 1, Vec::new()))
+                    .create_with(key, |replaced| {
+                        self.held_by(plan_id, replaced + 1, Vec::new())
+                    })
                     .await
                 {
-                    Ok(taken) => return Ok(Some(taken.value.token)),
+                    Ok(taken) => return Ok(LockAnswer::Holds(taken.value.token)),
                     Err(KvError::AlreadyExists { .. }) => continue,
                     Err(error) => return Err(retry(error)),
                 },
             }
         }
-        Err(HandlerError::Retry(format!(
-            "the lock on {key} kept changing; trying again later"
-        )))
+        Err(lock_kept_changing(key))
+    }
+
+    /// The lock as `plan_id` takes it, from now, with the plans still waiting behind it.
+    fn held_by(&self, plan_id: PlanId, token: u64, waiting: Vec<LockWaiter>) -> LockRecord {
+        let now = Utc::now();
+        LockRecord {
+            plan_id,
+            holder: self.instance.clone(),
+            token,
+            acquired_at: now,
+            renewed_at: now,
+            waiting,
+        }
     }
 
     fn abandoned(&self, lock: &LockRecord, now: DateTime<Utc>) -> bool {
@@ -531,11 +556,22 @@ impl Conductor {
         )))
     }
 
-    /// Puts the plan in the queue of the lock on `key`, in order of age.
-    async fn wait_in_line(&self, key: &str, waiter: LockWaiter) -> Result<InLine, HandlerError> {
+    /// Puts the plan in the queue of the lock on `key`, in order of age, starting from the
+    /// lock as `acquire` read it.
+    async fn wait_in_line(
+        &self,
+        key: &str,
+        waiter: LockWaiter,
+        read: Versioned<LockRecord>,
+    ) -> Result<InLine, HandlerError> {
+        let mut known = Some(read);
         for _ in 0..UPDATE_TRIES {
-            let Some(lock) = self.locks.get(key).await.map_err(retry)? else {
-                return Ok(InLine::Free);
+            let lock = match known.take() {
+                Some(lock) => lock,
+                None => match self.locks.get(key).await.map_err(retry)? {
+                    Some(lock) => lock,
+                    None => return Ok(InLine::Free),
+                },
             };
             let queued = lock.value.plan_id == waiter.plan_id
                 || lock
@@ -568,9 +604,7 @@ impl Conductor {
                 Err(error) => return Err(retry(error)),
             }
         }
-        Err(HandlerError::Retry(format!(
-            "the lock on {key} kept changing; trying again later"
-        )))
+        Err(lock_kept_changing(key))
     }
 
     /// Releases the plan's lock: to the plan that waited longest for it, if one still waits.
@@ -584,9 +618,7 @@ impl Conductor {
                 return Ok(());
             }
         }
-        Err(HandlerError::Retry(format!(
-            "the lock on {key} kept changing; trying again later"
-        )))
+        Err(lock_kept_changing(&key))
     }
 
     /// Hands the lock to the first plan in its queue that still waits, in the one write that
@@ -604,17 +636,9 @@ impl Conductor {
             else {
                 continue;
             };
-            let now = Utc::now();
             // One more than the revision replaced, as when a lock is taken.
             let token = lock.revision + 1;
-            let handed = LockRecord {
-                plan_id: waiter.plan_id,
-                holder: self.instance.clone(),
-                token,
-                acquired_at: now,
-                renewed_at: now,
-                waiting: queue.collect(),
-            };
+            let handed = self.held_by(waiter.plan_id, token, queue.collect());
             return match self.locks.update(key, &handed, lock.revision).await {
                 Ok(_) => {
                     self.route_holder(waiter.plan_id, next, key, token).await?;
@@ -1219,7 +1243,7 @@ impl Conductor {
                     ended.push((key.clone(), lock, plan));
                     Ok(())
                 }
-                Err(error) => Err(error),
+                unread => unread.map(drop),
             };
             if let Err(error) = swept {
                 tracing::warn!(lock = %key, %error, "lock not renewed; the next sweep tries again");

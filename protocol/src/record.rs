@@ -191,6 +191,16 @@ pub struct LockWaiter {
     pub since: DateTime<Utc>,
 }
 
+impl LockWaiter {
+    /// The plan's place in its lock's queue.
+    pub fn of(plan: &PlanSpec) -> Self {
+        Self {
+            plan_id: plan.plan_id,
+            since: plan.created_at,
+        }
+    }
+}
+
 /// The lock key of a service in an environment.
 pub fn lock_key(environment: &str, service: &str) -> String {
     format!("{environment}.{service}")
