@@ -8,7 +8,7 @@ use std::process::Command;
 use infracrew_bus::{ProvisionOptions, Topology, buckets, consumers};
 use infracrew_e2e::{
     AgentProcess, PATIENCE, approve, crew, crew_bus, messages_on, start_crew, start_crew_with,
-    submit, text, wait_for_state, wait_until_drained,
+    submit, text, wait_for_state, wait_until, wait_until_drained,
 };
 use infracrew_protocol::{
     ApplyRequest, DecisionChannel, DecisionKind, DecisionOutcome, DecisionReply, DecisionRequest,
@@ -416,15 +416,13 @@ async fn a_plan_past_the_locks_queue_limit_waits_outside_it_and_the_sweeper_queu
 
     assert!(approve(&server, first, "bob").status.success());
     wait_for_state(&bus, second, PlanState::Ready, &agents).await;
-    let deadline = std::time::Instant::now() + PATIENCE;
-    while queued(&lock().await) != [third] {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the sweeper never queued the third plan: {:?}",
-            lock().await
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    }
+    wait_until(
+        "the sweeper to queue the third plan",
+        &agents,
+        String::new,
+        || async { queued(&lock().await) == [third] },
+    )
+    .await;
     assert!(approve(&server, second, "alice").status.success());
     let third_ready = wait_for_state(&bus, third, PlanState::Ready, &agents).await;
     assert_changes_image(&third_ready, "1.5.0", "1.6.0");

@@ -632,8 +632,8 @@ fn push_last(samples: &mut Vec<CpuSample>, last: CpuSample) {
     samples.push(last);
 }
 
-/// For a run that spans more than one window, each window's pace: plans APPLIED per second, their
-/// submit-to-APPLIED p99, and the crew's CPU (nats-server and agents) per plan APPLIED.
+/// For a run that spans more than one window, each window's pace: plans APPLIED per second,
+/// their submit-to-APPLIED p99, and the crew's CPU (nats-server and agents) per plan APPLIED.
 fn report_windows(stages: &HashMap<PlanId, Stages>, samples: &[CpuSample]) {
     if samples.len() < 3 {
         return;

@@ -1243,7 +1243,7 @@ impl Conductor {
                     ended.push((key.clone(), lock, plan));
                     Ok(())
                 }
-                unread => unread.map(drop),
+                Err(error) => Err(error),
             };
             if let Err(error) = swept {
                 tracing::warn!(lock = %key, %error, "lock not renewed; the next sweep tries again");
