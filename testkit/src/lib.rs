@@ -313,4 +313,15 @@ mod tests {
         assert!(server.store_dir().exists());
         assert!(server.log().contains("Server is ready"), "{}", server.log());
     }
+
+    #[test]
+    fn free_ports_are_distinct_bindable_and_below_the_ephemeral_range() {
+        let ports: Vec<u16> = (0..50).map(|_| free_port()).collect();
+        let distinct: std::collections::HashSet<_> = ports.iter().collect();
+        assert_eq!(distinct.len(), ports.len(), "{ports:?}");
+        for port in ports {
+            assert!(port < prometheus::ephemeral_ports_from(), "{port}");
+            assert!(std::net::TcpListener::bind(("127.0.0.1", port)).is_ok());
+        }
+    }
 }
