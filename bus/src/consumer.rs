@@ -719,8 +719,17 @@ impl<H> Settle<H> {
                 errors,
             } => {
                 self.stats.record_error(&reason);
-                self.dead_letter(&message, stream_sequence, delivered, kind, reason, errors)
-                    .await
+                // Boxed, as it is rare: inline, its publish would make every message's task
+                // that much larger.
+                Box::pin(self.dead_letter(
+                    &message,
+                    stream_sequence,
+                    delivered,
+                    kind,
+                    reason,
+                    errors,
+                ))
+                .await
             }
         };
         self.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
@@ -766,9 +775,11 @@ impl<H> Settle<H> {
                     stream_sequence,
                     delivered,
                 };
-                let handled = AssertUnwindSafe(self.handler.handle(decoded, delivery))
-                    .catch_unwind()
-                    .await;
+                // Boxed: a handler's future runs to many kilobytes, and inline it would be
+                // copied into each future around it, up to the message's task (50 KB in the
+                // Conductor), on every message.
+                let handling = Box::pin(self.handler.handle(decoded, delivery));
+                let handled = AssertUnwindSafe(handling).catch_unwind().await;
                 match handled {
                     Ok(Ok(())) => Outcome::Done,
                     Ok(Err(HandlerError::Reject(reason))) => Outcome::Dead {

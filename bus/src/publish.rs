@@ -178,16 +178,22 @@ impl Bus {
     /// again under its id (stored once whatever happened to the first), and a refusal is
     /// reported as `publish` reports it.
     pub async fn confirm(&self, sent: Vec<Sent>) -> Result<Vec<Published>, PublishError> {
-        futures::future::try_join_all(sent.into_iter().map(|sent| async move {
+        // In turn: every message is already on its way, so the last ack comes as soon as it
+        // would awaited together, without a joined future per message to allocate and move.
+        let mut published = Vec::with_capacity(sent.len());
+        for sent in sent {
             if let Some(ack) = sent.ack
                 && let Ok(ack) = ack.await
             {
-                return Ok(Published::from(ack));
+                published.push(Published::from(ack));
+                continue;
             }
-            self.publish_bytes(&sent.subject, sent.kind, &sent.message_id, sent.payload)
-                .await
-        }))
-        .await
+            let stored = self
+                .publish_bytes(&sent.subject, sent.kind, &sent.message_id, sent.payload)
+                .await?;
+            published.push(stored);
+        }
+        Ok(published)
     }
 
     /// Publishes bytes that are already encoded, under the given message id.
