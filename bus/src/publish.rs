@@ -182,16 +182,17 @@ impl Bus {
         // would awaited together, without a joined future per message to allocate and move.
         let mut published = Vec::with_capacity(sent.len());
         for sent in sent {
-            if let Some(ack) = sent.ack
-                && let Ok(ack) = ack.await
-            {
-                published.push(Published::from(ack));
-                continue;
-            }
-            let stored = self
-                .publish_bytes(&sent.subject, sent.kind, &sent.message_id, sent.payload)
-                .await?;
-            published.push(stored);
+            let acked = match sent.ack {
+                Some(ack) => ack.await.ok(),
+                None => None,
+            };
+            published.push(match acked {
+                Some(ack) => Published::from(ack),
+                None => {
+                    self.publish_bytes(&sent.subject, sent.kind, &sent.message_id, sent.payload)
+                        .await?
+                }
+            });
         }
         Ok(published)
     }
