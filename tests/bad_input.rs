@@ -297,6 +297,7 @@ async fn an_approval_of_a_plan_in_any_state_but_ready_is_refused_and_changes_not
             waiting_for_lock: None,
             lock_token: None,
             history: Vec::new(),
+            message_ends: Vec::new(),
             trace_parent: None,
         };
         let key = record.plan.plan_id.to_string();

@@ -746,7 +746,7 @@ async fn an_approved_plan_whose_apply_request_was_lost_is_applied_by_the_sweeper
                 .await
                 .iter()
                 .filter(|m| m.plan_id == plan)
-                .map(|m| (m.seq, m.transition.to))
+                .flat_map(|m| m.moves().map(|(seq, moved)| (seq, moved.to)))
                 .collect();
         if moves == recorded || std::time::Instant::now() > deadline {
             assert_eq!(moves, recorded);

@@ -246,7 +246,7 @@ async fn check_outcome(url: &str, plans: &[PlanId], crew: &Crew, patience: Durat
         let mut published: Vec<_> = moves
             .iter()
             .filter(|m| m.plan_id == *plan)
-            .map(|m| (m.seq, m.transition.to))
+            .flat_map(|m| m.moves().map(|(seq, moved)| (seq, moved.to)))
             .collect();
         published.sort_by_key(|(seq, _)| *seq);
         assert_eq!(

@@ -266,6 +266,7 @@ async fn record_plan(
         lock_token: None,
         trace_parent: None,
         history: Vec::new(),
+        message_ends: Vec::new(),
     };
     plans.put(&plan.plan_id.to_string(), &record).await.unwrap();
 }

@@ -345,20 +345,22 @@ async fn run_plans(bus: &Bus, options: &BenchOptions) -> Result<Run, CliError> {
             }
             Some(Ok(message)) = moves.next() => {
                 let now = Instant::now();
-                if let Ok(moved) = decode::<PlanTransitioned>(&message.payload)
-                    && let Some(stage) = stages.get_mut(&moved.plan_id)
+                if let Ok(event) = decode::<PlanTransitioned>(&message.payload)
+                    && let Some(stage) = stages.get_mut(&event.plan_id)
                 {
-                    stage.state = Some(moved.transition.to);
-                    match moved.transition.to {
-                        PlanState::Ready => { stage.ready.get_or_insert(now); }
-                        PlanState::Applied => { stage.applied.get_or_insert(now); }
-                        _ => {}
-                    }
-                    if moved.transition.to.is_terminal() && !stage.finished {
-                        stage.finished = true;
-                        finished += 1;
-                        if moved.transition.to != PlanState::Applied {
-                            other_ends.push((moved.transition.to, moved.transition.why));
+                    for (_, moved) in event.moves() {
+                        stage.state = Some(moved.to);
+                        match moved.to {
+                            PlanState::Ready => { stage.ready.get_or_insert(now); }
+                            PlanState::Applied => { stage.applied.get_or_insert(now); }
+                            _ => {}
+                        }
+                        if moved.to.is_terminal() && !stage.finished {
+                            stage.finished = true;
+                            finished += 1;
+                            if moved.to != PlanState::Applied {
+                                other_ends.push((moved.to, moved.why.clone()));
+                            }
                         }
                     }
                 }

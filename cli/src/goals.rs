@@ -165,13 +165,18 @@ pub async fn submit(
             message = moves.next() => {
                 let Some(message) = message else { return Err(CliError::Follow("the connection closed".into())) };
                 let Ok(event) = decode::<PlanTransitioned>(&message.payload) else { continue };
-                if event.plan_id != plan_id || (event.seq as usize) <= shown {
+                if event.plan_id != plan_id {
                     continue;
                 }
-                shown = event.seq as usize;
-                show_move(&event.transition, as_json);
-                if let Some(code) = settled(event.transition.to, &plan_id, &plans, as_json).await {
-                    return Ok(code);
+                for (seq, moved) in event.moves() {
+                    if seq as usize <= shown {
+                        continue;
+                    }
+                    shown = seq as usize;
+                    show_move(moved, as_json);
+                    if let Some(code) = settled(moved.to, &plan_id, &plans, as_json).await {
+                        return Ok(code);
+                    }
                 }
             }
             message = rejections.next() => {

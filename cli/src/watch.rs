@@ -95,11 +95,13 @@ fn print_line(
     let position = sequence
         .map(|s| format!("#{s:<5}"))
         .unwrap_or_else(|| "      ".into());
-    println!(
-        "{} {position} {subject:<24} {}",
-        at.format("%H:%M:%S%.3f"),
-        summary(subject, payload)
-    );
+    // A message that says several things (a plan's moves in one write) is a line for each.
+    for said in summary(subject, payload).lines() {
+        println!(
+            "{} {position} {subject:<24} {said}",
+            at.format("%H:%M:%S%.3f")
+        );
+    }
 }
 
 fn short(plan: PlanId) -> String {
@@ -148,18 +150,20 @@ fn summary(subject: &str, payload: &[u8]) -> String {
             }
             subjects::PLAN_STATE => {
                 let event: PlanTransitioned = decode(payload).ok()?;
-                let from = event
-                    .transition
-                    .from
-                    .map(|s| format!("{s} -> "))
-                    .unwrap_or_default();
-                format!(
-                    "plan {} {from}{} by {}: {}",
-                    short(event.plan_id),
-                    event.transition.to,
-                    event.transition.by,
-                    event.transition.why
-                )
+                let lines: Vec<String> = event
+                    .moves()
+                    .map(|(_, moved)| {
+                        let from = moved.from.map(|s| format!("{s} -> ")).unwrap_or_default();
+                        format!(
+                            "plan {} {from}{} by {}: {}",
+                            short(event.plan_id),
+                            moved.to,
+                            moved.by,
+                            moved.why
+                        )
+                    })
+                    .collect();
+                lines.join("\n")
             }
             subjects::VALIDATE_PENDING => {
                 let request: ValidateRequest = decode(payload).ok()?;
@@ -258,6 +262,24 @@ mod tests {
     use infracrew_protocol::{GateCheck, OpsEventKind, encode, examples};
 
     use super::*;
+
+    #[test]
+    fn each_move_of_a_write_is_a_line() {
+        let summary = summary(
+            subjects::PLAN_STATE,
+            &encode(&examples::plan_transitioned()).unwrap(),
+        );
+        let lines: Vec<&str> = summary.lines().collect();
+        assert_eq!(lines.len(), 2, "{summary}");
+        assert!(
+            lines[0].contains("VALIDATING -> READY by forge: validated"),
+            "{summary}"
+        );
+        assert!(
+            lines[1].contains("READY -> APPROVED by conductor: auto-approved"),
+            "{summary}"
+        );
+    }
 
     #[test]
     fn a_refusal_says_which_check_refused() {

@@ -465,6 +465,7 @@ mod tests {
             lock_token: None,
             trace_parent: None,
             history: Vec::new(),
+            message_ends: Vec::new(),
         }
     }
 

@@ -11,8 +11,7 @@ use infracrew_protocol::{
     AgentRole, ApplyRequest, Approval, ApprovalDecision, BuildOutcome, BuildStatus,
     DecisionChannel, DecisionKind, DecisionOutcome, DecisionReply, DecisionRequest, DecodeError,
     FieldError, GateCheck, LockRecord, LockWaiter, Message, OpsEvent, OpsEventKind, PlanId,
-    PlanRecord, PlanSpec, PlanState, PlanTransitioned, SchemaVersion, Transition, decode, encode,
-    lock_key,
+    PlanRecord, PlanSpec, PlanState, SchemaVersion, Transition, decode, encode, lock_key,
     signing::{Signer, Verifier},
     subjects,
 };
@@ -244,6 +243,7 @@ impl Conductor {
                 }
                 return Ok((Some(Arc::new(record)), Vec::new()));
             }
+            record.group_new_moves(moves_before);
             match self.plans.update(&key, &record, current.revision).await {
                 Ok(revision) => {
                     let record = Arc::new(record);
@@ -260,8 +260,8 @@ impl Conductor {
         )))
     }
 
-    /// Publishes the moves from `from` on: sent together, then their acks awaited (one
-    /// round trip for them all).
+    /// Publishes the moves from `from` on, in the messages they were first grouped in: sent
+    /// together, then their acks awaited (one round trip for them all).
     async fn publish_moves(&self, record: &PlanRecord, from: usize) -> Result<(), HandlerError> {
         let sent = self.send_moves(record, from).await?;
         self.bus.confirm(sent).await.map_err(retry)?;
@@ -274,16 +274,10 @@ impl Conductor {
         from: usize,
     ) -> Result<Vec<Sent>, HandlerError> {
         let mut sent = Vec::new();
-        for (index, transition) in record.history.iter().enumerate().skip(from) {
-            let event = PlanTransitioned {
-                schema_version: SchemaVersion::CURRENT,
-                plan_id: record.plan.plan_id,
-                seq: index as u32 + 1,
-                transition: transition.clone(),
-            };
+        for message in record.state_messages(from) {
             sent.push(
                 self.bus
-                    .send(subjects::PLAN_STATE, &event)
+                    .send(subjects::PLAN_STATE, &message)
                     .await
                     .map_err(retry)?,
             );
@@ -321,6 +315,7 @@ impl Conductor {
                     at: plan.created_at,
                 },
             ],
+            message_ends: Vec::new(),
             trace_parent: TraceContext::current().map(|trace| trace.to_string()),
             plan,
         };
@@ -358,6 +353,7 @@ impl Conductor {
                 Some(lock)
             }
         };
+        record.group_new_moves(0);
         let revision = match self.plans.create(&plan_id.to_string(), &record).await {
             Ok(revision) => revision,
             // Another replica took the same plan between the read and the write.

@@ -299,13 +299,20 @@ pub fn plan_transitioned() -> PlanTransitioned {
     PlanTransitioned {
         schema_version: SchemaVersion::CURRENT,
         plan_id: plan_spec().plan_id,
-        seq: 3,
+        seq: 5,
         transition: Transition {
+            from: Some(PlanState::Ready),
+            to: PlanState::Approved,
+            by: "conductor".into(),
+            why: "auto-approved: validation passed and dev approves automatically".into(),
+            at: at(10),
+        },
+        earlier: vec![Transition {
             from: Some(PlanState::Validating),
             to: PlanState::Ready,
             by: "forge".into(),
             why: "validated: 1 to change".into(),
             at: at(10),
-        },
+        }],
     }
 }

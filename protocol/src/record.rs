@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::{BuildStatus, DecisionChannel, PlanDigest, PlanSpec};
+use crate::{BuildStatus, DecisionChannel, PlanDigest, PlanSpec, PlanTransitioned, SchemaVersion};
 
 /// Where a plan is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
@@ -128,6 +128,12 @@ pub struct PlanRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lock_token: Option<u64>,
     pub history: Vec<Transition>,
+    /// The position of each `crew.plan.state` message's last move, in order. One write's moves
+    /// go out in one message, and a message sent again carries the same moves under the same
+    /// id, which the stream stores once. Moves past the last end went out one per message,
+    /// as a Conductor before 1.1 sent them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub message_ends: Vec<u32>,
     /// The W3C `traceparent` of the work that created the plan: later work on it (a
     /// decision, a resent request) continues that trace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -138,6 +144,51 @@ impl PlanRecord {
     /// The digest of the latest build, if there is one.
     pub fn digest(&self) -> Option<&PlanDigest> {
         self.build.as_ref().map(|build| &build.digest)
+    }
+
+    /// Makes the moves since the first `moves_before` one message; called before the write that
+    /// records them.
+    pub fn group_new_moves(&mut self, moves_before: usize) {
+        let moves = self.history.len();
+        if moves <= moves_before {
+            return;
+        }
+        let grouped = self.message_ends.last().map_or(0, |&end| end as usize);
+        self.message_ends
+            .extend((grouped + 1..=moves_before).map(|end| end as u32));
+        self.message_ends.push(moves as u32);
+    }
+
+    /// The `crew.plan.state` messages that carry the moves from position `from` on (0 for
+    /// every move), grouped as they were first sent.
+    pub fn state_messages(&self, from: usize) -> Vec<PlanTransitioned> {
+        let moves = self.history.len();
+        let mut ends: Vec<usize> = self
+            .message_ends
+            .iter()
+            .map(|&end| end as usize)
+            .filter(|&end| end <= moves)
+            .collect();
+        let grouped = ends.last().copied().unwrap_or(0);
+        ends.extend(grouped + 1..=moves);
+        let mut start = 0;
+        let mut messages = Vec::new();
+        for end in ends {
+            if end > from
+                && end > start
+                && let Some((last, earlier)) = self.history[start..end].split_last()
+            {
+                messages.push(PlanTransitioned {
+                    schema_version: SchemaVersion::CURRENT,
+                    plan_id: self.plan.plan_id,
+                    seq: end as u32,
+                    transition: last.clone(),
+                    earlier: earlier.to_vec(),
+                });
+            }
+            start = start.max(end);
+        }
+        messages
     }
 
     /// Moves to `next`, recording who and why; refuses a move the state machine forbids.
@@ -282,10 +333,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_move_is_recorded_with_who_and_why() {
-        let now = Utc::now();
-        let mut record = PlanRecord {
+    fn new_record() -> PlanRecord {
+        PlanRecord {
             plan: examples::plan_spec(),
             state: PlanState::Submitted,
             build: None,
@@ -296,7 +345,104 @@ mod tests {
             lock_token: None,
             trace_parent: None,
             history: Vec::new(),
-        };
+            message_ends: Vec::new(),
+        }
+    }
+
+    /// Makes the moves to `states` in one write, as the Conductor does.
+    fn write(record: &mut PlanRecord, states: &[PlanState], group: bool) {
+        let moves_before = record.history.len();
+        for &state in states {
+            record.move_to(state, "crew", "a test", Utc::now()).unwrap();
+        }
+        if group {
+            record.group_new_moves(moves_before);
+        }
+    }
+
+    fn carried(messages: &[PlanTransitioned]) -> Vec<Vec<(u32, PlanState)>> {
+        messages
+            .iter()
+            .map(|message| {
+                message
+                    .moves()
+                    .map(|(seq, moved)| (seq, moved.to))
+                    .collect()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn one_write_makes_one_state_message_and_resending_groups_the_moves_alike() {
+        use PlanState::*;
+        let mut record = new_record();
+        record.history.push(Transition {
+            from: None,
+            to: Submitted,
+            by: "dave".into(),
+            why: "goal submitted".into(),
+            at: Utc::now(),
+        });
+        write(&mut record, &[Planned, Validating], false);
+        record.group_new_moves(0);
+        write(&mut record, &[Ready, Approved], true);
+        write(&mut record, &[Applying], true);
+        assert_eq!(record.message_ends, [3, 5, 6]);
+
+        let every = record.state_messages(0);
+        assert_eq!(
+            carried(&every),
+            [
+                vec![(1, Submitted), (2, Planned), (3, Validating)],
+                vec![(4, Ready), (5, Approved)],
+                vec![(6, Applying)],
+            ]
+        );
+        let ids: Vec<String> = every.iter().map(crate::Message::message_id).collect();
+        assert_eq!(ids[1], format!("state:{}:5", record.plan.plan_id));
+        assert_eq!(carried(&record.state_messages(3)), carried(&every[1..]));
+        // A position inside a message sends that whole message, under its one id.
+        assert_eq!(carried(&record.state_messages(4)), carried(&every[1..]));
+        assert!(record.state_messages(6).is_empty());
+        // Nothing moved: nothing to group.
+        record.group_new_moves(6);
+        assert_eq!(record.message_ends, [3, 5, 6]);
+    }
+
+    #[test]
+    fn moves_an_older_conductor_sent_alone_stay_alone() {
+        use PlanState::*;
+        let mut record = new_record();
+        write(&mut record, &[Planned, Validating], false);
+        assert_eq!(
+            carried(&record.state_messages(0)),
+            [vec![(1, Planned)], vec![(2, Validating)]]
+        );
+        write(&mut record, &[Ready, Approved], true);
+        assert_eq!(record.message_ends, [1, 2, 4]);
+        assert_eq!(
+            carried(&record.state_messages(0)),
+            [
+                vec![(1, Planned)],
+                vec![(2, Validating)],
+                vec![(3, Ready), (4, Approved)]
+            ]
+        );
+    }
+
+    #[test]
+    fn ends_past_the_history_are_ignored() {
+        use PlanState::*;
+        let mut record = new_record();
+        write(&mut record, &[Planned], false);
+        record.message_ends = vec![0, 7, 3];
+        assert_eq!(carried(&record.state_messages(0)), [vec![(1, Planned)]]);
+    }
+
+    #[test]
+    fn a_move_is_recorded_with_who_and_why() {
+        let now = Utc::now();
+        let mut record = new_record();
         record
             .move_to(
                 PlanState::Planned,

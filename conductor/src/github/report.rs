@@ -24,7 +24,7 @@ pub struct GithubReports {
 }
 
 impl GithubReports {
-    /// Sets the statuses the move to the plan `record` calls for and brings the comment up
+    /// Sets the statuses the moves `moved` carries call for and brings the comment up
     /// to date. A refusal that no retry mends is kept for `crew show` and the plan goes on;
     /// an outage is retried.
     pub async fn on_move(
@@ -83,10 +83,12 @@ impl GithubReports {
         moved: &PlanTransitioned,
         existing: Option<u64>,
     ) -> Result<Option<u64>, GithubError> {
-        for (context, state, description) in statuses(record, moved.transition.to) {
-            self.api
-                .set_status(repository, &source.commit, context, state, &description)
-                .await?;
+        for (_, step) in moved.moves() {
+            for (context, state, description) in statuses(record, step.to) {
+                self.api
+                    .set_status(repository, &source.commit, context, state, &description)
+                    .await?;
+            }
         }
         let Some(number) = source.pull_request else {
             return Ok(None);

@@ -63,7 +63,7 @@ pub struct SlackReviews {
 }
 
 impl SlackReviews {
-    /// Posts or updates the review of the plan `record` after its move `moved`.
+    /// Posts or updates the review of the plan `record` after the moves `moved` carries.
     pub async fn on_move(
         &self,
         moved: &PlanTransitioned,
@@ -82,7 +82,10 @@ impl SlackReviews {
         let content = review_message(record, &self.rules, self.config.diff_lines);
         let review = self.review(moved.plan_id).await?;
         let Some(message) = review.slack else {
-            if matches!(moved.transition.to, PlanState::Ready | PlanState::Blocked) {
+            if moved
+                .moves()
+                .any(|(_, step)| matches!(step.to, PlanState::Ready | PlanState::Blocked))
+            {
                 let posted = self
                     .call(delivery, "posting the review", || {
                         self.api.post(&self.config.channel, content.clone(), None)

@@ -129,14 +129,29 @@ message!(DecisionReply, "decision_reply", |reply| format!(
     reply.plan_id, reply.message
 ));
 
-/// One move of a plan's state machine, as the Conductor publishes it on `crew.plan.state`.
+/// The moves of a plan's state machine that one write of its record made, as the Conductor
+/// publishes them on `crew.plan.state`: one message per write, not per move, as what a stored
+/// message costs the server is mostly per message, not per byte.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct PlanTransitioned {
     pub schema_version: SchemaVersion,
     pub plan_id: PlanId,
-    /// Position of this move in the plan's history, from 1.
+    /// Position of `transition` in the plan's history, from 1.
     pub seq: u32,
+    /// The write's last move: where the plan is now.
     pub transition: crate::Transition,
+    /// The moves the same write made before `transition`, oldest first, at the positions just
+    /// before `seq`. (Since 1.1; a 1.0 reader sees the last move only.)
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub earlier: Vec<crate::Transition>,
+}
+
+impl PlanTransitioned {
+    /// Every move the message carries, oldest first, each with its position in the history.
+    pub fn moves(&self) -> impl Iterator<Item = (u32, &crate::Transition)> {
+        let first = self.seq.saturating_sub(self.earlier.len() as u32);
+        (first..).zip(self.earlier.iter().chain([&self.transition]))
+    }
 }
 
 message!(PlanTransitioned, "plan_transitioned", |event| format!(
