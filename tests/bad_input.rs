@@ -288,17 +288,9 @@ async fn an_approval_of_a_plan_in_any_state_but_ready_is_refused_and_changes_not
         let mut plan = examples::plan_spec();
         plan.plan_id = PlanId(uuid::Uuid::new_v4());
         let record = PlanRecord {
-            plan,
-            state,
             build: Some(examples::build_status()),
             decision_opened_at: Some(chrono::Utc::now()),
-            approvals: Vec::new(),
-            overrides: Vec::new(),
-            waiting_for_lock: None,
-            lock_token: None,
-            history: Vec::new(),
-            message_ends: Vec::new(),
-            trace_parent: None,
+            ..PlanRecord::new(plan, state)
         };
         let key = record.plan.plan_id.to_string();
         let revision = plans.put(&key, &record).await.unwrap();

@@ -256,17 +256,9 @@ async fn record_plan(
     build: &BuildStatus,
 ) {
     let record = PlanRecord {
-        plan: plan.clone(),
-        state,
         build: Some(build.clone()),
         decision_opened_at: Some(Utc::now()),
-        approvals: Vec::new(),
-        overrides: Vec::new(),
-        waiting_for_lock: None,
-        lock_token: None,
-        trace_parent: None,
-        history: Vec::new(),
-        message_ends: Vec::new(),
+        ..PlanRecord::new(plan.clone(), state)
     };
     plans.put(&plan.plan_id.to_string(), &record).await.unwrap();
 }

@@ -455,17 +455,9 @@ mod tests {
             BuildOutcome::Ready
         };
         PlanRecord {
-            plan,
-            state,
             build: Some(build),
             decision_opened_at: Some(now()),
-            approvals: Vec::new(),
-            overrides: Vec::new(),
-            waiting_for_lock: None,
-            lock_token: None,
-            trace_parent: None,
-            history: Vec::new(),
-            message_ends: Vec::new(),
+            ..PlanRecord::new(plan, state)
         }
     }
 

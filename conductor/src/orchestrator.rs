@@ -292,13 +292,6 @@ impl Conductor {
             plan.playbook.name, plan.playbook.version
         );
         let record = PlanRecord {
-            state: PlanState::Planned,
-            build: None,
-            decision_opened_at: None,
-            approvals: Vec::new(),
-            overrides: Vec::new(),
-            waiting_for_lock: None,
-            lock_token: None,
             history: vec![
                 Transition {
                     from: None,
@@ -315,9 +308,8 @@ impl Conductor {
                     at: plan.created_at,
                 },
             ],
-            message_ends: Vec::new(),
             trace_parent: TraceContext::current().map(|trace| trace.to_string()),
-            plan,
+            ..PlanRecord::new(plan, PlanState::Planned)
         };
         let plan_id = record.plan.plan_id;
         // A redelivered plan carries on where the first delivery stopped. (A first delivery

@@ -141,6 +141,23 @@ pub struct PlanRecord {
 }
 
 impl PlanRecord {
+    /// The record of `plan` in `state`, with nothing else yet: no build, decision, lock or move.
+    pub fn new(plan: PlanSpec, state: PlanState) -> Self {
+        PlanRecord {
+            plan,
+            state,
+            build: None,
+            decision_opened_at: None,
+            approvals: Vec::new(),
+            overrides: Vec::new(),
+            waiting_for_lock: None,
+            lock_token: None,
+            history: Vec::new(),
+            message_ends: Vec::new(),
+            trace_parent: None,
+        }
+    }
+
     /// The digest of the latest build, if there is one.
     pub fn digest(&self) -> Option<&PlanDigest> {
         self.build.as_ref().map(|build| &build.digest)
@@ -334,19 +351,7 @@ mod tests {
     }
 
     fn new_record() -> PlanRecord {
-        PlanRecord {
-            plan: examples::plan_spec(),
-            state: PlanState::Submitted,
-            build: None,
-            decision_opened_at: None,
-            approvals: Vec::new(),
-            overrides: Vec::new(),
-            waiting_for_lock: None,
-            lock_token: None,
-            trace_parent: None,
-            history: Vec::new(),
-            message_ends: Vec::new(),
-        }
+        PlanRecord::new(examples::plan_spec(), PlanState::Submitted)
     }
 
     /// Makes the moves to `states` in one write, as the Conductor does.

@@ -315,17 +315,8 @@ mod tests {
         build.outcome = BuildOutcome::Ready;
         build.diff_text = (1..=50).map(|n| format!("line {n}\n")).collect();
         PlanRecord {
-            plan: examples::plan_spec(),
-            state,
             build: Some(build),
-            decision_opened_at: None,
-            approvals: Vec::new(),
-            overrides: Vec::new(),
-            waiting_for_lock: None,
-            lock_token: None,
-            trace_parent: None,
-            history: Vec::new(),
-            message_ends: Vec::new(),
+            ..PlanRecord::new(examples::plan_spec(), state)
         }
     }
 
