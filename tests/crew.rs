@@ -12,8 +12,8 @@ use infracrew_e2e::{
 };
 use infracrew_protocol::{
     ApplyRequest, DecisionChannel, DecisionKind, DecisionOutcome, DecisionReply, DecisionRequest,
-    LockRecord, OpsEvent, OpsEventKind, PlanId, PlanRecord, PlanState, SchemaVersion,
-    signing::Signer, subjects,
+    LockRecord, OpsEvent, OpsEventKind, PlanId, PlanRecord, PlanState, PlanTransitioned,
+    SchemaVersion, examples, signing::Signer, subjects,
 };
 use infracrew_testkit::{NatsServer, binary, workspace_root};
 
@@ -569,6 +569,67 @@ async fn the_same_goal_submitted_twice_makes_one_plan() {
     assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
     drop(agents);
     drop(bus);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_plan_found_already_recorded_has_the_records_moves_published() {
+    // What a failover can leave: the Conductor's create landed but its answer was lost, so
+    // the client read the key, found it and reported it taken. Nothing else publishes the
+    // moves that write recorded.
+    let server = NatsServer::start().unwrap();
+    let bus = crew_bus(&server).await;
+    let plans = bus.kv::<PlanRecord>(buckets::PLANS).await.unwrap();
+    let plan = examples::plan_spec();
+    let mut record = PlanRecord::new(plan.clone(), PlanState::Submitted);
+    record
+        .move_to(PlanState::Planned, "atlas", "planned", chrono::Utc::now())
+        .unwrap();
+    record.group_new_moves(0);
+    plans
+        .create(&plan.plan_id.to_string(), &record)
+        .await
+        .unwrap();
+    bus.publish(subjects::PLAN_PENDING, &plan).await.unwrap();
+    // The whole crew builds the routed plan, so the sweeper, which publishes the moves of a
+    // routed plan left unbuilt, does not cover for the Conductor.
+    let agents = start_crew(&server);
+
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let record = plans
+            .get(&plan.plan_id.to_string())
+            .await
+            .unwrap()
+            .unwrap()
+            .value;
+        let recorded: Vec<_> = record
+            .history
+            .iter()
+            .zip(1..)
+            .map(|(moved, seq)| (seq, moved.to))
+            .collect();
+        let mut published: Vec<_> = messages_on::<PlanTransitioned>(&bus, subjects::PLAN_STATE)
+            .await
+            .iter()
+            .flat_map(|m| {
+                m.moves()
+                    .map(|(seq, moved)| (seq, moved.to))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        published.sort_by_key(|(seq, _)| *seq);
+        if record.build.is_some() && published == recorded {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{}, built: {}; recorded {recorded:?}, published {published:?}\n{}",
+            record.state,
+            record.build.is_some(),
+            infracrew_e2e::logs_of(&agents)
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }
 
 /// The demo configuration with a short approval window and dev auto-approving.

@@ -171,6 +171,10 @@ impl<T: Serialize + DeserializeOwned> Kv<T> {
     }
 
     /// Writes `value` only if `key` does not exist; returns the new revision.
+    ///
+    /// `AlreadyExists` can also mean this very write landed and its answer was lost (a
+    /// failover): the client then reads the key to tell, and finds it. A caller that must
+    /// know whose value is there compares it with `value`.
     pub async fn create(&self, key: &str, value: &T) -> Result<u64, KvError> {
         let bytes = self.encode(key, value)?;
         self.store

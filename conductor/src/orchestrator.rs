@@ -348,8 +348,17 @@ impl Conductor {
         record.group_new_moves(0);
         let revision = match self.plans.create(&plan_id.to_string(), &record).await {
             Ok(revision) => revision,
-            // Another replica took the same plan between the read and the write.
-            Err(KvError::AlreadyExists { .. }) => return self.try_start(plan_id).await,
+            // Another replica took the same plan between the read and the write, or this
+            // write landed and its answer was lost in a failover. Either way the moves of
+            // the record there are published (their ids store each once), since in the
+            // second case nobody else will.
+            Err(KvError::AlreadyExists { .. }) => {
+                let existing = self.plans.get(&plan_id.to_string()).await;
+                if let Some(existing) = existing.map_err(retry)? {
+                    self.publish_moves(&existing.value, 0).await?;
+                }
+                return self.try_start(plan_id).await;
+            }
             Err(error) => return Err(retry(error)),
         };
         let record = Arc::new(record);

@@ -55,9 +55,16 @@ impl SeenRequests {
         source: RequestSource,
         id: &str,
     ) -> Result<bool, ReplayUnchecked> {
-        match self.seen.create(&key(source, id), &Utc::now()).await {
+        let key = key(source, id);
+        let now = Utc::now();
+        match self.seen.create(&key, &now).await {
             Ok(_) => Ok(true),
-            Err(KvError::AlreadyExists { .. }) => Ok(false),
+            // Found taken: by a copy before, or by this write, landed with its answer lost in
+            // a failover. The time written tells which.
+            Err(KvError::AlreadyExists { .. }) => match self.seen.get(&key).await {
+                Ok(seen) => Ok(seen.is_some_and(|seen| seen.value == now)),
+                Err(error) => Err(ReplayUnchecked(error)),
+            },
             Err(error) => Err(ReplayUnchecked(error)),
         }
     }
