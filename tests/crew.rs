@@ -7,8 +7,8 @@ use std::process::Command;
 
 use infracrew_bus::{ProvisionOptions, Topology, buckets, consumers};
 use infracrew_e2e::{
-    AgentProcess, PATIENCE, approve, crew, crew_bus, messages_on, start_crew, start_crew_with,
-    submit, text, wait_for_state, wait_until, wait_until_drained,
+    AgentProcess, PATIENCE, approve, crew, crew_bus, messages_on, published_moves, recorded_moves,
+    start_crew, start_crew_with, submit, text, wait_for_state, wait_until, wait_until_drained,
 };
 use infracrew_protocol::{
     ApplyRequest, DecisionChannel, DecisionKind, DecisionOutcome, DecisionReply, DecisionRequest,
@@ -602,22 +602,11 @@ async fn a_new_plan_found_already_recorded_has_the_records_moves_published() {
             .unwrap()
             .unwrap()
             .value;
-        let recorded: Vec<_> = record
-            .history
-            .iter()
-            .zip(1..)
-            .map(|(moved, seq)| (seq, moved.to))
-            .collect();
-        let mut published: Vec<_> = messages_on::<PlanTransitioned>(&bus, subjects::PLAN_STATE)
-            .await
-            .iter()
-            .flat_map(|m| {
-                m.moves()
-                    .map(|(seq, moved)| (seq, moved.to))
-                    .collect::<Vec<_>>()
-            })
-            .collect();
-        published.sort_by_key(|(seq, _)| *seq);
+        let recorded = recorded_moves(&record);
+        let published = published_moves(
+            &messages_on::<PlanTransitioned>(&bus, subjects::PLAN_STATE).await,
+            plan.plan_id,
+        );
         if record.build.is_some() && published == recorded {
             break;
         }

@@ -16,7 +16,7 @@ use std::{
 };
 
 use infracrew_bus::{Bus, ConnectArgs, ProvisionOptions, Topology, buckets, streams};
-use infracrew_e2e::{AgentProcess, logs_of, messages_on, text};
+use infracrew_e2e::{AgentProcess, logs_of, messages_on, published_moves, recorded_moves, text};
 use infracrew_protocol::{PlanId, PlanRecord, PlanTransitioned, ServiceState, subjects};
 use infracrew_testkit::{NatsServer, binary, workspace_root};
 
@@ -235,20 +235,9 @@ async fn check_outcome(url: &str, plans: &[PlanId], crew: &Crew, patience: Durat
             .unwrap()
             .unwrap_or_else(|| panic!("plan {plan} is missing"))
             .value;
-        // Every move once, at its position: under a failover a move may be stored after a
-        // later one, and its seq says where it belongs.
-        let recorded: Vec<_> = record
-            .history
-            .iter()
-            .enumerate()
-            .map(|(index, t)| (index as u32 + 1, t.to))
-            .collect();
-        let mut published: Vec<_> = moves
-            .iter()
-            .filter(|m| m.plan_id == *plan)
-            .flat_map(|m| m.moves().map(|(seq, moved)| (seq, moved.to)))
-            .collect();
-        published.sort_by_key(|(seq, _)| *seq);
+        // Every move once, at its position.
+        let recorded = recorded_moves(&record);
+        let published = published_moves(&moves, *plan);
         assert_eq!(
             recorded, published,
             "plan {plan}: its record and crew.plan.state disagree"

@@ -10,7 +10,9 @@ use std::{
 };
 
 use infracrew_bus::{Bus, ConnectArgs, ProvisionOptions, Topology, buckets, streams};
-use infracrew_protocol::{Message, PlanId, PlanRecord, PlanState, decode, signing::Signer};
+use infracrew_protocol::{
+    Message, PlanId, PlanRecord, PlanState, PlanTransitioned, decode, signing::Signer,
+};
 pub use infracrew_testkit::free_port;
 use infracrew_testkit::{NatsServer, binary, workspace_root};
 
@@ -325,6 +327,29 @@ pub async fn wait_until<F, Fut>(
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// A plan's moves as its record has them: each move's position (from 1) and the state it
+/// moved to.
+pub fn recorded_moves(record: &PlanRecord) -> Vec<(u32, PlanState)> {
+    record
+        .history
+        .iter()
+        .zip(1..)
+        .map(|(moved, seq)| (seq, moved.to))
+        .collect()
+}
+
+/// `plan`'s moves as `messages` from `crew.plan.state` carry them, in the order of their
+/// positions: under a failover a move may be stored after a later one.
+pub fn published_moves(messages: &[PlanTransitioned], plan: PlanId) -> Vec<(u32, PlanState)> {
+    let mut moves: Vec<_> = messages
+        .iter()
+        .filter(|message| message.plan_id == plan)
+        .flat_map(|message| message.moves().map(|(seq, moved)| (seq, moved.to)))
+        .collect();
+    moves.sort_by_key(|(seq, _)| *seq);
+    moves
 }
 
 /// Waits (up to [`PATIENCE`]) until the plan's record is in `state`.
