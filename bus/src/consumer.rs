@@ -24,7 +24,7 @@ use infracrew_protocol::{
 };
 use serde::Deserialize;
 use tokio::{
-    sync::{OwnedSemaphorePermit, Semaphore, watch},
+    sync::{OwnedSemaphorePermit, Semaphore},
     task::JoinSet,
 };
 use tracing::Instrument;
@@ -38,8 +38,6 @@ use crate::{
 const PULL_EXPIRES: Duration = Duration::from_secs(1);
 /// Pause before asking again after a failed pull request (the server may be restarting).
 const PULL_RETRY: Duration = Duration::from_millis(250);
-/// How often a consumer out of room looks again while its room stays the same.
-const ROOM_RECHECK: Duration = Duration::from_millis(50);
 /// Pull failures in a row after which the consumer's existence is checked.
 const GONE_CHECK_AFTER: u32 = 3;
 
@@ -145,11 +143,6 @@ pub struct ConsumerSettings {
     /// How long a handler failing on a message's last delivery is tried again in place
     /// before the message goes to dead letters.
     pub last_delivery_patience: Duration,
-    /// How many more messages this consumer may take, kept up to date by its owner as the
-    /// handlers finish: it asks for messages only while the room is larger than the number
-    /// it has in hand, and for no more than the difference. `None` takes as many as it has
-    /// free slots.
-    pub room: Option<watch::Receiver<usize>>,
 }
 
 impl Default for ConsumerSettings {
@@ -162,7 +155,6 @@ impl Default for ConsumerSettings {
             backoff_max: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(10),
             last_delivery_patience: Duration::from_secs(120),
-            room: None,
         }
     }
 }
@@ -261,8 +253,7 @@ impl Bus {
             stats,
             handler,
         });
-        let slots = settings.concurrency.max(1);
-        let permits = Arc::new(Semaphore::new(slots));
+        let permits = Arc::new(Semaphore::new(settings.concurrency.max(1)));
         let in_flight: Arc<Mutex<HashMap<u64, Arc<jetstream::Message>>>> = Arc::default();
         // Jobs waiting behind a running one with the same order key.
         let queues: Arc<Mutex<HashMap<String, VecDeque<Job>>>> = Arc::default();
@@ -292,33 +283,7 @@ impl Bus {
                     Err(_) => break,
                 },
             };
-            let mut room = usize::MAX;
-            if let Some(receiver) = &settings.room {
-                let mut receiver = receiver.clone();
-                loop {
-                    // The messages in hand are not in the room yet: their handlers count
-                    // what they start as they finish.
-                    let in_hand = slots - permits.available_permits() - 1;
-                    let free = receiver.borrow_and_update().saturating_sub(in_hand);
-                    if free > 0 {
-                        room = free;
-                        break;
-                    }
-                    tokio::select! {
-                        biased;
-                        _ = shutdown.cancelled() => break 'pulling,
-                        changed = receiver.changed() => {
-                            // A room no one keeps any more limits nothing.
-                            if changed.is_err() {
-                                break;
-                            }
-                        }
-                        // A handler that finished without starting anything changes no room.
-                        _ = tokio::time::sleep(ROOM_RECHECK) => {}
-                    }
-                }
-            }
-            let wanted = (permits.available_permits() + 1).min(room);
+            let wanted = permits.available_permits() + 1;
             let mut batch = match consumer
                 .batch()
                 .max_messages(wanted)

@@ -80,7 +80,6 @@ fn quick_settings() -> ConsumerSettings {
         backoff_max: Duration::from_millis(200),
         shutdown_grace: Duration::from_secs(5),
         last_delivery_patience: Duration::ZERO,
-        ..ConsumerSettings::default()
     }
 }
 
@@ -348,74 +347,6 @@ async fn messages_with_one_order_key_are_handled_in_order_and_other_keys_at_once
         "different keys should be handled at once"
     );
     assert!(consumer_is_drained(&bus, &spec).await);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_consumer_takes_messages_only_while_it_has_room_beyond_those_in_hand() {
-    let server = NatsServer::start().unwrap();
-    let bus = crew_bus(&server).await;
-    let spec = test_consumer(&bus, "room-test", subjects::GOAL_SUBMITTED, 5, PATIENCE).await;
-    for n in 0..3 {
-        bus.publish(subjects::GOAL_SUBMITTED, &goal_number(n))
-            .await
-            .unwrap();
-    }
-    let (room, watched) = tokio::sync::watch::channel(0usize);
-    let room = Arc::new(room);
-    let (taken, release) = (
-        Arc::new(AtomicU64::new(0)),
-        Arc::new(tokio::sync::Semaphore::new(0)),
-    );
-    let handler = {
-        let (room, taken, release) = (room.clone(), taken.clone(), release.clone());
-        // Each message takes a place once its handler is done, as a Conductor's new plan does.
-        move |_goal: GoalStatement, _delivery: Delivery| {
-            let (room, taken, release) = (room.clone(), taken.clone(), release.clone());
-            async move {
-                taken.fetch_add(1, Ordering::SeqCst);
-                release.acquire().await.unwrap().forget();
-                room.send_modify(|free| *free = free.saturating_sub(1));
-                Ok(())
-            }
-        }
-    };
-    let settings = ConsumerSettings {
-        room: Some(watched),
-        ..quick_settings()
-    };
-    let shutdown = Shutdown::new();
-    let consumer = tokio::spawn({
-        let (bus, spec, shutdown) = (bus.clone(), spec.clone(), shutdown.clone());
-        async move {
-            bus.consume(&spec, settings, Arc::default(), handler, shutdown)
-                .await
-        }
-    });
-    let taken_after = async |pause: Duration| {
-        tokio::time::sleep(pause).await;
-        taken.load(Ordering::SeqCst)
-    };
-    let settle = Duration::from_millis(500);
-
-    assert_eq!(taken_after(settle).await, 0, "taken with no room");
-    room.send_replace(1);
-    assert_eq!(
-        taken_after(settle).await,
-        1,
-        "one place, one message in hand"
-    );
-    release.add_permits(1);
-    assert_eq!(taken_after(settle).await, 1, "its place is taken now");
-    room.send_replace(2);
-    assert_eq!(
-        taken_after(settle).await,
-        3,
-        "two places, the other two messages"
-    );
-    release.add_permits(2);
-    eventually("every message settled", || consumer_is_drained(&bus, &spec)).await;
-    shutdown.cancel();
-    consumer.await.unwrap().unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -922,8 +853,8 @@ async fn provisioning_twice_is_a_noop_and_conflicts_are_reported_not_recreated()
     let first = topology.provision(&bus).await.unwrap();
     assert_eq!(
         first.created().count(),
-        4 + 6 + 5,
-        "4 streams, 6 buckets, a consumer per role and the Conductor's for new plans"
+        4 + 6 + 4,
+        "4 streams, 6 buckets, a consumer per role"
     );
     let second = topology.provision(&bus).await.unwrap();
     assert!(second.is_noop(), "{second:?}");
@@ -989,75 +920,6 @@ async fn provisioning_twice_is_a_noop_and_conflicts_are_reported_not_recreated()
         error.to_string().contains("max_deliver is 5 (wanted 9)"),
         "{error}"
     );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_crew_whose_conductor_read_new_plans_itself_gets_them_moved_to_their_own_consumer() {
-    let server = NatsServer::start().unwrap();
-    let bus = crew_bus(&server).await;
-    let conductor = consumers::for_role(protocol::AgentRole::Conductor);
-    let stream = bus
-        .jetstream()
-        .get_stream_no_info(streams::WORK)
-        .await
-        .unwrap();
-    // The consumers as an older crew left them: the Conductor's reads new plans too.
-    stream.delete_consumer(consumers::NEW_PLANS).await.unwrap();
-    stream.delete_consumer(conductor).await.unwrap();
-    let mut older = Topology::crew(&ProvisionOptions::default())
-        .consumer(conductor)
-        .unwrap()
-        .clone();
-    older
-        .filter_subjects
-        .push(subjects::PLAN_PENDING.to_owned());
-    older.ensure(&bus).await.unwrap();
-    let (first, second) = (goal_number(1), goal_number(2));
-    let plan = |goal: &GoalStatement| PlanSpec {
-        plan_id: protocol::PlanId::for_goal(goal.id()),
-        ..examples::plan_spec()
-    };
-    bus.publish(subjects::PLAN_PENDING, &plan(&first))
-        .await
-        .unwrap();
-    let consumer: async_nats::jetstream::consumer::PullConsumer =
-        stream.get_consumer(conductor).await.unwrap();
-    let mut taken = consumer.fetch().max_messages(1).messages().await.unwrap();
-    let message = futures::StreamExt::next(&mut taken).await.unwrap().unwrap();
-    message.double_ack().await.unwrap();
-    bus.publish(subjects::PLAN_PENDING, &plan(&second))
-        .await
-        .unwrap();
-
-    let report = Topology::crew(&ProvisionOptions::default())
-        .provision(&bus)
-        .await
-        .unwrap();
-    assert!(
-        report
-            .created()
-            .any(|item| item.name.ends_with(consumers::NEW_PLANS)),
-        "{report:?}"
-    );
-    let new_plans = stream.consumer_info(consumers::NEW_PLANS).await.unwrap();
-    assert_eq!(
-        new_plans.num_pending, 1,
-        "only the plan the Conductor had not settled"
-    );
-    let old = stream.consumer_info(conductor).await.unwrap();
-    assert!(
-        !old.config
-            .filter_subjects
-            .contains(&subjects::PLAN_PENDING.to_owned()),
-        "{:?}",
-        old.config.filter_subjects
-    );
-    assert_eq!(old.num_pending, 0);
-    let again = Topology::crew(&ProvisionOptions::default())
-        .provision(&bus)
-        .await
-        .unwrap();
-    assert!(again.is_noop(), "{again:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

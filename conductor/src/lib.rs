@@ -5,7 +5,6 @@ pub mod approvals;
 pub mod config;
 pub mod github;
 pub mod metrics;
-pub mod moving;
 pub mod orchestrator;
 pub mod replay;
 pub mod slack;
@@ -22,7 +21,6 @@ use crate::{
     config::ConductorConfig,
     github::{GithubSetup, report::GithubReports, webhook::GithubEndpoint},
     metrics::ConductorMetrics,
-    moving::MovingPlans,
     orchestrator::{Conductor, ConductorMessage},
     replay::SeenRequests,
     slack::{
@@ -74,7 +72,6 @@ pub async fn run(
         seen: SeenRequests::new(agent.bucket(buckets::REQUESTS_SEEN).await?),
         written: Default::default(),
         finished: Default::default(),
-        moving: MovingPlans::new(MOVING_PLANS_AT_MOST),
     });
     tracing::info!(public_key = %conductor.signer.public_key(), "ApplyRequests are signed; Forge needs this key as INFRACREW_CONDUCTOR_PUBLIC_KEY");
     let alerts = options
@@ -110,31 +107,11 @@ pub async fn run(
         }
     };
     // Plans at once; each plan's events one at a time, in the order they were published
-    // (ConductorMessage::order_key). New plans come through a consumer of their own, taken
-    // while there is room among the plans moving (see `moving`).
-    let started = agent.consume(
-        ConsumerSettings::default(),
-        handler.clone(),
-        shutdown.clone(),
-    );
-    let new_plans = agent.consume_from(
-        consumers::NEW_PLANS,
-        ConsumerSettings {
-            room: Some(conductor.moving.room()),
-            ..ConsumerSettings::default()
-        },
-        handler,
-        shutdown.clone(),
-    );
-    // Either consumer stopping stops the Conductor.
-    let stop_all = |outcome| {
-        shutdown.cancel();
-        outcome
-    };
-    let (started, new_plans) = tokio::join!(async { stop_all(started.await) }, async {
-        stop_all(new_plans.await)
-    });
-    let outcome = started.and(new_plans);
+    // (ConductorMessage::order_key).
+    let outcome = agent
+        .consume(ConsumerSettings::default(), handler, shutdown.clone())
+        .await;
+    shutdown.cancel();
     for task in tasks {
         if let Err(error) = task.await {
             tracing::error!(%error, "a Conductor task failed");
@@ -142,10 +119,6 @@ pub async fn run(
     }
     outcome
 }
-
-/// Plans a Conductor keeps in its agents' hands at once: about a second's work for the crew
-/// at full speed, so a crew that keeps up never waits for room.
-const MOVING_PLANS_AT_MOST: usize = 1024;
 
 /// Where plan reviews go, in order: the pull request (when the plan came from one), then
 /// Slack. GitHub goes first because an outage there is retried by redelivering the move,

@@ -20,7 +20,6 @@ use crate::{
     approvals::{Accepted, Decision, Refusal},
     config::ConductorConfig,
     metrics::{ConductorMetrics, PlanCensus},
-    moving::MovingPlans,
     replay::{RequestSource, SeenRequests},
     watch::CrewWatch,
 };
@@ -107,8 +106,6 @@ pub struct Conductor {
     /// Plans the sweeper found finished, by key, with their end state and time: a finished
     /// plan never moves again, so later sweeps count it without reading it.
     pub finished: std::sync::Mutex<std::collections::HashMap<String, FinishedPlan>>,
-    /// The plans this process moved into an agent's hands, which bound the new plans it takes.
-    pub moving: MovingPlans,
 }
 
 /// A finished plan's end state and when it got there.
@@ -203,7 +200,6 @@ impl Conductor {
 
     /// Keeps the record just written for the plan's next move, or lets it go once it ended.
     fn remember(&self, plan_id: PlanId, record: &Arc<PlanRecord>, revision: u64) {
-        self.moving.note(plan_id, record.state);
         let mut written = lock_ignoring_poison(&self.written);
         if record.state.is_terminal() {
             written.remove(&plan_id);
