@@ -5,6 +5,7 @@
 
 use std::{process::Command, time::Duration};
 
+use infracrew_bus::consumers;
 use infracrew_e2e::AgentProcess;
 use infracrew_testkit::{NatsServer, binary};
 
@@ -42,10 +43,22 @@ fn the_four_agents_connect_report_and_stop_on_sigterm() {
             env!("CARGO_PKG_VERSION")
         );
     }
+    let consumers: Vec<&str> = report["consumers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|backlog| backlog["consumer"].as_str().unwrap())
+        .collect();
     assert_eq!(
-        report["consumers"].as_array().unwrap().len(),
-        4,
-        "one durable consumer per role; none for reviews without Slack or GitHub"
+        consumers,
+        [
+            "atlas",
+            "forge",
+            "sentinel",
+            "conductor",
+            consumers::NEW_PLANS
+        ],
+        "one durable consumer per role and the Conductor's for new plans; none for reviews without Slack or GitHub"
     );
 
     for agent in &mut agents {

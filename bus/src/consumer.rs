@@ -24,7 +24,7 @@ use infracrew_protocol::{
 };
 use serde::Deserialize;
 use tokio::{
-    sync::{OwnedSemaphorePermit, Semaphore},
+    sync::{OwnedSemaphorePermit, Semaphore, watch},
     task::JoinSet,
 };
 use tracing::Instrument;
@@ -143,6 +143,10 @@ pub struct ConsumerSettings {
     /// How long a handler failing on a message's last delivery is tried again in place
     /// before the message goes to dead letters.
     pub last_delivery_patience: Duration,
+    /// How many messages this consumer may take, set afresh by its owner: each value it sets
+    /// lets the consumer take that many more, and no more until the next. `None` takes as many
+    /// as it has free slots.
+    pub room: Option<watch::Receiver<usize>>,
 }
 
 impl Default for ConsumerSettings {
@@ -155,6 +159,7 @@ impl Default for ConsumerSettings {
             backoff_max: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(10),
             last_delivery_patience: Duration::from_secs(120),
+            room: None,
         }
     }
 }
@@ -265,6 +270,9 @@ impl Bus {
         // what was fetched but not started.
         let mut failures = 0u32;
         let mut stopped_by: Option<ConsumeError> = None;
+        let mut room = settings.room.clone();
+        // Messages taken since the room was last set.
+        let mut taken_of_room = 0usize;
         'pulling: while !shutdown.is_cancelled() {
             // Pull failures are expected while the server restarts; many in a row may mean the
             // consumer itself is gone, which no retry mends.
@@ -283,7 +291,14 @@ impl Bus {
                     Err(_) => break,
                 },
             };
-            let wanted = permits.available_permits() + 1;
+            let free = match &mut room {
+                Some(room) => match wait_for_room(room, &mut taken_of_room, &shutdown).await {
+                    Some(free) => free,
+                    None => break,
+                },
+                None => usize::MAX,
+            };
+            let wanted = (permits.available_permits() + 1).min(free);
             let mut batch = match consumer
                 .batch()
                 .max_messages(wanted)
@@ -316,6 +331,7 @@ impl Bus {
                     None => break,
                     Some(Ok(message)) => {
                         failures = 0;
+                        taken_of_room += 1;
                         Arc::new(message)
                     }
                     Some(Err(error)) => {
@@ -537,6 +553,33 @@ impl Bus {
         self.publish(&subjects::dead_letter(&letter.subject), &letter)
             .await?;
         Ok(())
+    }
+}
+
+/// Waits until `room` lets the consumer take a message, and says how many it may take; `None`
+/// when shutdown comes first. `taken` counts the messages taken since the room was last set,
+/// and starts again at each new value. A room whose owner is gone limits nothing.
+async fn wait_for_room(
+    room: &mut watch::Receiver<usize>,
+    taken: &mut usize,
+    shutdown: &Shutdown,
+) -> Option<usize> {
+    loop {
+        if room.has_changed().unwrap_or(false) {
+            *taken = 0;
+        }
+        let free = room.borrow_and_update().saturating_sub(*taken);
+        if free > 0 {
+            return Some(free);
+        }
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => return None,
+            changed = room.changed() => match changed {
+                Ok(()) => *taken = 0,
+                Err(_) => return Some(usize::MAX),
+            },
+        }
     }
 }
 

@@ -6,8 +6,9 @@ use infracrew_protocol::{AgentRole, subjects};
 
 use crate::buckets;
 
-/// JetStream plumbing every agent uses: provisioning what is missing (never deleting, purging
-/// or changing a stream or consumer), its consumers, reads, acks and flow control.
+/// JetStream plumbing every agent uses: provisioning what is missing (never deleting or
+/// purging a stream or consumer, and changing one only to move an older store's new plans to
+/// their own consumer), its consumers, reads, acks and flow control.
 const AGENT_JETSTREAM: [&str; 15] = [
     "$JS.API.INFO",
     "$JS.API.STREAM.INFO.>",

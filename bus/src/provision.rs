@@ -40,7 +40,20 @@ pub mod consumers {
         role.as_str()
     }
 
-    /// The Conductor's second consumer: plan moves and ops events for the review channels,
+    /// The Conductor's new plans (`crew.plan.pending`), apart from the work that moves plans
+    /// already started, so that work goes first: the Conductor takes new plans while that
+    /// consumer has room.
+    pub const NEW_PLANS: &str = "conductor-new-plans";
+
+    /// The consumers provisioned with the topology that `role` reads.
+    pub fn read_by(role: AgentRole) -> Vec<&'static str> {
+        match role {
+            AgentRole::Conductor => vec![for_role(role), NEW_PLANS],
+            _ => vec![for_role(role)],
+        }
+    }
+
+    /// The Conductor's review consumer: plan moves and ops events for the review channels,
     /// read one at a time and in order, apart from the plan work so a slow Slack never
     /// holds a plan up.
     pub const REVIEWS: &str = "conductor-reviews";
@@ -136,17 +149,28 @@ impl ConsumerSpec {
 
     /// Whether the consumer exists on its stream.
     pub async fn exists(&self, bus: &Bus) -> Result<bool, ProvisionError> {
-        let name = format!("{}/{}", self.stream, self.durable);
         let stream = bus
             .jetstream()
             .get_stream_no_info(&self.stream)
             .await
-            .map_err(|error| request_error("read", "consumer", &name, error))?;
+            .map_err(|error| request_error("read", "consumer", &self.name(), error))?;
+        self.exists_on(&stream).await
+    }
+
+    async fn exists_on(
+        &self,
+        stream: &jetstream::stream::Stream<()>,
+    ) -> Result<bool, ProvisionError> {
         match stream.consumer_info(&self.durable).await {
             Ok(_) => Ok(true),
             Err(error) if matches!(error.kind(), ConsumerInfoErrorKind::NotFound) => Ok(false),
-            Err(error) => Err(request_error("read", "consumer", &name, error)),
+            Err(error) => Err(request_error("read", "consumer", &self.name(), error)),
         }
+    }
+
+    /// `<stream>/<durable>`, as errors and reports name it.
+    fn name(&self) -> String {
+        format!("{}/{}", self.stream, self.durable)
     }
 
     fn config(&self) -> pull::Config {
@@ -227,6 +251,15 @@ impl Topology {
             })
             .chain(std::iter::once(ConsumerSpec {
                 stream: streams::WORK.to_owned(),
+                durable: consumers::NEW_PLANS.to_owned(),
+                filter_subjects: vec![subjects::PLAN_PENDING.to_owned()],
+                ack_wait: options.ack_wait,
+                max_deliver: options.max_deliver,
+                max_ack_pending: options.max_ack_pending,
+                creation: Creation::WithTopology,
+            }))
+            .chain(std::iter::once(ConsumerSpec {
+                stream: streams::WORK.to_owned(),
                 durable: consumers::REVIEWS.to_owned(),
                 filter_subjects: vec![
                     subjects::PLAN_STATE.to_owned(),
@@ -283,6 +316,14 @@ impl Topology {
         for config in &self.buckets {
             report.items.push(ensure_bucket(js, config).await?);
         }
+        if let (Some(conductor), Some(new_plans)) = (
+            self.consumer(consumers::for_role(AgentRole::Conductor)),
+            self.consumer(consumers::NEW_PLANS),
+        ) {
+            report
+                .items
+                .extend(split_new_plans(js, conductor, new_plans).await?);
+        }
         for spec in self
             .consumers
             .iter()
@@ -294,6 +335,73 @@ impl Topology {
     }
 }
 
+/// A crew provisioned before new plans had a consumer of their own read them through the
+/// Conductor's. The new consumer starts after that one's ack floor, and that one then stops
+/// reading them: no plan is skipped, and those it had in hand, or settled out of order past
+/// its floor, are read again, which the Conductor takes as the copies they are. Run again
+/// after a crash in between, it finishes the change.
+async fn split_new_plans(
+    js: &jetstream::Context,
+    conductor: &ConsumerSpec,
+    new_plans: &ConsumerSpec,
+) -> Result<Option<Provisioned>, ProvisionError> {
+    let name = conductor.name();
+    let stream = js
+        .get_stream_no_info(&conductor.stream)
+        .await
+        .map_err(|error| request_error("read", "consumer", &name, error))?;
+    let found = match stream.consumer_info(&conductor.durable).await {
+        Ok(info) => info,
+        Err(error) if matches!(error.kind(), ConsumerInfoErrorKind::NotFound) => return Ok(None),
+        Err(error) => return Err(request_error("read", "consumer", &name, error)),
+    };
+    let filters: Vec<String> = found
+        .config
+        .filter_subjects
+        .iter()
+        .chain(Some(&found.config.filter_subject).filter(|subject| !subject.is_empty()))
+        .cloned()
+        .collect();
+    let (moved, kept): (Vec<String>, Vec<String>) = filters
+        .into_iter()
+        .partition(|subject| new_plans.filter_subjects.contains(subject));
+    // Nothing to move, or nothing left to read: either way not this change, and provisioning
+    // reports what differs.
+    if moved.is_empty() || kept.is_empty() {
+        return Ok(None);
+    }
+    let split = !new_plans.exists_on(&stream).await?;
+    if split {
+        let config = pull::Config {
+            deliver_policy: DeliverPolicy::ByStartSequence {
+                start_sequence: found.ack_floor.stream_sequence + 1,
+            },
+            ..new_plans.config()
+        };
+        stream
+            .create_consumer(config)
+            .await
+            .map_err(|error| request_error("create", "consumer", &new_plans.name(), error))?;
+    }
+    // Only the filter changes: any other setting that differs stays as it was, for
+    // provisioning to report.
+    let narrowed = jetstream::consumer::Config {
+        filter_subject: String::new(),
+        filter_subjects: kept,
+        ..found.config
+    };
+    stream
+        .update_consumer(narrowed)
+        .await
+        .map_err(|error| request_error("update", "consumer", &name, error))?;
+    tracing::info!(from = %name, to = %new_plans.durable, "new plans moved to a consumer of their own");
+    Ok(Some(Provisioned {
+        kind: "consumer",
+        name: new_plans.name(),
+        created: split,
+    }))
+}
+
 /// The subject of the server's advisory that `durable` on `stream` gave up on a message.
 pub fn max_deliveries_subject(stream: &str, durable: &str) -> String {
     format!("$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{stream}.{durable}")
@@ -303,11 +411,8 @@ pub fn max_deliveries_subject(stream: &str, durable: &str) -> String {
 pub fn role_subjects(role: AgentRole) -> &'static [&'static str] {
     match role {
         AgentRole::Atlas => &[subjects::GOAL_SUBMITTED],
-        AgentRole::Conductor => &[
-            subjects::PLAN_PENDING,
-            subjects::BUILD_STATUS,
-            subjects::OPS_EVENT,
-        ],
+        // New plans come through `consumers::NEW_PLANS`.
+        AgentRole::Conductor => &[subjects::BUILD_STATUS, subjects::OPS_EVENT],
         AgentRole::Forge => &[
             subjects::PLAN_ROUTED,
             subjects::VALIDATE_RESULT,
@@ -556,7 +661,7 @@ async fn ensure_consumer(
     js: &jetstream::Context,
     spec: &ConsumerSpec,
 ) -> Result<Provisioned, ProvisionError> {
-    let name = format!("{}/{}", spec.stream, spec.durable);
+    let name = spec.name();
     let stream = js
         .get_stream_no_info(&spec.stream)
         .await
@@ -623,11 +728,18 @@ fn consumer_differences(
         &wanted.max_ack_pending,
         &found.max_ack_pending,
     );
-    differences.check(
-        "deliver_policy",
-        &wanted.deliver_policy,
-        &found.deliver_policy,
-    );
+    // New plans' consumer split off the Conductor's (`split_new_plans`) starts where that one
+    // had got to, which is all of the stream this consumer has not read: what `All` asks for.
+    let split_off = wanted.durable_name.as_deref() == Some(consumers::NEW_PLANS)
+        && wanted.deliver_policy == DeliverPolicy::All
+        && matches!(found.deliver_policy, DeliverPolicy::ByStartSequence { .. });
+    if !split_off {
+        differences.check(
+            "deliver_policy",
+            &wanted.deliver_policy,
+            &found.deliver_policy,
+        );
+    }
     differences.0
 }
 

@@ -80,6 +80,7 @@ fn quick_settings() -> ConsumerSettings {
         backoff_max: Duration::from_millis(200),
         shutdown_grace: Duration::from_secs(5),
         last_delivery_patience: Duration::ZERO,
+        ..ConsumerSettings::default()
     }
 }
 
@@ -347,6 +348,67 @@ async fn messages_with_one_order_key_are_handled_in_order_and_other_keys_at_once
         "different keys should be handled at once"
     );
     assert!(consumer_is_drained(&bus, &spec).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_takes_no_more_messages_than_each_room_its_owner_sets() {
+    let server = NatsServer::start().unwrap();
+    let bus = crew_bus(&server).await;
+    let spec = test_consumer(&bus, "room-test", subjects::GOAL_SUBMITTED, 5, PATIENCE).await;
+    for n in 0..4 {
+        bus.publish(subjects::GOAL_SUBMITTED, &goal_number(n))
+            .await
+            .unwrap();
+    }
+    let (room, watched) = tokio::sync::watch::channel(0usize);
+    let taken = Arc::new(AtomicU64::new(0));
+    let handler = {
+        let taken = taken.clone();
+        move |_goal: GoalStatement, _delivery: Delivery| {
+            let taken = taken.clone();
+            async move {
+                taken.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            }
+        }
+    };
+    let settings = ConsumerSettings {
+        room: Some(watched),
+        ..quick_settings()
+    };
+    let shutdown = Shutdown::new();
+    let consumer = tokio::spawn({
+        let (bus, spec, shutdown) = (bus.clone(), spec.clone(), shutdown.clone());
+        async move {
+            bus.consume(&spec, settings, Arc::default(), handler, shutdown)
+                .await
+        }
+    });
+    let taken_after = async |pause: Duration| {
+        tokio::time::sleep(pause).await;
+        taken.load(Ordering::SeqCst)
+    };
+    let settle = Duration::from_millis(500);
+
+    assert_eq!(taken_after(settle).await, 0, "taken with no room");
+    room.send_replace(1);
+    assert_eq!(taken_after(settle).await, 1, "a room of one, one message");
+    assert_eq!(
+        taken_after(settle).await,
+        1,
+        "its message handled, the room is still spent"
+    );
+    room.send_replace(2);
+    assert_eq!(taken_after(settle).await, 3, "a new room of two, two more");
+    drop(room);
+    assert_eq!(
+        taken_after(settle).await,
+        4,
+        "a room no one keeps limits nothing"
+    );
+    eventually("every message settled", || consumer_is_drained(&bus, &spec)).await;
+    shutdown.cancel();
+    consumer.await.unwrap().unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -853,8 +915,8 @@ async fn provisioning_twice_is_a_noop_and_conflicts_are_reported_not_recreated()
     let first = topology.provision(&bus).await.unwrap();
     assert_eq!(
         first.created().count(),
-        4 + 6 + 4,
-        "4 streams, 6 buckets, a consumer per role"
+        4 + 6 + 5,
+        "4 streams, 6 buckets, a consumer per role and the Conductor's for new plans"
     );
     let second = topology.provision(&bus).await.unwrap();
     assert!(second.is_noop(), "{second:?}");
@@ -920,6 +982,116 @@ async fn provisioning_twice_is_a_noop_and_conflicts_are_reported_not_recreated()
         error.to_string().contains("max_deliver is 5 (wanted 9)"),
         "{error}"
     );
+}
+
+fn assert_reads_no_new_plans(info: &async_nats::jetstream::consumer::Info) {
+    assert!(
+        !info
+            .config
+            .filter_subjects
+            .contains(&subjects::PLAN_PENDING.to_owned()),
+        "{:?}",
+        info.config.filter_subjects
+    );
+}
+
+/// A crew's bus with its consumers as a crew left them before new plans had a consumer of their
+/// own: the Conductor's reads them too, changed further by `change`.
+async fn crew_bus_from_before_new_plans_had_a_consumer(
+    server: &NatsServer,
+    change: impl FnOnce(&mut ConsumerSpec),
+) -> (Bus, async_nats::jetstream::stream::Stream<()>) {
+    let bus = crew_bus(server).await;
+    let conductor = consumers::for_role(protocol::AgentRole::Conductor);
+    let stream = bus
+        .jetstream()
+        .get_stream_no_info(streams::WORK)
+        .await
+        .unwrap();
+    stream.delete_consumer(consumers::NEW_PLANS).await.unwrap();
+    stream.delete_consumer(conductor).await.unwrap();
+    let mut older = Topology::crew(&ProvisionOptions::default())
+        .consumer(conductor)
+        .unwrap()
+        .clone();
+    older
+        .filter_subjects
+        .push(subjects::PLAN_PENDING.to_owned());
+    change(&mut older);
+    older.ensure(&bus).await.unwrap();
+    (bus, stream)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crew_whose_conductor_read_new_plans_itself_gets_them_moved_to_their_own_consumer() {
+    let server = NatsServer::start().unwrap();
+    let (bus, stream) = crew_bus_from_before_new_plans_had_a_consumer(&server, |_| {}).await;
+    let conductor = consumers::for_role(protocol::AgentRole::Conductor);
+    let (first, second) = (goal_number(1), goal_number(2));
+    let plan = |goal: &GoalStatement| PlanSpec {
+        plan_id: protocol::PlanId::for_goal(goal.id()),
+        ..examples::plan_spec()
+    };
+    bus.publish(subjects::PLAN_PENDING, &plan(&first))
+        .await
+        .unwrap();
+    let consumer: async_nats::jetstream::consumer::PullConsumer =
+        stream.get_consumer(conductor).await.unwrap();
+    let mut taken = consumer.fetch().max_messages(1).messages().await.unwrap();
+    let message = futures::StreamExt::next(&mut taken).await.unwrap().unwrap();
+    message.double_ack().await.unwrap();
+    bus.publish(subjects::PLAN_PENDING, &plan(&second))
+        .await
+        .unwrap();
+
+    let report = Topology::crew(&ProvisionOptions::default())
+        .provision(&bus)
+        .await
+        .unwrap();
+    assert!(
+        report
+            .created()
+            .any(|item| item.name.ends_with(consumers::NEW_PLANS)),
+        "{report:?}"
+    );
+    let new_plans = stream.consumer_info(consumers::NEW_PLANS).await.unwrap();
+    assert_eq!(
+        new_plans.num_pending, 1,
+        "only the plan the Conductor had not settled"
+    );
+    let old = stream.consumer_info(conductor).await.unwrap();
+    assert_reads_no_new_plans(&old);
+    assert_eq!(old.num_pending, 0);
+    let again = Topology::crew(&ProvisionOptions::default())
+        .provision(&bus)
+        .await
+        .unwrap();
+    assert!(again.is_noop(), "{again:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn moving_new_plans_over_changes_only_the_conductors_filter() {
+    let server = NatsServer::start().unwrap();
+    // An older crew's consumer, with a setting someone changed by hand as well.
+    let (bus, stream) = crew_bus_from_before_new_plans_had_a_consumer(&server, |older| {
+        older.max_deliver = 9;
+    })
+    .await;
+    let conductor = consumers::for_role(protocol::AgentRole::Conductor);
+
+    let error = Topology::crew(&ProvisionOptions::default())
+        .provision(&bus)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&error, ProvisionError::Conflict { name, .. } if name.ends_with(conductor)),
+        "{error}"
+    );
+    assert!(error.to_string().contains("max_deliver"), "{error}");
+    let old = stream.consumer_info(conductor).await.unwrap();
+    assert_eq!(old.config.max_deliver, 9, "left for a person to align");
+    assert_reads_no_new_plans(&old);
+    assert!(stream.consumer_info(consumers::NEW_PLANS).await.is_ok());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

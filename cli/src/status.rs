@@ -313,7 +313,7 @@ async fn read_backlogs(bus: &Bus) -> Result<Vec<Backlog>, CliError> {
     let durables = AgentRole::ALL
         .into_iter()
         .map(consumers::for_role)
-        .chain([consumers::REVIEWS]);
+        .chain([consumers::NEW_PLANS, consumers::REVIEWS]);
     for name in durables {
         let info = match stream.consumer_info(name).await {
             Ok(info) => info,

@@ -7,6 +7,7 @@ pub mod github;
 pub mod metrics;
 pub mod orchestrator;
 pub mod replay;
+pub mod room;
 pub mod slack;
 pub mod watch;
 
@@ -99,6 +100,13 @@ pub async fn run(
     ];
     tasks
         .extend(start_reviews(&agent, &conductor, options.slack, options.github, &shutdown).await?);
+    let (room, new_plan_room) = tokio::sync::watch::channel(room::STARTED_WORK_AT_MOST as usize);
+    tasks.push(tokio::spawn(room::keep_room(
+        agent.bus.clone(),
+        room,
+        conductor.metrics.new_plan_room(),
+        shutdown.clone(),
+    )));
     let handler = {
         let conductor = conductor.clone();
         move |message: ConductorMessage, delivery: Delivery| {
@@ -107,11 +115,31 @@ pub async fn run(
         }
     };
     // Plans at once; each plan's events one at a time, in the order they were published
-    // (ConductorMessage::order_key).
-    let outcome = agent
-        .consume(ConsumerSettings::default(), handler, shutdown.clone())
-        .await;
-    shutdown.cancel();
+    // (ConductorMessage::order_key). New plans come through a consumer of their own, taken
+    // while the crew's work on started plans leaves room (see `room`).
+    let started = agent.consume(
+        ConsumerSettings::default(),
+        handler.clone(),
+        shutdown.clone(),
+    );
+    let new_plans = agent.consume_from(
+        consumers::NEW_PLANS,
+        ConsumerSettings {
+            room: Some(new_plan_room),
+            ..ConsumerSettings::default()
+        },
+        handler,
+        shutdown.clone(),
+    );
+    // Either consumer stopping stops the Conductor.
+    let stop_all = |outcome| {
+        shutdown.cancel();
+        outcome
+    };
+    let (started, new_plans) = tokio::join!(async { stop_all(started.await) }, async {
+        stop_all(new_plans.await)
+    });
+    let outcome = started.and(new_plans);
     for task in tasks {
         if let Err(error) = task.await {
             tracing::error!(%error, "a Conductor task failed");

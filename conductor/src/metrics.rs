@@ -53,6 +53,7 @@ pub struct ConductorMetrics {
     plans: Family<StateLabel, Gauge>,
     oldest: Family<StateLabel, Gauge<f64, AtomicU64>>,
     decision_latency: LatencyFamily,
+    new_plan_room: Gauge,
 }
 
 /// One second to about a day: people decide in minutes or hours.
@@ -66,6 +67,7 @@ impl Default for ConductorMetrics {
             plans: Family::default(),
             oldest: Family::default(),
             decision_latency: Family::new_with_constructor(decision_buckets),
+            new_plan_room: Gauge::default(),
         };
         // Every series exists from the start, at zero, so dashboards show zeros, not gaps.
         metrics.census(&PlanCensus::default(), Utc::now());
@@ -122,6 +124,16 @@ impl ConductorMetrics {
             Unit::Seconds,
             self.decision_latency.clone(),
         );
+        registry.register(
+            "new_plan_room",
+            "New plans this Conductor may take now: the limit less the messages on started plans the crew has not settled (0 while it finishes what it started)",
+            self.new_plan_room.clone(),
+        );
+    }
+
+    /// The gauge the room for new plans is shown on (see `room`).
+    pub fn new_plan_room(&self) -> Gauge {
+        self.new_plan_room.clone()
     }
 
     /// Shows a finished census.

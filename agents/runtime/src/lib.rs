@@ -190,10 +190,12 @@ impl Agent {
             &identity.version,
             &stats,
         );
-        // The role's own consumer is a need from the start, so no heartbeat says "ready"
-        // before the work is bound.
+        // The role's consumers are needs from the start, so no heartbeat says "ready" before
+        // the work is bound.
         let readiness = Readiness::default();
-        readiness.fail(&consumer_check(consumers::for_role(role)), "not bound yet");
+        for durable in consumers::read_by(role) {
+            readiness.fail(&consumer_check(durable), "not bound yet");
+        }
         Ok(Agent {
             role,
             bus,

@@ -1,0 +1,200 @@
+//! How many new plans a Conductor may take: room while the work on plans already started is
+//! short.
+//!
+//! Behind, a Conductor that took every new plan as it came put it in the same queues as the
+//! messages that finish plans: each plan in hand made every other one wait longer, and hold its
+//! service's lock longer, so that plans behind it queued on the lock. With a room, new plans
+//! wait in the stream, where they cost nothing, while the crew finishes what it started.
+//!
+//! The work on started plans is read from the server: the messages pending or unacknowledged
+//! on the consumers that carry a started plan forward (`conductor`, `forge`, `sentinel`). Each
+//! started plan has about one such message at a time. Every replica reads the same figures,
+//! so replicas sharing those consumers agree on the room, whichever of them started a plan.
+
+use std::time::Duration;
+
+use futures::future::join_all;
+use infracrew_bus::{Bus, Shutdown, consumers, streams};
+use infracrew_protocol::AgentRole;
+use prometheus_client::metrics::gauge::Gauge;
+use tokio::sync::watch;
+
+/// Messages on started plans the crew may have waiting before a Conductor takes no new plans:
+/// about a second of the crew's work at full speed, so a crew that keeps up never waits.
+pub const STARTED_WORK_AT_MOST: u64 = 1024;
+
+/// How often the backlog is read. Each read sets a fresh room (`ConsumerSettings::room`), so
+/// replicas taking new plans at once overshoot the limit by at most one room each.
+const READ_EVERY: Duration = Duration::from_millis(100);
+
+/// How long one read of the backlog may take before it counts as failed.
+const READ_PATIENCE: Duration = Duration::from_secs(1);
+
+/// The consumers whose messages move a plan already started.
+const STARTED_WORK: [AgentRole; 3] = [AgentRole::Conductor, AgentRole::Forge, AgentRole::Sentinel];
+
+/// Keeps `room` set to the number of new plans that may be taken, until shutdown. When the
+/// backlog cannot be read, new plans are let in: a throttle that stopped the crew whenever
+/// the server was slow to answer would do more harm than a backlog.
+pub async fn keep_room(bus: Bus, room: watch::Sender<usize>, gauge: Gauge, shutdown: Shutdown) {
+    let mut ticker = tokio::time::interval(READ_EVERY);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        let backlog = match tokio::time::timeout(READ_PATIENCE, started_work(&bus)).await {
+            Ok(Ok(backlog)) => {
+                if std::mem::take(&mut failing) {
+                    tracing::info!(
+                        backlog,
+                        "the crew's backlog is read again; new plans wait for room"
+                    );
+                }
+                backlog
+            }
+            Ok(Err(error)) => {
+                if !std::mem::replace(&mut failing, true) {
+                    tracing::warn!(%error, "the crew's backlog cannot be read; new plans are taken as they come until it can");
+                }
+                0
+            }
+            Err(_) => {
+                if !std::mem::replace(&mut failing, true) {
+                    tracing::warn!(patience = ?READ_PATIENCE, "the crew's backlog was not read in time; new plans are taken as they come until it is");
+                }
+                0
+            }
+        };
+        let free = room_for(backlog);
+        gauge.set(i64::try_from(free).unwrap_or(i64::MAX));
+        if room.send(free).is_err() {
+            return;
+        }
+    }
+}
+
+/// The room the backlog leaves.
+fn room_for(backlog: u64) -> usize {
+    usize::try_from(STARTED_WORK_AT_MOST.saturating_sub(backlog)).unwrap_or(usize::MAX)
+}
+
+/// Messages on started plans that the crew's consumers have not settled.
+async fn started_work(bus: &Bus) -> Result<u64, async_nats::Error> {
+    let stream = bus.jetstream().get_stream_no_info(streams::WORK).await?;
+    let reads = STARTED_WORK
+        .into_iter()
+        .map(|role| stream.consumer_info(consumers::for_role(role)));
+    let mut backlog = 0;
+    for info in join_all(reads).await {
+        let info = info?;
+        backlog += info.num_pending + info.num_ack_pending as u64;
+    }
+    Ok(backlog)
+}
+
+#[cfg(test)]
+mod tests {
+    use infracrew_bus::{ConnectArgs, ProvisionOptions, Topology};
+    use infracrew_protocol::{examples, subjects};
+    use infracrew_testkit::NatsServer;
+
+    use super::*;
+
+    /// The room every replica reads: a backlog on Forge's consumer closes it, whoever started
+    /// the plans, and it opens again as the backlog goes.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_room_closes_while_the_crew_has_a_backlog_of_started_plans() {
+        let server = NatsServer::start().unwrap();
+        let bus = Bus::connect(&ConnectArgs::for_url(server.url()), "room-test")
+            .await
+            .unwrap();
+        Topology::crew(&ProvisionOptions::default())
+            .provision(&bus)
+            .await
+            .unwrap();
+        let (sender, mut room) = watch::channel(0);
+        let shutdown = Shutdown::new();
+        let keeper = tokio::spawn(keep_room(
+            bus.clone(),
+            sender,
+            Gauge::default(),
+            shutdown.clone(),
+        ));
+        room.changed().await.unwrap();
+        assert_eq!(*room.borrow_and_update(), 1024, "no backlog");
+
+        let plan = examples::plan_spec();
+        let routed = async |from: u64| {
+            for n in from..from + STARTED_WORK_AT_MOST {
+                bus.publish_with_id(subjects::PLAN_ROUTED, &plan, &format!("routed-{n}"))
+                    .await
+                    .unwrap();
+            }
+        };
+        let until = async |room: &mut watch::Receiver<usize>, open: bool, what: &str| {
+            let seen = async {
+                while (*room.borrow_and_update() > 0) != open {
+                    room.changed().await.unwrap();
+                }
+            };
+            tokio::time::timeout(Duration::from_secs(10), seen)
+                .await
+                .unwrap_or_else(|_| panic!("{what}"));
+        };
+        routed(0).await;
+        // New plans waiting are not work on started plans.
+        bus.publish(subjects::PLAN_PENDING, &plan).await.unwrap();
+        until(
+            &mut room,
+            false,
+            "a backlog on Forge's consumer closes the room",
+        )
+        .await;
+
+        let stream = bus
+            .jetstream()
+            .get_stream_no_info(streams::WORK)
+            .await
+            .unwrap();
+        let forge: async_nats::jetstream::consumer::PullConsumer = stream
+            .get_consumer(consumers::for_role(AgentRole::Forge))
+            .await
+            .unwrap();
+        let mut batch = forge
+            .fetch()
+            .max_messages(STARTED_WORK_AT_MOST as usize)
+            .messages()
+            .await
+            .unwrap();
+        while let Some(message) = futures::StreamExt::next(&mut batch).await {
+            message.unwrap().double_ack().await.unwrap();
+        }
+        until(&mut room, true, "the backlog settled opens the room").await;
+
+        routed(STARTED_WORK_AT_MOST).await;
+        until(&mut room, false, "a new backlog closes it again").await;
+        stream
+            .delete_consumer(consumers::for_role(AgentRole::Forge))
+            .await
+            .unwrap();
+        until(
+            &mut room,
+            true,
+            "a backlog that cannot be read lets new plans in",
+        )
+        .await;
+        shutdown.cancel();
+        keeper.await.unwrap();
+    }
+
+    #[test]
+    fn the_room_is_what_the_backlog_leaves_of_the_limit() {
+        assert_eq!(room_for(0), 1024);
+        assert_eq!(room_for(1000), 24);
+        assert_eq!(room_for(1024), 0);
+        assert_eq!(room_for(50_000), 0);
+    }
+}
