@@ -584,12 +584,7 @@ async fn a_new_plan_found_already_recorded_has_the_records_moves_published() {
     record
         .move_to(PlanState::Planned, "atlas", "planned", chrono::Utc::now())
         .unwrap();
-    record.group_new_moves(0);
-    plans
-        .create(&plan.plan_id.to_string(), &record)
-        .await
-        .unwrap();
-    bus.publish(subjects::PLAN_PENDING, &plan).await.unwrap();
+    record_and_send_again(&bus, record).await;
     // The whole crew builds the routed plan, so the sweeper, which publishes the moves of a
     // routed plan left unbuilt, does not cover for the Conductor.
     let agents = start_crew(&server);
@@ -619,6 +614,42 @@ async fn a_new_plan_found_already_recorded_has_the_records_moves_published() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_of_a_finished_plan_leaves_its_targets_lock_free() {
+    // What new plans moving to their own consumer reads again (those the Conductor's consumer
+    // settled past its ack floor), or a PlanSpec sent again after the duplicate window.
+    let server = NatsServer::start().unwrap();
+    let bus = crew_bus(&server).await;
+    let locks = bus.kv::<LockRecord>(buckets::LOCKS).await.unwrap();
+    let plan = examples::plan_spec();
+    let mut record = PlanRecord::new(plan.clone(), PlanState::Planned);
+    record.state = PlanState::Applied;
+    record_and_send_again(&bus, record).await;
+    let conductor = AgentProcess::start("conductor", &server, &[]);
+
+    wait_until_drained(&bus, consumers::NEW_PLANS).await;
+    let lock = infracrew_protocol::lock_key(&plan.environment, &plan.service);
+    assert!(
+        locks.get(&lock).await.unwrap().is_none(),
+        "{lock} held by a finished plan\n{}",
+        infracrew_e2e::logs_of([&conductor])
+    );
+}
+
+/// Records `record` and publishes its PlanSpec again, as a copy of a plan the Conductor has.
+async fn record_and_send_again(bus: &infracrew_bus::Bus, mut record: PlanRecord) {
+    record.group_new_moves(0);
+    bus.kv::<PlanRecord>(buckets::PLANS)
+        .await
+        .unwrap()
+        .create(&record.plan.plan_id.to_string(), &record)
+        .await
+        .unwrap();
+    bus.publish(subjects::PLAN_PENDING, &record.plan)
+        .await
+        .unwrap();
 }
 
 /// The demo configuration with a short approval window and dev auto-approving.

@@ -565,10 +565,14 @@ async fn wait_for_room(
     shutdown: &Shutdown,
 ) -> Option<usize> {
     loop {
-        if room.has_changed().unwrap_or(false) {
-            *taken = 0;
-        }
-        let free = room.borrow_and_update().saturating_sub(*taken);
+        let free = {
+            let set = room.borrow_and_update();
+            // Read with the value, so a value set in between is never taken as seen before.
+            if set.has_changed() {
+                *taken = 0;
+            }
+            set.saturating_sub(*taken)
+        };
         if free > 0 {
             return Some(free);
         }

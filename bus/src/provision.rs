@@ -41,8 +41,8 @@ pub mod consumers {
     }
 
     /// The Conductor's new plans (`crew.plan.pending`), apart from the work that moves plans
-    /// already started, so that work goes first: the Conductor takes new plans while that
-    /// consumer has room.
+    /// already started, so that work goes first: the Conductor takes new plans while the
+    /// crew's backlog of that work leaves room.
     pub const NEW_PLANS: &str = "conductor-new-plans";
 
     /// The consumers provisioned with the topology that `role` reads.
@@ -306,8 +306,29 @@ impl Topology {
     }
 
     /// Creates what is missing and checks that what exists has these settings; on-demand
-    /// consumers are left to the agents that read them.
+    /// consumers are left to the agents that read them. On a store from before new plans had a
+    /// consumer of their own, moves them over (see `provision_as`).
     pub async fn provision(&self, bus: &Bus) -> Result<ProvisionReport, ProvisionError> {
+        self.provision_for(bus, None).await
+    }
+
+    /// Provisions as an agent of `role` does at its start. On a store from before new plans had
+    /// a consumer of their own, only a Conductor moves them over: an older Conductor still
+    /// running keeps reading them until one of this version starts, and agents of the other
+    /// roles leave the Conductor's consumers as they are.
+    pub async fn provision_as(
+        &self,
+        bus: &Bus,
+        role: AgentRole,
+    ) -> Result<ProvisionReport, ProvisionError> {
+        self.provision_for(bus, Some(role)).await
+    }
+
+    async fn provision_for(
+        &self,
+        bus: &Bus,
+        role: Option<AgentRole>,
+    ) -> Result<ProvisionReport, ProvisionError> {
         let js = bus.jetstream();
         let mut report = ProvisionReport::default();
         for config in &self.streams {
@@ -316,90 +337,156 @@ impl Topology {
         for config in &self.buckets {
             report.items.push(ensure_bucket(js, config).await?);
         }
+        let mut left_to_a_conductor: Vec<&str> = Vec::new();
         if let (Some(conductor), Some(new_plans)) = (
             self.consumer(consumers::for_role(AgentRole::Conductor)),
             self.consumer(consumers::NEW_PLANS),
-        ) {
-            report
-                .items
-                .extend(split_new_plans(js, conductor, new_plans).await?);
-        }
-        for spec in self
-            .consumers
-            .iter()
-            .filter(|spec| spec.creation == Creation::WithTopology)
+        ) && let Some(older) = OlderConductor::find(js, conductor, new_plans).await?
         {
+            if role.is_none_or(|role| role == AgentRole::Conductor) {
+                report.items.extend(older.split(new_plans).await?);
+            } else {
+                tracing::info!(consumer = %conductor.name(), "the Conductor's consumer still reads new plans; a Conductor of this version moves them to their own consumer");
+                left_to_a_conductor = vec![&conductor.durable, &new_plans.durable];
+            }
+        }
+        for spec in self.consumers.iter().filter(|spec| {
+            spec.creation == Creation::WithTopology
+                && !left_to_a_conductor.contains(&spec.durable.as_str())
+        }) {
             report.items.push(ensure_consumer(js, spec).await?);
         }
         Ok(report)
     }
 }
 
-/// A crew provisioned before new plans had a consumer of their own read them through the
-/// Conductor's. The new consumer starts after that one's ack floor, and that one then stops
-/// reading them: no plan is skipped, and those it had in hand, or settled out of order past
-/// its floor, are read again, which the Conductor takes as the copies they are. Run again
-/// after a crash in between, it finishes the change.
-async fn split_new_plans(
-    js: &jetstream::Context,
-    conductor: &ConsumerSpec,
-    new_plans: &ConsumerSpec,
-) -> Result<Option<Provisioned>, ProvisionError> {
-    let name = conductor.name();
-    let stream = js
-        .get_stream_no_info(&conductor.stream)
-        .await
-        .map_err(|error| request_error("read", "consumer", &name, error))?;
-    let found = match stream.consumer_info(&conductor.durable).await {
-        Ok(info) => info,
-        Err(error) if matches!(error.kind(), ConsumerInfoErrorKind::NotFound) => return Ok(None),
-        Err(error) => return Err(request_error("read", "consumer", &name, error)),
-    };
-    let filters: Vec<String> = found
-        .config
-        .filter_subjects
-        .iter()
-        .chain(Some(&found.config.filter_subject).filter(|subject| !subject.is_empty()))
-        .cloned()
-        .collect();
-    let (moved, kept): (Vec<String>, Vec<String>) = filters
-        .into_iter()
-        .partition(|subject| new_plans.filter_subjects.contains(subject));
-    // Nothing to move, or nothing left to read: either way not this change, and provisioning
-    // reports what differs.
-    if moved.is_empty() || kept.is_empty() {
-        return Ok(None);
-    }
-    let split = !new_plans.exists_on(&stream).await?;
-    if split {
-        let config = pull::Config {
-            deliver_policy: DeliverPolicy::ByStartSequence {
-                start_sequence: found.ack_floor.stream_sequence + 1,
-            },
-            ..new_plans.config()
-        };
-        stream
-            .create_consumer(config)
+/// The Conductor's consumer as a crew left it before new plans had a consumer of their own:
+/// it reads them too.
+struct OlderConductor {
+    stream: jetstream::stream::Stream<()>,
+    name: String,
+    found: jetstream::consumer::Info,
+    /// Its filters without new plans'.
+    kept: Vec<String>,
+}
+
+impl OlderConductor {
+    /// The Conductor's consumer, when it still reads new plans (and something else).
+    async fn find(
+        js: &jetstream::Context,
+        conductor: &ConsumerSpec,
+        new_plans: &ConsumerSpec,
+    ) -> Result<Option<Self>, ProvisionError> {
+        let name = conductor.name();
+        let stream = js
+            .get_stream_no_info(&conductor.stream)
             .await
-            .map_err(|error| request_error("create", "consumer", &new_plans.name(), error))?;
+            .map_err(|error| request_error("read", "consumer", &name, error))?;
+        let found = match stream.consumer_info(&conductor.durable).await {
+            Ok(info) => info,
+            Err(error) if matches!(error.kind(), ConsumerInfoErrorKind::NotFound) => {
+                return Ok(None);
+            }
+            Err(error) => return Err(request_error("read", "consumer", &name, error)),
+        };
+        let filters = found
+            .config
+            .filter_subjects
+            .iter()
+            .chain(Some(&found.config.filter_subject).filter(|subject| !subject.is_empty()));
+        let (moved, kept): (Vec<String>, Vec<String>) = filters
+            .cloned()
+            .partition(|subject| new_plans.filter_subjects.contains(subject));
+        // Nothing to move, or nothing left to read: either way not this change, and
+        // provisioning reports what differs.
+        if moved.is_empty() || kept.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(OlderConductor {
+            stream,
+            name,
+            found,
+            kept,
+        }))
     }
-    // Only the filter changes: any other setting that differs stays as it was, for
-    // provisioning to report.
-    let narrowed = jetstream::consumer::Config {
-        filter_subject: String::new(),
-        filter_subjects: kept,
-        ..found.config
-    };
-    stream
-        .update_consumer(narrowed)
-        .await
-        .map_err(|error| request_error("update", "consumer", &name, error))?;
-    tracing::info!(from = %name, to = %new_plans.durable, "new plans moved to a consumer of their own");
-    Ok(Some(Provisioned {
-        kind: "consumer",
-        name: new_plans.name(),
-        created: split,
-    }))
+
+    /// Moves new plans to `new_plans`: that consumer starts after this one's ack floor, and
+    /// this one then stops reading them. No plan is skipped; those this one had in hand, or
+    /// settled out of order past its floor, are read again, which the Conductor takes as the
+    /// copies they are. Run again after a crash in between, it finishes the change; a
+    /// `new_plans` consumer with other settings stops it before the Conductor's is changed.
+    async fn split(self, new_plans: &ConsumerSpec) -> Result<Vec<Provisioned>, ProvisionError> {
+        let created = match self.stream.consumer_info(&new_plans.durable).await {
+            Ok(info) => {
+                check_new_plans(new_plans, &info)?;
+                false
+            }
+            Err(error) if matches!(error.kind(), ConsumerInfoErrorKind::NotFound) => {
+                let config = pull::Config {
+                    deliver_policy: DeliverPolicy::ByStartSequence {
+                        start_sequence: self.found.ack_floor.stream_sequence + 1,
+                    },
+                    ..new_plans.config()
+                };
+                // Strict: an agent moving them at the same moment may have made it first, from
+                // an ack floor read a moment apart, and its start stands.
+                match self.stream.create_consumer_strict(config).await {
+                    Ok(_) => true,
+                    Err(error) => {
+                        let info = self
+                            .stream
+                            .consumer_info(&new_plans.durable)
+                            .await
+                            .map_err(|_| {
+                                request_error("create", "consumer", &new_plans.name(), &error)
+                            })?;
+                        check_new_plans(new_plans, &info)?;
+                        false
+                    }
+                }
+            }
+            Err(error) => {
+                return Err(request_error("read", "consumer", &new_plans.name(), error));
+            }
+        };
+        // Only the filter changes: any other setting that differs stays as it was, for
+        // provisioning to report.
+        let narrowed = jetstream::consumer::Config {
+            filter_subject: String::new(),
+            filter_subjects: self.kept,
+            ..self.found.config
+        };
+        self.stream
+            .update_consumer(narrowed)
+            .await
+            .map_err(|error| request_error("update", "consumer", &self.name, error))?;
+        tracing::info!(from = %self.name, to = %new_plans.durable, "new plans moved to a consumer of their own");
+        Ok(vec![
+            Provisioned {
+                kind: "consumer",
+                name: new_plans.name(),
+                created,
+                changed: false,
+            },
+            Provisioned {
+                kind: "consumer",
+                name: self.name,
+                created: false,
+                changed: true,
+            },
+        ])
+    }
+}
+
+fn check_new_plans(
+    new_plans: &ConsumerSpec,
+    found: &jetstream::consumer::Info,
+) -> Result<(), ProvisionError> {
+    check(
+        consumer_differences(&new_plans.config(), &found.config),
+        "consumer",
+        &new_plans.name(),
+    )
 }
 
 /// The subject of the server's advisory that `durable` on `stream` gave up on a message.
@@ -407,7 +494,7 @@ pub fn max_deliveries_subject(stream: &str, durable: &str) -> String {
     format!("$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{stream}.{durable}")
 }
 
-/// The subjects each role reads.
+/// The subjects each role reads through its own consumer.
 pub fn role_subjects(role: AgentRole) -> &'static [&'static str] {
     match role {
         AgentRole::Atlas => &[subjects::GOAL_SUBMITTED],
@@ -431,11 +518,18 @@ pub struct ProvisionReport {
 impl ProvisionReport {
     /// True when everything already existed as wanted.
     pub fn is_noop(&self) -> bool {
-        self.items.iter().all(|item| !item.created)
+        self.changes().next().is_none()
     }
 
     pub fn created(&self) -> impl Iterator<Item = &Provisioned> {
         self.items.iter().filter(|item| item.created)
+    }
+
+    /// What was created or changed.
+    pub fn changes(&self) -> impl Iterator<Item = &Provisioned> {
+        self.items
+            .iter()
+            .filter(|item| item.created || item.changed)
     }
 }
 
@@ -445,13 +539,20 @@ pub struct Provisioned {
     /// `stream`, `consumer` or `bucket`.
     pub kind: &'static str,
     pub name: String,
-    /// False when it existed already with the wanted settings.
+    /// False when it existed already.
     pub created: bool,
+    /// True when an existing one was changed: the Conductor's consumer, when new plans moved
+    /// to their own.
+    pub changed: bool,
 }
 
 impl fmt::Display for Provisioned {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let state = if self.created { "created" } else { "present" };
+        let state = match (self.created, self.changed) {
+            (true, _) => "created",
+            (false, true) => "changed",
+            (false, false) => "present",
+        };
         write!(f, "{} {} {state}", self.kind, self.name)
     }
 }
@@ -561,6 +662,7 @@ async fn ensure_stream(
         kind: "stream",
         name: name.clone(),
         created,
+        changed: false,
     })
 }
 
@@ -642,6 +744,7 @@ async fn ensure_bucket(
         kind: "bucket",
         name: name.clone(),
         created,
+        changed: false,
     })
 }
 
@@ -699,6 +802,7 @@ async fn ensure_consumer(
         kind: "consumer",
         name,
         created,
+        changed: false,
     })
 }
 
@@ -728,10 +832,9 @@ fn consumer_differences(
         &wanted.max_ack_pending,
         &found.max_ack_pending,
     );
-    // New plans' consumer split off the Conductor's (`split_new_plans`) starts where that one
+    // New plans' consumer split off the Conductor's (`OlderConductor::split`) starts where that one
     // had got to, which is all of the stream this consumer has not read: what `All` asks for.
     let split_off = wanted.durable_name.as_deref() == Some(consumers::NEW_PLANS)
-        && wanted.deliver_policy == DeliverPolicy::All
         && matches!(found.deliver_policy, DeliverPolicy::ByStartSequence { .. });
     if !split_off {
         differences.check(

@@ -350,6 +350,25 @@ async fn messages_with_one_order_key_are_handled_in_order_and_other_keys_at_once
     assert!(consumer_is_drained(&bus, &spec).await);
 }
 
+/// Runs `spec` with `handler` on a task of its own, taking messages as `room` lets it.
+fn consume_with_room(
+    bus: &Bus,
+    spec: &ConsumerSpec,
+    room: tokio::sync::watch::Receiver<usize>,
+    handler: impl infracrew_bus::Handler<GoalStatement>,
+    shutdown: &Shutdown,
+) -> tokio::task::JoinHandle<Result<(), infracrew_bus::ConsumeError>> {
+    let settings = ConsumerSettings {
+        room: Some(room),
+        ..quick_settings()
+    };
+    let (bus, spec, shutdown) = (bus.clone(), spec.clone(), shutdown.clone());
+    tokio::spawn(async move {
+        bus.consume(&spec, settings, Arc::default(), handler, shutdown)
+            .await
+    })
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_consumer_takes_no_more_messages_than_each_room_its_owner_sets() {
     let server = NatsServer::start().unwrap();
@@ -372,18 +391,8 @@ async fn a_consumer_takes_no_more_messages_than_each_room_its_owner_sets() {
             }
         }
     };
-    let settings = ConsumerSettings {
-        room: Some(watched),
-        ..quick_settings()
-    };
     let shutdown = Shutdown::new();
-    let consumer = tokio::spawn({
-        let (bus, spec, shutdown) = (bus.clone(), spec.clone(), shutdown.clone());
-        async move {
-            bus.consume(&spec, settings, Arc::default(), handler, shutdown)
-                .await
-        }
-    });
+    let consumer = consume_with_room(&bus, &spec, watched, handler, &shutdown);
     let taken_after = async |pause: Duration| {
         tokio::time::sleep(pause).await;
         taken.load(Ordering::SeqCst)
@@ -409,6 +418,36 @@ async fn a_consumer_takes_no_more_messages_than_each_room_its_owner_sets() {
     eventually("every message settled", || consumer_is_drained(&bus, &spec)).await;
     shutdown.cancel();
     consumer.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_waiting_for_room_stops_at_shutdown() {
+    let server = NatsServer::start().unwrap();
+    let bus = crew_bus(&server).await;
+    let spec = test_consumer(&bus, "no-room-test", subjects::GOAL_SUBMITTED, 5, PATIENCE).await;
+    bus.publish(subjects::GOAL_SUBMITTED, &goal_number(1))
+        .await
+        .unwrap();
+    let (_room, watched) = tokio::sync::watch::channel(0usize);
+    let handler = |_goal: GoalStatement, _delivery: Delivery| async { Ok(()) };
+    let shutdown = Shutdown::new();
+    let consumer = consume_with_room(&bus, &spec, watched, handler, &shutdown);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(2), consumer)
+        .await
+        .expect("stopped at once")
+        .unwrap()
+        .unwrap();
+    let info = bus
+        .jetstream()
+        .get_stream_no_info(streams::WORK)
+        .await
+        .unwrap()
+        .consumer_info(&spec.durable)
+        .await
+        .unwrap();
+    assert_eq!(info.num_pending, 1, "the message waits for the next start");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1067,6 +1106,77 @@ async fn a_crew_whose_conductor_read_new_plans_itself_gets_them_moved_to_their_o
         .await
         .unwrap();
     assert!(again.is_noop(), "{again:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_an_older_store_only_a_conductor_moves_new_plans_and_the_others_start_meanwhile() {
+    let server = NatsServer::start().unwrap();
+    let (bus, stream) = crew_bus_from_before_new_plans_had_a_consumer(&server, |_| {}).await;
+    let conductor = consumers::for_role(protocol::AgentRole::Conductor);
+    let topology = Topology::crew(&ProvisionOptions::default());
+
+    let as_forge = topology
+        .provision_as(&bus, protocol::AgentRole::Forge)
+        .await
+        .unwrap();
+    assert!(as_forge.is_noop(), "{as_forge:?}");
+    let old = stream.consumer_info(conductor).await.unwrap();
+    assert!(
+        old.config
+            .filter_subjects
+            .contains(&subjects::PLAN_PENDING.to_owned()),
+        "an older Conductor still running keeps its new plans"
+    );
+    assert!(stream.consumer_info(consumers::NEW_PLANS).await.is_err());
+
+    let as_conductor = topology
+        .provision_as(&bus, protocol::AgentRole::Conductor)
+        .await
+        .unwrap();
+    let changes: Vec<String> = as_conductor.changes().map(ToString::to_string).collect();
+    assert_eq!(
+        changes,
+        [
+            format!(
+                "consumer {}/{} created",
+                streams::WORK,
+                consumers::NEW_PLANS
+            ),
+            format!("consumer {}/{conductor} changed", streams::WORK),
+        ]
+    );
+    assert_reads_no_new_plans(&stream.consumer_info(conductor).await.unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_plans_consumer_with_other_settings_stops_the_move_before_the_conductors_changes() {
+    let server = NatsServer::start().unwrap();
+    let (bus, stream) = crew_bus_from_before_new_plans_had_a_consumer(&server, |_| {}).await;
+    let mut other = Topology::crew(&ProvisionOptions::default())
+        .consumer(consumers::NEW_PLANS)
+        .unwrap()
+        .clone();
+    other.max_ack_pending = 7;
+    other.ensure(&bus).await.unwrap();
+
+    let error = Topology::crew(&ProvisionOptions::default())
+        .provision(&bus)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&error, ProvisionError::Conflict { name, .. } if name.ends_with(consumers::NEW_PLANS)),
+        "{error}"
+    );
+    let old = stream
+        .consumer_info(consumers::for_role(protocol::AgentRole::Conductor))
+        .await
+        .unwrap();
+    assert!(
+        old.config
+            .filter_subjects
+            .contains(&subjects::PLAN_PENDING.to_owned()),
+        "the Conductor's consumer still reads new plans, so none is lost"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

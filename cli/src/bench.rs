@@ -383,7 +383,7 @@ async fn run_plans(bus: &Bus, options: &BenchOptions) -> Result<Run, CliError> {
                             stage.finished = true;
                             finished += 1;
                             if moved.to != PlanState::Applied {
-                                other_ends.push((moved.to, moved.why.clone().into_owned()));
+                                other_ends.push((moved.to, moved.why.to_string()));
                             }
                         }
                     }

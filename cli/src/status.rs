@@ -317,9 +317,10 @@ async fn read_backlogs(bus: &Bus) -> Result<Vec<Backlog>, CliError> {
     for name in durables {
         let info = match stream.consumer_info(name).await {
             Ok(info) => info,
-            // Created only by a Conductor with a review channel.
+            // Reviews' is created only by a Conductor with a review channel, new plans' by a
+            // Conductor of this version on a store from before it.
             Err(error)
-                if name == consumers::REVIEWS
+                if [consumers::REVIEWS, consumers::NEW_PLANS].contains(&name)
                     && matches!(error.kind(), ConsumerInfoErrorKind::NotFound) =>
             {
                 continue;

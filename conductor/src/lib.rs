@@ -100,7 +100,8 @@ pub async fn run(
     ];
     tasks
         .extend(start_reviews(&agent, &conductor, options.slack, options.github, &shutdown).await?);
-    let (room, new_plan_room) = tokio::sync::watch::channel(room::STARTED_WORK_AT_MOST as usize);
+    // No new plan before the backlog is first read (at once).
+    let (room, new_plan_room) = tokio::sync::watch::channel(0);
     tasks.push(tokio::spawn(room::keep_room(
         agent.bus.clone(),
         room,
@@ -139,6 +140,9 @@ pub async fn run(
     let (started, new_plans) = tokio::join!(async { stop_all(started.await) }, async {
         stop_all(new_plans.await)
     });
+    if let (Err(_), Err(error)) = (&started, &new_plans) {
+        tracing::error!(%error, "new plans' consumer stopped too");
+    }
     let outcome = started.and(new_plans);
     for task in tasks {
         if let Err(error) = task.await {

@@ -126,7 +126,7 @@ impl ConductorMetrics {
         );
         registry.register(
             "new_plan_room",
-            "New plans this Conductor may take now: the limit less the messages on started plans the crew has not settled (0 while it finishes what it started)",
+            "The room for new plans at the last read: 1024 less the messages on started plans the crew has not settled (0 while it finishes what it started)",
             self.new_plan_room.clone(),
         );
     }

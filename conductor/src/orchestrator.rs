@@ -356,6 +356,12 @@ impl Conductor {
                 let existing = self.plans.get(&plan_id.to_string()).await;
                 if let Some(existing) = existing.map_err(retry)? {
                     self.publish_moves(&existing.value, 0).await?;
+                    // A copy of a finished plan (read again when new plans moved to their own
+                    // consumer, or sent again after the duplicate window) took its target's
+                    // lock above, which no move of the plan would let go.
+                    if existing.value.state.is_terminal() {
+                        self.release(&existing.value).await?;
+                    }
                 }
                 return self.try_start(plan_id).await;
             }

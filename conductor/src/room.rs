@@ -7,11 +7,12 @@
 //! wait in the stream, where they cost nothing, while the crew finishes what it started.
 //!
 //! The work on started plans is read from the server: the messages pending or unacknowledged
-//! on the consumers that carry a started plan forward (`conductor`, `forge`, `sentinel`). Each
-//! started plan has about one such message at a time. Every replica reads the same figures,
-//! so replicas sharing those consumers agree on the room, whichever of them started a plan.
+//! on the consumers that carry a started plan forward (`conductor`, `forge`, `sentinel`), and
+//! the new plans taken but not yet settled. Each started plan has about one such message at a
+//! time. Every replica reads the same figures, so replicas sharing those consumers agree on the
+//! room, whichever of them started a plan.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::future::join_all;
 use infracrew_bus::{Bus, Shutdown, consumers, streams};
@@ -24,30 +25,39 @@ use tokio::sync::watch;
 pub const STARTED_WORK_AT_MOST: u64 = 1024;
 
 /// How often the backlog is read. Each read sets a fresh room (`ConsumerSettings::room`), so
-/// replicas taking new plans at once overshoot the limit by at most one room each.
+/// replicas taking new plans at once may each take the room they read.
 const READ_EVERY: Duration = Duration::from_millis(100);
 
 /// How long one read of the backlog may take before it counts as failed.
 const READ_PATIENCE: Duration = Duration::from_secs(1);
 
+/// How long reads may fail before new plans are let in regardless. Until then the room last
+/// read stands: a server too busy to answer in time is no reason to give it more work.
+const OPEN_AFTER: Duration = Duration::from_secs(5);
+
 /// The consumers whose messages move a plan already started.
 const STARTED_WORK: [AgentRole; 3] = [AgentRole::Conductor, AgentRole::Forge, AgentRole::Sentinel];
 
 /// Keeps `room` set to the number of new plans that may be taken, until shutdown. When the
-/// backlog cannot be read, new plans are let in: a throttle that stopped the crew whenever
-/// the server was slow to answer would do more harm than a backlog.
+/// backlog cannot be read for a while, new plans are let in: a throttle that stopped the crew
+/// whenever the server could not answer would do more harm than a backlog.
 pub async fn keep_room(bus: Bus, room: watch::Sender<usize>, gauge: Gauge, shutdown: Shutdown) {
     let mut ticker = tokio::time::interval(READ_EVERY);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut failing = false;
+    let mut failing_since: Option<Instant> = None;
+    let mut letting_in = false;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = ticker.tick() => {}
         }
-        let backlog = match tokio::time::timeout(READ_PATIENCE, started_work(&bus)).await {
-            Ok(Ok(backlog)) => {
-                if std::mem::take(&mut failing) {
+        let read = tokio::time::timeout(READ_PATIENCE, started_work(&bus))
+            .await
+            .unwrap_or_else(|_| Err(format!("no answer within {READ_PATIENCE:?}")));
+        let backlog = match read {
+            Ok(backlog) => {
+                failing_since = None;
+                if std::mem::take(&mut letting_in) {
                     tracing::info!(
                         backlog,
                         "the crew's backlog is read again; new plans wait for room"
@@ -55,15 +65,13 @@ pub async fn keep_room(bus: Bus, room: watch::Sender<usize>, gauge: Gauge, shutd
                 }
                 backlog
             }
-            Ok(Err(error)) => {
-                if !std::mem::replace(&mut failing, true) {
-                    tracing::warn!(%error, "the crew's backlog cannot be read; new plans are taken as they come until it can");
+            Err(error) => {
+                let since = *failing_since.get_or_insert_with(Instant::now);
+                if since.elapsed() < OPEN_AFTER {
+                    continue;
                 }
-                0
-            }
-            Err(_) => {
-                if !std::mem::replace(&mut failing, true) {
-                    tracing::warn!(patience = ?READ_PATIENCE, "the crew's backlog was not read in time; new plans are taken as they come until it is");
+                if !std::mem::replace(&mut letting_in, true) {
+                    tracing::warn!(%error, failing_for = ?since.elapsed(), "the crew's backlog cannot be read; new plans are let in, up to a room's worth per read, until it can");
                 }
                 0
             }
@@ -81,16 +89,27 @@ fn room_for(backlog: u64) -> usize {
     usize::try_from(STARTED_WORK_AT_MOST.saturating_sub(backlog)).unwrap_or(usize::MAX)
 }
 
-/// Messages on started plans that the crew's consumers have not settled.
-async fn started_work(bus: &Bus) -> Result<u64, async_nats::Error> {
-    let stream = bus.jetstream().get_stream_no_info(streams::WORK).await?;
+/// Messages on started plans that the crew's consumers have not settled, and new plans taken
+/// but not settled.
+async fn started_work(bus: &Bus) -> Result<u64, String> {
+    let stream = bus
+        .jetstream()
+        .get_stream_no_info(streams::WORK)
+        .await
+        .map_err(|error| error.to_string())?;
     let reads = STARTED_WORK
         .into_iter()
-        .map(|role| stream.consumer_info(consumers::for_role(role)));
+        .map(consumers::for_role)
+        .chain([consumers::NEW_PLANS])
+        .map(|durable| stream.consumer_info(durable));
     let mut backlog = 0;
     for info in join_all(reads).await {
-        let info = info?;
-        backlog += info.num_pending + info.num_ack_pending as u64;
+        let info = info.map_err(|error| error.to_string())?;
+        // New plans waiting to be taken are what the room holds back.
+        if info.config.durable_name.as_deref() != Some(consumers::NEW_PLANS) {
+            backlog += info.num_pending;
+        }
+        backlog += info.num_ack_pending as u64;
     }
     Ok(backlog)
 }
@@ -127,29 +146,36 @@ mod tests {
         assert_eq!(*room.borrow_and_update(), 1024, "no backlog");
 
         let plan = examples::plan_spec();
-        let routed = async |from: u64| {
-            for n in from..from + STARTED_WORK_AT_MOST {
+        let routed = async |from: u64, count: u64| {
+            for n in from..from + count {
                 bus.publish_with_id(subjects::PLAN_ROUTED, &plan, &format!("routed-{n}"))
                     .await
                     .unwrap();
             }
         };
-        let until = async |room: &mut watch::Receiver<usize>, open: bool, what: &str| {
+        let until = async |room: &mut watch::Receiver<usize>, wanted: fn(usize) -> bool, what| {
             let seen = async {
-                while (*room.borrow_and_update() > 0) != open {
+                while !wanted(*room.borrow_and_update()) {
                     room.changed().await.unwrap();
                 }
             };
-            tokio::time::timeout(Duration::from_secs(10), seen)
+            tokio::time::timeout(Duration::from_secs(15), seen)
                 .await
                 .unwrap_or_else(|_| panic!("{what}"));
         };
-        routed(0).await;
-        // New plans waiting are not work on started plans.
+        // New plans waiting to be taken are not work on started plans.
         bus.publish(subjects::PLAN_PENDING, &plan).await.unwrap();
+        routed(0, STARTED_WORK_AT_MOST - 1).await;
         until(
             &mut room,
-            false,
+            |free| free == 1,
+            "one short of the limit, room for one",
+        )
+        .await;
+        routed(STARTED_WORK_AT_MOST - 1, 1).await;
+        until(
+            &mut room,
+            |free| free == 0,
             "a backlog on Forge's consumer closes the room",
         )
         .await;
@@ -172,20 +198,31 @@ mod tests {
         while let Some(message) = futures::StreamExt::next(&mut batch).await {
             message.unwrap().double_ack().await.unwrap();
         }
-        until(&mut room, true, "the backlog settled opens the room").await;
+        until(
+            &mut room,
+            |free| free > 0,
+            "the backlog settled opens the room",
+        )
+        .await;
 
-        routed(STARTED_WORK_AT_MOST).await;
-        until(&mut room, false, "a new backlog closes it again").await;
+        routed(STARTED_WORK_AT_MOST, STARTED_WORK_AT_MOST).await;
+        until(&mut room, |free| free == 0, "a new backlog closes it again").await;
         stream
             .delete_consumer(consumers::for_role(AgentRole::Forge))
             .await
             .unwrap();
+        let failing_from = Instant::now();
         until(
             &mut room,
-            true,
+            |free| free > 0,
             "a backlog that cannot be read lets new plans in",
         )
         .await;
+        assert!(
+            failing_from.elapsed() >= OPEN_AFTER - READ_EVERY,
+            "the room last read stood for a while first: {:?}",
+            failing_from.elapsed()
+        );
         shutdown.cancel();
         keeper.await.unwrap();
     }

@@ -165,8 +165,8 @@ impl Agent {
             ..ProvisionOptions::default()
         };
         let topology = Topology::crew(&options);
-        let report = topology.provision(&bus).await?;
-        for item in report.created() {
+        let report = topology.provision_as(&bus, role).await?;
+        for item in report.changes() {
             tracing::info!(%item, "provisioned");
         }
         let identity = Identity {
