@@ -10,6 +10,12 @@ use infracrew_conductor::{
 };
 use infracrew_protocol::{AgentRole, signing::Signer};
 
+// jemalloc, not glibc's malloc: The Conductor makes many small, short-lived allocations (JSON
+// values, messages), and glibc's malloc and free were over a third of its CPU. With jemalloc
+// a plan costs it about a sixth less CPU at the same memory (docs/architecture.md, Speed).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Conductor, the crew's orchestrator: plan states, locks and the approval gate.
 #[derive(Debug, Parser)]
 #[command(name = "conductor", version)]

@@ -5,6 +5,12 @@ use infracrew_agent_runtime::{AgentArgs, WorkError};
 use infracrew_forge::drivers::DriverArgs;
 use infracrew_protocol::{AgentRole, signing::Verifier};
 
+// jemalloc, not glibc's malloc: Forge makes many small, short-lived allocations (JSON
+// values, messages), and glibc's malloc and free were over a third of its CPU. With jemalloc
+// a plan costs it about a sixth less CPU at the same memory (docs/architecture.md, Speed).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Forge, the crew's builder and operator: renders, diffs, applies and verifies changes.
 #[derive(Debug, Parser)]
 #[command(name = "forge", version)]
