@@ -11,9 +11,9 @@ use infracrew_e2e::{
     start_crew, start_crew_with, submit, text, wait_for_state, wait_until, wait_until_drained,
 };
 use infracrew_protocol::{
-    ApplyRequest, DecisionChannel, DecisionKind, DecisionOutcome, DecisionReply, DecisionRequest,
-    LockRecord, OpsEvent, OpsEventKind, PlanId, PlanRecord, PlanState, PlanTransitioned,
-    SchemaVersion, examples, signing::Signer, subjects,
+    AgentRole, ApplyRequest, DecisionChannel, DecisionKind, DecisionOutcome, DecisionReply,
+    DecisionRequest, LockRecord, OpsEvent, OpsEventKind, PlanId, PlanRecord, PlanState,
+    PlanTransitioned, SchemaVersion, examples, signing::Signer, subjects,
 };
 use infracrew_testkit::{NatsServer, binary, workspace_root};
 
@@ -636,6 +636,110 @@ async fn a_copy_of_a_finished_plan_leaves_its_targets_lock_free() {
         "{lock} held by a finished plan\n{}",
         infracrew_e2e::logs_of([&conductor])
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_plan_waits_while_the_crew_is_behind_on_started_plans_and_starts_when_it_catches_up()
+{
+    use infracrew_conductor::room::STARTED_WORK_AT_MOST;
+    let server = NatsServer::start().unwrap();
+    let bus = crew_bus(&server).await;
+    // Forge is not running: routed plans it has not built are the crew's backlog.
+    for n in 0..STARTED_WORK_AT_MOST {
+        bus.publish_with_id(
+            subjects::PLAN_ROUTED,
+            &examples::plan_spec(),
+            &format!("routed-{n}"),
+        )
+        .await
+        .unwrap();
+    }
+    let agents = [start_conductor_ready(&server).await];
+    let plan = examples::plan_spec();
+    bus.publish(subjects::PLAN_PENDING, &plan).await.unwrap();
+
+    // The room is read every 200 ms: two seconds are ten reads that found none.
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let work = bus
+        .jetstream()
+        .get_stream_no_info(infracrew_bus::streams::WORK)
+        .await
+        .unwrap();
+    let waiting = work.consumer_info(consumers::NEW_PLANS).await.unwrap();
+    let plans = bus.kv::<PlanRecord>(buckets::PLANS).await.unwrap();
+    assert!(
+        waiting.num_pending == 1
+            && plans
+                .get(&plan.plan_id.to_string())
+                .await
+                .unwrap()
+                .is_none(),
+        "a new plan was taken while the crew was behind ({} waiting on {})\n{}",
+        waiting.num_pending,
+        consumers::NEW_PLANS,
+        infracrew_e2e::logs_of(&agents)
+    );
+
+    // Forge catches up.
+    let forge: async_nats::jetstream::consumer::PullConsumer = work
+        .get_consumer(consumers::for_role(AgentRole::Forge))
+        .await
+        .unwrap();
+    let mut backlog = forge
+        .fetch()
+        .max_messages(STARTED_WORK_AT_MOST as usize)
+        .messages()
+        .await
+        .unwrap();
+    while let Some(message) = futures::StreamExt::next(&mut backlog).await {
+        message.unwrap().double_ack().await.unwrap();
+    }
+    wait_for_state(&bus, plan.plan_id, PlanState::Validating, &agents).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn either_of_the_conductors_consumers_deleted_stops_it_naming_the_consumer() {
+    for durable in [
+        consumers::NEW_PLANS,
+        consumers::for_role(AgentRole::Conductor),
+    ] {
+        let server = NatsServer::start().unwrap();
+        let bus = crew_bus(&server).await;
+        let mut conductor = start_conductor_ready(&server).await;
+        bus.jetstream()
+            .get_stream_no_info(infracrew_bus::streams::WORK)
+            .await
+            .unwrap()
+            .delete_consumer(durable)
+            .await
+            .unwrap();
+        let code = conductor.wait(PATIENCE);
+        let log = conductor.log();
+        assert!(
+            matches!(code, Some(code) if code != 0)
+                && log.contains(&format!(
+                    "consumer {durable} on stream CREW no longer exists"
+                )),
+            "the Conductor without {durable}: exit {code:?}\n{log}"
+        );
+    }
+}
+
+/// A Conductor on `server`, once it is ready (its consumers bound).
+async fn start_conductor_ready(server: &NatsServer) -> AgentProcess {
+    let listen = format!("127.0.0.1:{}", infracrew_e2e::free_port());
+    let agents = [AgentProcess::start(
+        "conductor",
+        server,
+        &["--listen", &listen],
+    )];
+    let ready = format!("http://{listen}/health/ready");
+    wait_until("the Conductor is ready", &agents, String::new, || async {
+        matches!(infracrew_testkit::http::get(&ready).await, Ok((200, _)))
+    })
+    .await;
+    let [conductor] = agents;
+    conductor
 }
 
 /// Records `record` and publishes its PlanSpec again, as a copy of a plan the Conductor has.

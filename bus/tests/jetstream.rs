@@ -1109,6 +1109,39 @@ async fn a_crew_whose_conductor_read_new_plans_itself_gets_them_moved_to_their_o
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_conductors_moving_new_plans_at_once_both_start_and_move_them_once() {
+    let server = NatsServer::start().unwrap();
+    let (bus, stream) = crew_bus_from_before_new_plans_had_a_consumer(&server, |_| {}).await;
+    bus.publish(subjects::PLAN_PENDING, &examples::plan_spec())
+        .await
+        .unwrap();
+    let other = Bus::connect(&ConnectArgs::for_url(server.url()), "second-conductor")
+        .await
+        .unwrap();
+    let topology = Topology::crew(&ProvisionOptions::default());
+
+    let (first, second) = tokio::join!(
+        topology.provision_as(&bus, protocol::AgentRole::Conductor),
+        topology.provision_as(&other, protocol::AgentRole::Conductor),
+    );
+    let (first, second) = (first.unwrap(), second.unwrap());
+    let created = first
+        .created()
+        .chain(second.created())
+        .filter(|item| item.name.ends_with(consumers::NEW_PLANS))
+        .count();
+    assert_eq!(created, 1, "{first:?}\n{second:?}");
+    let new_plans = stream.consumer_info(consumers::NEW_PLANS).await.unwrap();
+    assert_eq!(new_plans.num_pending, 1, "the plan waiting, once");
+    assert_reads_no_new_plans(
+        &stream
+            .consumer_info(consumers::for_role(protocol::AgentRole::Conductor))
+            .await
+            .unwrap(),
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_an_older_store_only_a_conductor_moves_new_plans_and_the_others_start_meanwhile() {
     let server = NatsServer::start().unwrap();
     let (bus, stream) = crew_bus_from_before_new_plans_had_a_consumer(&server, |_| {}).await;
