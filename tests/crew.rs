@@ -718,7 +718,8 @@ async fn either_of_the_conductors_consumers_deleted_stops_it_naming_the_consumer
         assert!(
             matches!(code, Some(code) if code != 0)
                 && log.contains(&format!(
-                    "consumer {durable} on stream CREW no longer exists"
+                    "consumer {durable} on stream {} no longer exists",
+                    infracrew_bus::streams::WORK
                 )),
             "the Conductor without {durable}: exit {code:?}\n{log}"
         );

@@ -10,9 +10,9 @@ use infracrew_conductor::{
 };
 use infracrew_protocol::{AgentRole, signing::Signer};
 
-// jemalloc, not glibc's malloc: The Conductor makes many small, short-lived allocations (JSON
+// jemalloc, not glibc's malloc: the Conductor makes many small, short-lived allocations (JSON
 // values, messages), and glibc's malloc and free were over a third of its CPU. With jemalloc
-// a plan costs it about a sixth less CPU at the same memory (docs/architecture.md, Speed).
+// a plan costs it 10 to 15% less CPU, for 1 to 2 MB more (docs/architecture.md, Speed).
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 

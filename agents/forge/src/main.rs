@@ -7,7 +7,7 @@ use infracrew_protocol::{AgentRole, signing::Verifier};
 
 // jemalloc, not glibc's malloc: Forge makes many small, short-lived allocations (JSON
 // values, messages), and glibc's malloc and free were over a third of its CPU. With jemalloc
-// a plan costs it about a sixth less CPU at the same memory (docs/architecture.md, Speed).
+// a plan costs it 10 to 15% less CPU, for 1 to 2 MB more (docs/architecture.md, Speed).
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
