@@ -680,20 +680,8 @@ async fn a_new_plan_waits_while_the_crew_is_behind_on_started_plans_and_starts_w
         infracrew_e2e::logs_of(&agents)
     );
 
-    // Forge catches up.
-    let forge: async_nats::jetstream::consumer::PullConsumer = work
-        .get_consumer(consumers::for_role(AgentRole::Forge))
-        .await
-        .unwrap();
-    let mut backlog = forge
-        .fetch()
-        .max_messages(STARTED_WORK_AT_MOST as usize)
-        .messages()
-        .await
-        .unwrap();
-    while let Some(message) = futures::StreamExt::next(&mut backlog).await {
-        message.unwrap().double_ack().await.unwrap();
-    }
+    // The backlog goes, as when Forge catches up.
+    work.purge().filter(subjects::PLAN_ROUTED).await.unwrap();
     wait_for_state(&bus, plan.plan_id, PlanState::Validating, &agents).await;
 }
 

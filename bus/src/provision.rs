@@ -154,16 +154,17 @@ impl ConsumerSpec {
             .get_stream_no_info(&self.stream)
             .await
             .map_err(|error| request_error("read", "consumer", &self.name(), error))?;
-        self.exists_on(&stream).await
+        Ok(self.info_on(&stream).await?.is_some())
     }
 
-    async fn exists_on(
+    /// The consumer's info from `stream`, its own stream; `None` when it does not exist.
+    async fn info_on(
         &self,
         stream: &jetstream::stream::Stream<()>,
-    ) -> Result<bool, ProvisionError> {
+    ) -> Result<Option<jetstream::consumer::Info>, ProvisionError> {
         match stream.consumer_info(&self.durable).await {
-            Ok(_) => Ok(true),
-            Err(error) if matches!(error.kind(), ConsumerInfoErrorKind::NotFound) => Ok(false),
+            Ok(info) => Ok(Some(info)),
+            Err(error) if matches!(error.kind(), ConsumerInfoErrorKind::NotFound) => Ok(None),
             Err(error) => Err(request_error("read", "consumer", &self.name(), error)),
         }
     }
@@ -382,12 +383,8 @@ impl OlderConductor {
             .get_stream_no_info(&conductor.stream)
             .await
             .map_err(|error| request_error("read", "consumer", &name, error))?;
-        let found = match stream.consumer_info(&conductor.durable).await {
-            Ok(info) => info,
-            Err(error) if matches!(error.kind(), ConsumerInfoErrorKind::NotFound) => {
-                return Ok(None);
-            }
-            Err(error) => return Err(request_error("read", "consumer", &name, error)),
+        let Some(found) = conductor.info_on(&stream).await? else {
+            return Ok(None);
         };
         let filters = found
             .config
@@ -416,12 +413,12 @@ impl OlderConductor {
     /// copies they are. Run again after a crash in between, it finishes the change; a
     /// `new_plans` consumer with other settings stops it before the Conductor's is changed.
     async fn split(self, new_plans: &ConsumerSpec) -> Result<Vec<Provisioned>, ProvisionError> {
-        let created = match self.stream.consumer_info(&new_plans.durable).await {
-            Ok(info) => {
+        let created = match new_plans.info_on(&self.stream).await? {
+            Some(info) => {
                 check_new_plans(new_plans, &info)?;
                 false
             }
-            Err(error) if matches!(error.kind(), ConsumerInfoErrorKind::NotFound) => {
+            None => {
                 let config = pull::Config {
                     deliver_policy: DeliverPolicy::ByStartSequence {
                         start_sequence: self.found.ack_floor.stream_sequence + 1,
@@ -444,9 +441,6 @@ impl OlderConductor {
                         false
                     }
                 }
-            }
-            Err(error) => {
-                return Err(request_error("read", "consumer", &new_plans.name(), error));
             }
         };
         // Only the filter changes: any other setting that differs stays as it was, for
