@@ -1109,7 +1109,7 @@ async fn a_crew_whose_conductor_read_new_plans_itself_gets_them_moved_to_their_o
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_conductors_moving_new_plans_at_once_both_start_and_move_them_once() {
+async fn two_conductors_moving_new_plans_at_once_both_start_and_the_plans_waiting_are_read_once() {
     let server = NatsServer::start().unwrap();
     let (bus, stream) = crew_bus_from_before_new_plans_had_a_consumer(&server, |_| {}).await;
     bus.publish(subjects::PLAN_PENDING, &examples::plan_spec())
@@ -1125,12 +1125,15 @@ async fn two_conductors_moving_new_plans_at_once_both_start_and_move_them_once()
         topology.provision_as(&other, protocol::AgentRole::Conductor),
     );
     let (first, second) = (first.unwrap(), second.unwrap());
-    let created = first
-        .created()
-        .chain(second.created())
-        .filter(|item| item.name.ends_with(consumers::NEW_PLANS))
-        .count();
-    assert_eq!(created, 1, "{first:?}\n{second:?}");
+    // Both may report it created: from the same ack floor both ask for the same consumer, and
+    // the server takes a create that changes nothing as done. There is one consumer either way.
+    assert!(
+        first
+            .created()
+            .chain(second.created())
+            .any(|item| item.name.ends_with(consumers::NEW_PLANS)),
+        "{first:?}\n{second:?}"
+    );
     let new_plans = stream.consumer_info(consumers::NEW_PLANS).await.unwrap();
     assert_eq!(new_plans.num_pending, 1, "the plan waiting, once");
     assert_reads_no_new_plans(
