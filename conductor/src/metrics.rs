@@ -126,7 +126,7 @@ impl ConductorMetrics {
         );
         registry.register(
             "new_plan_room",
-            "The room for new plans at the last read: 1024 less the messages on started plans the crew has not settled (0 while it finishes what it started)",
+            format!("The room for new plans at the last read: {} less the messages on started plans the crew has not settled (0 while it finishes what it started)", crate::room::STARTED_WORK_AT_MOST),
             self.new_plan_room.clone(),
         );
     }
