@@ -871,6 +871,51 @@ async fn a_lock_whose_holder_died_is_taken_over_with_a_new_fencing_token() {
     assert_eq!(ready.lock_token, Some(lock.token));
 }
 
+/// A Conductor takes a lock it released again from the deletion it wrote, without a read; the
+/// lock taken by another replica since fails that write, and the plan waits in its queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_taken_elsewhere_since_this_conductor_let_it_go_is_waited_for() {
+    let server = NatsServer::start().unwrap();
+    let bus = crew_bus(&server).await;
+    let agents = start_crew(&server);
+    let locks = bus.kv::<LockRecord>(buckets::LOCKS).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let first_goal = "examples/goals/valid/social-intel-staging.json";
+
+    let first = submit(&server, first_goal);
+    let first_ready = wait_for_state(&bus, first, PlanState::Ready, &agents).await;
+    assert!(approve(&server, first, "bob").status.success());
+    wait_for_state(&bus, first, PlanState::Applied, &agents).await;
+    let elsewhere = PlanId(uuid::Uuid::from_u128(7));
+    let now = chrono::Utc::now();
+    let taken = locks
+        .create_with("staging.social-intel", |replaced| LockRecord {
+            plan_id: elsewhere,
+            holder: "another-conductor".into(),
+            token: replaced + 1,
+            acquired_at: now,
+            renewed_at: now,
+            waiting: Vec::new(),
+        })
+        .await
+        .unwrap();
+    assert!(Some(taken.value.token) > first_ready.lock_token);
+
+    let original = std::fs::read_to_string(workspace_root().join(first_goal)).unwrap();
+    let later_goal = dir.path().join("1.5.0.json");
+    std::fs::write(&later_goal, original.replace("1.4.0", "1.5.0")).unwrap();
+    let second = submit(&server, later_goal.to_str().unwrap());
+    let waiting = wait_for_state(&bus, second, PlanState::Planned, &agents).await;
+    assert_eq!(
+        waiting.waiting_for_lock.as_deref(),
+        Some("staging.social-intel")
+    );
+    let lock = social_intel_staging_lock(&bus).await;
+    assert_eq!(lock.plan_id, elsewhere, "the lock stays with its holder");
+    assert_eq!(lock.token, taken.value.token);
+    assert_eq!(queued(&lock), [second]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_approved_plan_whose_apply_request_was_lost_is_applied_by_the_sweeper() {
     let server = NatsServer::start().unwrap();

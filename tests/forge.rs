@@ -104,6 +104,45 @@ async fn the_dry_run_driver_records_each_state_once_whatever_it_expected() {
         2,
         "a record found where none was expected is updated, not created again"
     );
+
+    // A record this driver last wrote is written over unread; one another Forge changed
+    // since fails that write and is read, and a state recorded already is left as it is.
+    let third = ServiceState {
+        replicas: second.replicas + 1,
+        ..second.clone()
+    };
+    driver
+        .apply("dev", "dry-create", Some(&third), &context(Some(&second)))
+        .await
+        .unwrap();
+    assert_eq!(revisions().await, 3);
+    let elsewhere = DryRunDriver::open(&bus).await.unwrap();
+    let fourth = ServiceState {
+        replicas: third.replicas + 1,
+        ..third.clone()
+    };
+    elsewhere
+        .apply("dev", "dry-create", Some(&fourth), &context(Some(&third)))
+        .await
+        .unwrap();
+    driver
+        .apply("dev", "dry-create", Some(&second), &context(Some(&third)))
+        .await
+        .unwrap();
+    driver
+        .apply("dev", "dry-create", Some(&second), &context(Some(&third)))
+        .await
+        .unwrap();
+    driver
+        .verify("dev", "dry-create", Some(&second))
+        .await
+        .unwrap();
+    assert_eq!(
+        revisions().await,
+        5,
+        "the stale write was refused and the state written once over what was there"
+    );
+
     driver
         .apply("dev", "dry-create", None, &context(Some(&second)))
         .await

@@ -3,17 +3,19 @@
 use std::marker::PhantomData;
 
 use async_nats::jetstream::{
+    self,
+    context::{PublishError, PublishErrorKind},
     kv::{self, CreateErrorKind, Operation, UpdateErrorKind},
     message::StreamMessage,
     stream::{DirectGetErrorKind, LastRawMessageErrorKind},
 };
-
-/// The header a KV delete or purge carries (a put has none, or `PUT`).
-const KV_OPERATION: &str = "KV-Operation";
 use bytes::Bytes;
 use serde::{Serialize, de::DeserializeOwned};
 
 use crate::Bus;
+
+/// The header a KV delete or purge carries (a put has none, or `PUT`).
+const KV_OPERATION: &str = "KV-Operation";
 
 /// A value and the revision it was stored at; pass the revision back to update it.
 #[derive(Debug, Clone, PartialEq)]
@@ -55,6 +57,8 @@ pub enum KvError {
 #[derive(Debug, Clone)]
 pub struct Kv<T> {
     store: kv::Store,
+    /// For writes whose answer the client's store does not pass on (a deletion's revision).
+    jetstream: jetstream::Context,
     bucket: String,
     /// The bucket has one copy, so any server that answers a direct get has the latest write.
     single_copy: bool,
@@ -73,6 +77,7 @@ impl Bus {
                 reason: error.to_string(),
             })?;
         Ok(Kv {
+            jetstream: self.jetstream().clone(),
             single_copy: store.stream.cached_info().config.num_replicas <= 1,
             store,
             bucket: bucket.to_owned(),
@@ -242,19 +247,46 @@ impl<T: Serialize + DeserializeOwned> Kv<T> {
             })
     }
 
-    /// Deletes the key only if it is still at `revision` (releasing a lock one holds).
-    pub async fn delete(&self, key: &str, revision: u64) -> Result<(), KvError> {
-        self.store
-            .delete_expect_revision(key, Some(revision))
+    /// Deletes the key only if it is still at `revision` (releasing a lock one holds); returns
+    /// the deletion's revision, which a later [`Kv::update`] can take the key over from as a
+    /// create (its fencing token is one more, as [`Kv::create_with`]'s).
+    ///
+    /// Written as the client's own delete is (a `KV-Operation: DEL` message expecting the
+    /// key's last revision), but keeping the ack's sequence, which the client drops.
+    pub async fn delete(&self, key: &str, revision: u64) -> Result<u64, KvError> {
+        let subject = format!(
+            "{}{key}",
+            self.store
+                .put_prefix
+                .as_deref()
+                .unwrap_or(&self.store.prefix)
+        );
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(KV_OPERATION, "DEL");
+        headers.insert(
+            async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
+            async_nats::HeaderValue::from(revision),
+        );
+        let conflict = |error: &PublishError| error.kind() == PublishErrorKind::WrongLastSequence;
+        let ack = match self
+            .jetstream
+            .publish_with_headers(subject, headers, Bytes::new())
             .await
-            .map_err(|error| match error.kind() {
-                UpdateErrorKind::WrongLastRevision => KvError::Conflict {
+        {
+            Ok(ack) => ack.await,
+            Err(error) => Err(error),
+        };
+        ack.map(|ack| ack.sequence).map_err(|error| {
+            if conflict(&error) {
+                KvError::Conflict {
                     bucket: self.bucket.clone(),
                     key: key.to_owned(),
                     expected: revision,
-                },
-                _ => self.request(error),
-            })
+                }
+            } else {
+                self.request(error)
+            }
+        })
     }
 
     fn decode(&self, key: &str, entry: &kv::Entry) -> Result<Versioned<T>, KvError> {

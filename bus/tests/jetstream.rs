@@ -843,14 +843,27 @@ async fn create_with_writes_once_over_nothing_or_a_deletion_with_what_it_replace
         Err(KvError::AlreadyExists { .. })
     ));
     // Released: made from the deletion's revision, so the next token is higher.
-    locks.delete("dev.a", first.revision).await.unwrap();
+    let deletion = locks.delete("dev.a", first.revision).await.unwrap();
     let second = locks.create_with("dev.a", token).await.unwrap();
     assert_eq!(
         second.value.state,
-        format!("token {}", second.revision),
+        format!("token {}", deletion + 1),
         "the write directly follows the deletion it replaces"
     );
+    assert_eq!(second.revision, deletion + 1);
     assert!(second.revision > first.revision);
+
+    // A writer that kept the deletion's revision takes the key over from it in one write, as
+    // create_with does once it has read the deletion; a deletion since replaced is refused.
+    let deletion = locks.delete("dev.a", second.revision).await.unwrap();
+    let third = token(deletion);
+    let taken = locks.update("dev.a", &third, deletion).await.unwrap();
+    assert_eq!(locks.get("dev.a").await.unwrap().unwrap().value, third);
+    assert!(matches!(
+        locks.update("dev.a", &token(deletion), deletion).await,
+        Err(KvError::Conflict { .. })
+    ));
+    assert!(taken > deletion);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -103,9 +103,22 @@ pub struct Conductor {
     /// compare-and-set finds. Shared with the handler that wrote it, not copied: the next
     /// move takes it back without a copy, as that handler is done by then.
     pub written: std::sync::Mutex<std::collections::HashMap<PlanId, Versioned<Arc<PlanRecord>>>>,
+    /// The locks this process last wrote, by key: a lock's release starts from the lock as
+    /// its plan took it, and a lock taken again from its deletion's revision, each without a
+    /// read. Another writer's change makes one stale, which the compare-and-set finds.
+    pub written_locks: std::sync::Mutex<std::collections::HashMap<String, LockWritten>>,
     /// Plans the sweeper found finished, by key, with their end state and time: a finished
     /// plan never moves again, so later sweeps count it without reading it.
     pub finished: std::sync::Mutex<std::collections::HashMap<String, FinishedPlan>>,
+}
+
+/// A lock as this process last wrote it.
+#[derive(Debug, Clone)]
+pub enum LockWritten {
+    /// Taken, handed on, renewed or joined: the lock as written.
+    Held(Versioned<LockRecord>),
+    /// Released with no plan waiting: the deletion's revision.
+    Deleted(u64),
 }
 
 /// A finished plan's end state and when it got there.
@@ -132,6 +145,9 @@ enum InLine {
 
 /// Plans whose last write a Conductor keeps; past it the memory is let go and moves read.
 const WRITTEN_KEPT: usize = 10_000;
+
+/// Locks whose last write a Conductor keeps; past it the memory is let go and locks read.
+const LOCKS_KEPT: usize = 10_000;
 
 fn retry(error: impl std::fmt::Display) -> HandlerError {
     HandlerError::Retry(error.to_string())
@@ -487,30 +503,82 @@ impl Conductor {
                         .into_iter()
                         .filter(|waiter| waiter.plan_id != plan_id)
                         .collect();
-                    match self
-                        .locks
-                        .update(key, &self.held_by(plan_id, token, waiting), lock.revision)
-                        .await
-                    {
-                        Ok(_) => return Ok(LockAnswer::Holds(token)),
+                    let taken = self.held_by(plan_id, token, waiting);
+                    match self.locks.update(key, &taken, lock.revision).await {
+                        Ok(revision) => {
+                            let taken = Versioned {
+                                value: taken,
+                                revision,
+                            };
+                            self.wrote_lock(key, LockWritten::Held(taken));
+                            return Ok(LockAnswer::Holds(token));
+                        }
                         Err(KvError::Conflict { .. }) => continue,
                         Err(error) => return Err(retry(error)),
                     }
                 }
-                None => match self
-                    .locks
-                    .create_with(key, |replaced| {
-                        self.held_by(plan_id, replaced + 1, Vec::new())
-                    })
-                    .await
-                {
-                    Ok(taken) => return Ok(LockAnswer::Holds(taken.value.token)),
-                    Err(KvError::AlreadyExists { .. }) => continue,
-                    Err(error) => return Err(retry(error)),
-                },
+                None => {
+                    // A lock this process deleted is taken over from its deletion, in the
+                    // write create_with makes once it has read the deletion. Stale, it
+                    // fails, and the next try reads.
+                    let deleted = self.take_lock_written(key, |lock| match lock {
+                        LockWritten::Deleted(deletion) => Some(*deletion),
+                        LockWritten::Held(_) => None,
+                    });
+                    let taken = match deleted {
+                        Some(deletion) => {
+                            let taken = self.held_by(plan_id, deletion + 1, Vec::new());
+                            self.locks
+                                .update(key, &taken, deletion)
+                                .await
+                                .map(|revision| Versioned {
+                                    value: taken,
+                                    revision,
+                                })
+                        }
+                        None => {
+                            self.locks
+                                .create_with(key, |replaced| {
+                                    self.held_by(plan_id, replaced + 1, Vec::new())
+                                })
+                                .await
+                        }
+                    };
+                    match taken {
+                        Ok(taken) => {
+                            let token = taken.value.token;
+                            self.wrote_lock(key, LockWritten::Held(taken));
+                            return Ok(LockAnswer::Holds(token));
+                        }
+                        Err(KvError::AlreadyExists { .. } | KvError::Conflict { .. }) => continue,
+                        Err(error) => return Err(retry(error)),
+                    }
+                }
             }
         }
         Err(lock_kept_changing(key))
+    }
+
+    /// Keeps the lock on `key` as this process just wrote it, or its deletion's revision.
+    fn wrote_lock(&self, key: &str, written: LockWritten) {
+        let mut locks = lock_ignoring_poison(&self.written_locks);
+        if locks.len() >= LOCKS_KEPT && !locks.contains_key(key) {
+            locks.clear();
+        }
+        locks.insert(key.to_owned(), written);
+    }
+
+    /// What `pick` takes of the lock on `key` as this process last wrote it, let go of (the
+    /// taker writes the lock again); a lock `pick` takes nothing of is kept.
+    fn take_lock_written<T>(
+        &self,
+        key: &str,
+        pick: impl FnOnce(&LockWritten) -> Option<T>,
+    ) -> Option<T> {
+        let mut locks = lock_ignoring_poison(&self.written_locks);
+        let taken = pick(locks.get(key)?)?;
+        locks.remove(key);
+        Some(taken)
     }
 
     /// The lock as `plan_id` takes it, from now, with the plans still waiting behind it.
@@ -542,7 +610,14 @@ impl Conductor {
                 ..lock.value
             };
             match self.locks.update(key, &renewed, lock.revision).await {
-                Ok(_) => return Ok(()),
+                Ok(revision) => {
+                    let renewed = Versioned {
+                        value: renewed,
+                        revision,
+                    };
+                    self.wrote_lock(key, LockWritten::Held(renewed));
+                    return Ok(());
+                }
                 Err(KvError::Conflict { .. }) => {}
                 Err(error) => return Err(retry(error)),
             }
@@ -602,7 +677,14 @@ impl Conductor {
                 ..lock.value
             };
             match self.locks.update(key, &marked, lock.revision).await {
-                Ok(_) => return Ok(InLine::Queued),
+                Ok(revision) => {
+                    let marked = Versioned {
+                        value: marked,
+                        revision,
+                    };
+                    self.wrote_lock(key, LockWritten::Held(marked));
+                    return Ok(InLine::Queued);
+                }
                 Err(KvError::Conflict { .. }) => continue,
                 Err(error) => return Err(retry(error)),
             }
@@ -613,9 +695,20 @@ impl Conductor {
     /// Releases the plan's lock: to the plan that waited longest for it, if one still waits.
     async fn release(&self, record: &PlanRecord) -> Result<(), HandlerError> {
         let key = lock_key(&record.plan.environment, &record.plan.service);
+        // The lock as this plan took it (or as this process last wrote it since) saves a read.
+        let mut known = self.take_lock_written(&key, |lock| match lock {
+            LockWritten::Held(lock) if lock.value.plan_id == record.plan.plan_id => {
+                Some(lock.clone())
+            }
+            _ => None,
+        });
         for _ in 0..UPDATE_TRIES {
-            let Some(lock) = self.locks.get(&key).await.map_err(retry)? else {
-                return Ok(());
+            let lock = match known.take() {
+                Some(lock) => lock,
+                None => match self.locks.get(&key).await.map_err(retry)? {
+                    Some(lock) => lock,
+                    None => return Ok(()),
+                },
             };
             if lock.value.plan_id != record.plan.plan_id || self.pass_on(&key, lock).await? {
                 return Ok(());
@@ -643,7 +736,12 @@ impl Conductor {
             let token = lock.revision + 1;
             let handed = self.held_by(waiter.plan_id, token, queue.collect());
             return match self.locks.update(key, &handed, lock.revision).await {
-                Ok(_) => {
+                Ok(revision) => {
+                    let handed = Versioned {
+                        value: handed,
+                        revision,
+                    };
+                    self.wrote_lock(key, LockWritten::Held(handed));
                     self.route_holder(waiter.plan_id, next, key, token).await?;
                     Ok(true)
                 }
@@ -652,7 +750,10 @@ impl Conductor {
             };
         }
         match self.locks.delete(key, lock.revision).await {
-            Ok(()) => Ok(true),
+            Ok(deletion) => {
+                self.wrote_lock(key, LockWritten::Deleted(deletion));
+                Ok(true)
+            }
             Err(KvError::Conflict { .. }) => Ok(false),
             Err(error) => Err(retry(error)),
         }

@@ -1,15 +1,28 @@
 //! The dry-run driver: "what runs" is a record per service in a KV bucket, so its diffs are
 //! real (against what was last applied through it) while it changes nothing anywhere else.
 
-use infracrew_bus::{Bus, Kv, KvError, buckets};
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, PoisonError},
+};
+
+use infracrew_bus::{Bus, Kv, KvError, Versioned, buckets};
 use infracrew_protocol::ServiceState;
 
 use crate::driver::{Apply, ApplyContext, Driver, DriverError};
+
+/// Records whose last read or write a driver keeps; past it the memory is let go and applies
+/// read first. More than the services a busy crew changes within a few seconds of each other.
+const SEEN_KEPT: usize = 8_192;
 
 /// Plan-only mode and the benchmark target.
 #[derive(Debug, Clone)]
 pub struct DryRunDriver {
     records: Kv<ServiceState>,
+    /// Each record as this driver last read or wrote it, by key: an apply changes it from
+    /// there without reading it again. Another writer's change makes one stale, which the
+    /// compare-and-set finds.
+    seen: Arc<Mutex<HashMap<String, Versioned<ServiceState>>>>,
 }
 
 impl DryRunDriver {
@@ -18,7 +31,51 @@ impl DryRunDriver {
     pub async fn open(bus: &Bus) -> Result<Self, KvError> {
         Ok(DryRunDriver {
             records: bus.kv(buckets::DRY_RUN).await?,
+            seen: Arc::default(),
         })
+    }
+
+    fn saw(&self, key: &str, record: Option<&Versioned<ServiceState>>) {
+        let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(record) = record else {
+            seen.remove(key);
+            return;
+        };
+        if seen.len() >= SEEN_KEPT && !seen.contains_key(key) {
+            seen.clear();
+        }
+        seen.insert(key.to_owned(), record.clone());
+    }
+
+    /// The revision of the record on `key` as last seen, when it held another state than
+    /// `state` (a state already recorded is read again: it may be recorded still).
+    fn seen_other_than(&self, key: &str, state: &ServiceState) -> Option<u64> {
+        let seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
+        seen.get(key)
+            .filter(|seen| &seen.value != state)
+            .map(|seen| seen.revision)
+    }
+
+    /// Writes `state` over the record at `revision`, keeping it as seen.
+    async fn update(&self, key: &str, state: &ServiceState, revision: u64) -> Result<(), KvError> {
+        let revision = self.records.update(key, state, revision).await?;
+        self.saw_written(key, state, revision);
+        Ok(())
+    }
+
+    /// Writes `state` where no record is, keeping it as seen.
+    async fn create(&self, key: &str, state: &ServiceState) -> Result<(), KvError> {
+        let revision = self.records.create(key, state).await?;
+        self.saw_written(key, state, revision);
+        Ok(())
+    }
+
+    fn saw_written(&self, key: &str, state: &ServiceState, revision: u64) {
+        let written = Versioned {
+            value: state.clone(),
+            revision,
+        };
+        self.saw(key, Some(&written));
     }
 
     /// The record key of a service in an environment.
@@ -43,11 +100,9 @@ impl Driver for DryRunDriver {
         environment: &str,
         service: &str,
     ) -> Result<Option<ServiceState>, DriverError> {
-        let record = self
-            .records
-            .get(&Self::key(environment, service))
-            .await
-            .map_err(Self::failed)?;
+        let key = Self::key(environment, service);
+        let record = self.records.get(&key).await.map_err(Self::failed)?;
+        self.saw(&key, record.as_ref());
         Ok(record.map(|record| record.value))
     }
 
@@ -86,7 +141,9 @@ impl Apply for DryRunDriver {
     /// failover can still land after that read, and then this one fails instead of
     /// recording the state a second time (the apply's retry finds it recorded). A service
     /// the change was rendered without is created unread: the create is the same
-    /// compare-and-set (on no record), and one that finds a record reads it as above.
+    /// compare-and-set (on no record), and one that finds a record reads it as above. A record
+    /// this driver last saw holding another state is written over unread, on the revision it
+    /// saw: the write then lands only where the read would have found that record.
     async fn apply(
         &self,
         environment: &str,
@@ -95,26 +152,31 @@ impl Apply for DryRunDriver {
         context: &ApplyContext,
     ) -> Result<(), DriverError> {
         let key = Self::key(environment, service);
-        if let (Some(state), None) = (state, &context.expected) {
-            match self.records.create(&key, state).await {
-                Ok(_) => return Ok(()),
-                Err(KvError::AlreadyExists { .. }) => {}
-                Err(error) => return Err(Self::failed(error)),
+        if let Some(state) = state {
+            let unread = match (&context.expected, self.seen_other_than(&key, state)) {
+                (None, _) => Some(self.create(&key, state).await),
+                (Some(_), Some(revision)) => Some(self.update(&key, state, revision).await),
+                (Some(_), None) => None,
+            };
+            match unread {
+                Some(Ok(())) => return Ok(()),
+                Some(Err(KvError::AlreadyExists { .. } | KvError::Conflict { .. })) | None => {}
+                Some(Err(error)) => return Err(Self::failed(error)),
             }
         }
         match state {
             Some(state) => match self.records.get(&key).await {
                 Ok(Some(current)) if &current.value == state => Ok(()),
-                Ok(Some(current)) => self
-                    .records
-                    .update(&key, state, current.revision)
-                    .await
-                    .map(drop),
-                Ok(None) => self.records.create(&key, state).await.map(drop),
+                Ok(Some(current)) => self.update(&key, state, current.revision).await,
+                Ok(None) => self.create(&key, state).await,
                 Err(error) => Err(error),
             },
             None => match self.records.get(&key).await {
-                Ok(Some(current)) => self.records.delete(&key, current.revision).await,
+                Ok(Some(current)) => {
+                    let deleted = self.records.delete(&key, current.revision).await;
+                    self.saw(&key, None);
+                    deleted.map(drop)
+                }
                 Ok(None) => Ok(()),
                 Err(error) => Err(error),
             },
