@@ -187,6 +187,7 @@ fn crew_bench_drives_plans_through_a_whole_crew_and_prints_its_figures() {
         "JetStream hop (publish, ack, consume), during the run, one every",
         "JetStream hop, back to back after the run:",
         "x the floor",
+        "answers from the server in sequence",
         "handling per message (mean, ack included): atlas: goal.submitted ",
         "forge: apply.request ",
         "peak resident memory: atlas ",

@@ -31,6 +31,13 @@ const AGENTS: [&str; 4] = ["atlas", "forge", "sentinel", "conductor"];
 /// probe reads its messages.
 const HOPS_PER_PLAN: usize = 9;
 
+/// Answers from the server a plan waits for in sequence besides its hops, each a request
+/// and its reply: the Conductor's lock and record of a new plan; Forge's reads for the diff;
+/// the Conductor's READY and APPROVED write; Forge's gate reads, the apply's lease, the
+/// dry-run driver's record and its verifying read; the Conductor's APPLIED write. Each is
+/// costed as a publish's ack during the run, the first part of a hop.
+const ANSWERS_PER_PLAN: usize = 9;
+
 /// How the bench runs.
 #[derive(Debug, Clone)]
 pub struct BenchOptions {
@@ -188,7 +195,7 @@ pub async fn bench(options: BenchOptions) -> Result<ExitCode, CliError> {
         .await
         .map_err(|e| bench_error("the CPU sampler", e))?;
     let (mut probe, paced) = paced.await.map_err(|e| bench_error("the hop probe", e))?;
-    let (run, paced) = (run?, paced?);
+    let (run, (paced, paced_acks)) = (run?, paced?);
     let counts_after = server_counts(&bus).await?;
     let cpu_used: Vec<(&str, Option<Duration>)> = match (cpu_samples.first(), cpu_samples.last()) {
         (Some(first), Some(last)) => processes
@@ -203,6 +210,7 @@ pub async fn bench(options: BenchOptions) -> Result<ExitCode, CliError> {
         &run.stages,
         &Hops {
             paced,
+            paced_acks,
             period: probe_period,
             back_to_back,
         },
@@ -439,6 +447,8 @@ struct HopProbe {
 struct Hops {
     /// Measured during the run, one every `period`.
     paced: Vec<Duration>,
+    /// The same hops' publish until its ack.
+    paced_acks: Vec<Duration>,
     period: Duration,
     /// Measured after the run, one after another.
     back_to_back: Vec<Duration>,
@@ -479,7 +489,8 @@ impl HopProbe {
         })
     }
 
-    async fn hop(&mut self) -> Result<Duration, CliError> {
+    /// One hop: how long until its publish was acked, and until the consumer had it.
+    async fn hop(&mut self) -> Result<(Duration, Duration), CliError> {
         let started = Instant::now();
         let ack = self
             .jetstream
@@ -487,30 +498,36 @@ impl HopProbe {
             .await
             .map_err(|e| bench_error("publishing a hop", e))?;
         ack.await.map_err(|e| bench_error("a hop's ack", e))?;
+        let acked = started.elapsed();
         let Some(Ok(message)) = self.messages.next().await else {
             return Err(bench_error("the hop consumer", "it stopped"));
         };
         let elapsed = started.elapsed();
         let _ = message.ack().await;
-        Ok(elapsed)
+        Ok((acked, elapsed))
     }
 
-    /// One hop every `period` until `stop`, sorted.
+    /// One hop every `period` until `stop`: the hops and their acks, each sorted.
     async fn paced(
         &mut self,
         period: Duration,
         mut stop: tokio::sync::oneshot::Receiver<()>,
-    ) -> Result<Vec<Duration>, CliError> {
+    ) -> Result<(Vec<Duration>, Vec<Duration>), CliError> {
         let mut ticker = tokio::time::interval(period);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut samples = Vec::new();
+        let (mut hops, mut acks) = (Vec::new(), Vec::new());
         loop {
             tokio::select! {
                 _ = &mut stop => {
-                    samples.sort();
-                    return Ok(samples);
+                    hops.sort();
+                    acks.sort();
+                    return Ok((hops, acks));
                 }
-                _ = ticker.tick() => samples.push(self.hop().await?),
+                _ = ticker.tick() => {
+                    let (acked, elapsed) = self.hop().await?;
+                    acks.push(acked);
+                    hops.push(elapsed);
+                }
             }
         }
     }
@@ -519,7 +536,7 @@ impl HopProbe {
     async fn back_to_back(&mut self, count: usize) -> Result<Vec<Duration>, CliError> {
         let mut samples = Vec::with_capacity(count);
         for index in 0..count + 100 {
-            let elapsed = self.hop().await?;
+            let (_, elapsed) = self.hop().await?;
             // The first hundred warm the loop up.
             if index >= 100 {
                 samples.push(elapsed);
@@ -609,6 +626,14 @@ fn report(stages: &HashMap<PlanId, Stages>, hops: &Hops, plans: usize) {
         end_to_end / floor.as_secs_f64().max(f64::EPSILON),
         end_to_end / hot_floor.as_secs_f64().max(f64::EPSILON),
         millis(hot_floor),
+    );
+    let answer = percentile(&hops.paced_acks, 0.50);
+    let with_answers = floor + answer * ANSWERS_PER_PLAN as u32;
+    println!(
+        "and waits for {ANSWERS_PER_PLAN} answers from the server in sequence, each about a publish's ack (p50 {} during the run): floor {}, end to end p50 is {:.1} x that",
+        millis(answer),
+        millis(with_answers),
+        end_to_end / with_answers.as_secs_f64().max(f64::EPSILON),
     );
 }
 

@@ -216,7 +216,8 @@ pub enum Command {
     ///
     /// Prints throughput, submit-to-APPLIED and per-stage latency (p50, p90, p99), the raw
     /// JetStream hop measured in the same run and the crew's latency against the sum of its
-    /// hops, each process's CPU time per plan, each handler's mean time per message, and each
+    /// hops (and of its hops and the server's answers it waits for), each process's CPU time
+    /// per plan, each handler's mean time per message, and each
     /// agent's peak resident memory. Build with --release for real figures.
     ///
     /// Example: cargo run --release -p infracrew-cli -- bench --plans 2000
