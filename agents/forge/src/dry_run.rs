@@ -3,10 +3,11 @@
 
 use std::{
     collections::HashMap,
+    hash::{BuildHasher, RandomState},
     sync::{Arc, Mutex, PoisonError},
 };
 
-use infracrew_bus::{Bus, Kv, KvError, Versioned, buckets};
+use infracrew_bus::{Bus, Kv, KvError, buckets};
 use infracrew_protocol::ServiceState;
 
 use crate::driver::{Apply, ApplyContext, Driver, DriverError};
@@ -22,7 +23,18 @@ pub struct DryRunDriver {
     /// Each record as this driver last read or wrote it, by key: an apply changes it from
     /// there without reading it again. Another writer's change makes one stale, which the
     /// compare-and-set finds.
-    seen: Arc<Mutex<HashMap<String, Versioned<ServiceState>>>>,
+    seen: Arc<Mutex<HashMap<String, Seen>>>,
+    /// Hashes the states seen, the same way in every clone of the driver.
+    states: RandomState,
+}
+
+/// A record as last seen: its revision, and its state's hash (a state, not a copy of it, so
+/// thousands of services cost a few hundred KB). Two states with one hash read the record
+/// again, as a state recorded already does: the hash can only send an apply the long way.
+#[derive(Debug, Clone, Copy)]
+struct Seen {
+    revision: u64,
+    state: u64,
 }
 
 impl DryRunDriver {
@@ -32,50 +44,46 @@ impl DryRunDriver {
         Ok(DryRunDriver {
             records: bus.kv(buckets::DRY_RUN).await?,
             seen: Arc::default(),
+            states: RandomState::new(),
         })
     }
 
-    fn saw(&self, key: &str, record: Option<&Versioned<ServiceState>>) {
+    /// Keeps the record on `key` as seen holding `state` at `revision`, or forgets it.
+    fn saw(&self, key: &str, record: Option<(&ServiceState, u64)>) {
         let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
-        let Some(record) = record else {
+        let Some((state, revision)) = record else {
             seen.remove(key);
             return;
         };
         if seen.len() >= SEEN_KEPT && !seen.contains_key(key) {
             seen.clear();
         }
-        seen.insert(key.to_owned(), record.clone());
+        let state = self.states.hash_one(state);
+        seen.insert(key.to_owned(), Seen { revision, state });
     }
 
     /// The revision of the record on `key` as last seen, when it held another state than
     /// `state` (a state already recorded is read again: it may be recorded still).
     fn seen_other_than(&self, key: &str, state: &ServiceState) -> Option<u64> {
+        let state = self.states.hash_one(state);
         let seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
         seen.get(key)
-            .filter(|seen| &seen.value != state)
+            .filter(|seen| seen.state != state)
             .map(|seen| seen.revision)
     }
 
     /// Writes `state` over the record at `revision`, keeping it as seen.
     async fn update(&self, key: &str, state: &ServiceState, revision: u64) -> Result<(), KvError> {
         let revision = self.records.update(key, state, revision).await?;
-        self.saw_written(key, state, revision);
+        self.saw(key, Some((state, revision)));
         Ok(())
     }
 
     /// Writes `state` where no record is, keeping it as seen.
     async fn create(&self, key: &str, state: &ServiceState) -> Result<(), KvError> {
         let revision = self.records.create(key, state).await?;
-        self.saw_written(key, state, revision);
+        self.saw(key, Some((state, revision)));
         Ok(())
-    }
-
-    fn saw_written(&self, key: &str, state: &ServiceState, revision: u64) {
-        let written = Versioned {
-            value: state.clone(),
-            revision,
-        };
-        self.saw(key, Some(&written));
     }
 
     /// The record key of a service in an environment.
@@ -102,7 +110,12 @@ impl Driver for DryRunDriver {
     ) -> Result<Option<ServiceState>, DriverError> {
         let key = Self::key(environment, service);
         let record = self.records.get(&key).await.map_err(Self::failed)?;
-        self.saw(&key, record.as_ref());
+        self.saw(
+            &key,
+            record
+                .as_ref()
+                .map(|record| (&record.value, record.revision)),
+        );
         Ok(record.map(|record| record.value))
     }
 

@@ -106,7 +106,7 @@ pub struct ServiceSpec {
 
 /// A running service as drivers render it: the `before` and `after` of a `service/...`
 /// resource in a ChangeSet, and what Sentinel's policies read.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 pub struct ServiceState {
     pub image: String,
     pub replicas: u32,
@@ -143,7 +143,7 @@ impl ServiceState {
 }
 
 /// Requests and limits per container.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 pub struct Resources {
     pub cpu_request_millis: u32,
     pub cpu_limit_millis: u32,
@@ -152,7 +152,7 @@ pub struct Resources {
 }
 
 /// HTTP paths that answer 2xx when the service lives and when it is ready.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 pub struct HealthPaths {
     pub live: String,
     pub ready: String,
