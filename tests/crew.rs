@@ -910,6 +910,14 @@ async fn a_lock_taken_elsewhere_since_this_conductor_let_it_go_is_waited_for() {
         waiting.waiting_for_lock.as_deref(),
         Some("staging.social-intel")
     );
+    // The plan is recorded waiting before it joins the lock's queue.
+    wait_until(
+        "the second plan queued on the lock",
+        &agents,
+        String::new,
+        || async { !social_intel_staging_lock(&bus).await.waiting.is_empty() },
+    )
+    .await;
     let lock = social_intel_staging_lock(&bus).await;
     assert_eq!(lock.plan_id, elsewhere, "the lock stays with its holder");
     assert_eq!(lock.token, taken.value.token);

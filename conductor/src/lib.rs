@@ -72,7 +72,7 @@ pub async fn run(
         signer: Arc::new(options.signer),
         seen: SeenRequests::new(agent.bucket(buckets::REQUESTS_SEEN).await?),
         written: Default::default(),
-        written_locks: Default::default(),
+        lock_deletions: Default::default(),
         finished: Default::default(),
     });
     tracing::info!(public_key = %conductor.signer.public_key(), "ApplyRequests are signed; Forge needs this key as INFRACREW_CONDUCTOR_PUBLIC_KEY");

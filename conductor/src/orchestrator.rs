@@ -103,22 +103,14 @@ pub struct Conductor {
     /// compare-and-set finds. Shared with the handler that wrote it, not copied: the next
     /// move takes it back without a copy, as that handler is done by then.
     pub written: std::sync::Mutex<std::collections::HashMap<PlanId, Versioned<Arc<PlanRecord>>>>,
-    /// The locks this process last wrote, by key: a lock's release starts from the lock as
-    /// its plan took it, and a lock taken again from its deletion's revision, each without a
-    /// read. Another writer's change makes one stale, which the compare-and-set finds.
-    pub written_locks: std::sync::Mutex<std::collections::HashMap<String, LockWritten>>,
+    /// The locks this process deleted, by key, with their deletions' revisions: a plan on a
+    /// service deployed before takes the lock again from there in one write, without first
+    /// trying it as never written and reading the deletion. Another writer's lock since
+    /// fails that write, and the lock is read.
+    pub lock_deletions: std::sync::Mutex<std::collections::HashMap<String, u64>>,
     /// Plans the sweeper found finished, by key, with their end state and time: a finished
     /// plan never moves again, so later sweeps count it without reading it.
     pub finished: std::sync::Mutex<std::collections::HashMap<String, FinishedPlan>>,
-}
-
-/// A lock as this process last wrote it.
-#[derive(Debug, Clone)]
-pub enum LockWritten {
-    /// Taken, handed on, renewed or joined: the lock as written.
-    Held(Versioned<LockRecord>),
-    /// Released with no plan waiting: the deletion's revision.
-    Deleted(u64),
 }
 
 /// A finished plan's end state and when it got there.
@@ -146,8 +138,9 @@ enum InLine {
 /// Plans whose last write a Conductor keeps; past it the memory is let go and moves read.
 const WRITTEN_KEPT: usize = 10_000;
 
-/// Locks whose last write a Conductor keeps; past it the memory is let go and locks read.
-const LOCKS_KEPT: usize = 10_000;
+/// Lock deletions a Conductor keeps; past it the memory is let go and locks are created as
+/// ever.
+const DELETIONS_KEPT: usize = 10_000;
 
 fn retry(error: impl std::fmt::Display) -> HandlerError {
     HandlerError::Retry(error.to_string())
@@ -503,53 +496,39 @@ impl Conductor {
                         .into_iter()
                         .filter(|waiter| waiter.plan_id != plan_id)
                         .collect();
-                    let taken = self.held_by(plan_id, token, waiting);
-                    match self.locks.update(key, &taken, lock.revision).await {
-                        Ok(revision) => {
-                            let taken = Versioned {
-                                value: taken,
-                                revision,
-                            };
-                            self.wrote_lock(key, LockWritten::Held(taken));
-                            return Ok(LockAnswer::Holds(token));
-                        }
+                    match self
+                        .locks
+                        .update(key, &self.held_by(plan_id, token, waiting), lock.revision)
+                        .await
+                    {
+                        Ok(_) => return Ok(LockAnswer::Holds(token)),
                         Err(KvError::Conflict { .. }) => continue,
                         Err(error) => return Err(retry(error)),
                     }
                 }
                 None => {
-                    // A lock this process deleted is taken over from its deletion, in the
-                    // write create_with makes once it has read the deletion. Stale, it
-                    // fails, and the next try reads.
-                    let deleted = self.take_lock_written(key, |lock| match lock {
-                        LockWritten::Deleted(deletion) => Some(*deletion),
-                        LockWritten::Held(_) => None,
-                    });
-                    let taken = match deleted {
+                    // Over a deletion this process wrote: the write create_with makes once it
+                    // has read the deletion.
+                    let deletion = lock_ignoring_poison(&self.lock_deletions).remove(key);
+                    let taken = match deletion {
                         Some(deletion) => {
-                            let taken = self.held_by(plan_id, deletion + 1, Vec::new());
+                            let token = deletion + 1;
+                            let taken = self.held_by(plan_id, token, Vec::new());
                             self.locks
                                 .update(key, &taken, deletion)
                                 .await
-                                .map(|revision| Versioned {
-                                    value: taken,
-                                    revision,
-                                })
+                                .map(|_| token)
                         }
-                        None => {
-                            self.locks
-                                .create_with(key, |replaced| {
-                                    self.held_by(plan_id, replaced + 1, Vec::new())
-                                })
-                                .await
-                        }
+                        None => self
+                            .locks
+                            .create_with(key, |replaced| {
+                                self.held_by(plan_id, replaced + 1, Vec::new())
+                            })
+                            .await
+                            .map(|taken| taken.value.token),
                     };
                     match taken {
-                        Ok(taken) => {
-                            let token = taken.value.token;
-                            self.wrote_lock(key, LockWritten::Held(taken));
-                            return Ok(LockAnswer::Holds(token));
-                        }
+                        Ok(token) => return Ok(LockAnswer::Holds(token)),
                         Err(KvError::AlreadyExists { .. } | KvError::Conflict { .. }) => continue,
                         Err(error) => return Err(retry(error)),
                     }
@@ -557,28 +536,6 @@ impl Conductor {
             }
         }
         Err(lock_kept_changing(key))
-    }
-
-    /// Keeps the lock on `key` as this process just wrote it, or its deletion's revision.
-    fn wrote_lock(&self, key: &str, written: LockWritten) {
-        let mut locks = lock_ignoring_poison(&self.written_locks);
-        if locks.len() >= LOCKS_KEPT && !locks.contains_key(key) {
-            locks.clear();
-        }
-        locks.insert(key.to_owned(), written);
-    }
-
-    /// What `pick` takes of the lock on `key` as this process last wrote it, let go of (the
-    /// taker writes the lock again); a lock `pick` takes nothing of is kept.
-    fn take_lock_written<T>(
-        &self,
-        key: &str,
-        pick: impl FnOnce(&LockWritten) -> Option<T>,
-    ) -> Option<T> {
-        let mut locks = lock_ignoring_poison(&self.written_locks);
-        let taken = pick(locks.get(key)?)?;
-        locks.remove(key);
-        Some(taken)
     }
 
     /// The lock as `plan_id` takes it, from now, with the plans still waiting behind it.
@@ -610,14 +567,7 @@ impl Conductor {
                 ..lock.value
             };
             match self.locks.update(key, &renewed, lock.revision).await {
-                Ok(revision) => {
-                    let renewed = Versioned {
-                        value: renewed,
-                        revision,
-                    };
-                    self.wrote_lock(key, LockWritten::Held(renewed));
-                    return Ok(());
-                }
+                Ok(_) => return Ok(()),
                 Err(KvError::Conflict { .. }) => {}
                 Err(error) => return Err(retry(error)),
             }
@@ -677,14 +627,7 @@ impl Conductor {
                 ..lock.value
             };
             match self.locks.update(key, &marked, lock.revision).await {
-                Ok(revision) => {
-                    let marked = Versioned {
-                        value: marked,
-                        revision,
-                    };
-                    self.wrote_lock(key, LockWritten::Held(marked));
-                    return Ok(InLine::Queued);
-                }
+                Ok(_) => return Ok(InLine::Queued),
                 Err(KvError::Conflict { .. }) => continue,
                 Err(error) => return Err(retry(error)),
             }
@@ -695,20 +638,9 @@ impl Conductor {
     /// Releases the plan's lock: to the plan that waited longest for it, if one still waits.
     async fn release(&self, record: &PlanRecord) -> Result<(), HandlerError> {
         let key = lock_key(&record.plan.environment, &record.plan.service);
-        // The lock as this plan took it (or as this process last wrote it since) saves a read.
-        let mut known = self.take_lock_written(&key, |lock| match lock {
-            LockWritten::Held(lock) if lock.value.plan_id == record.plan.plan_id => {
-                Some(lock.clone())
-            }
-            _ => None,
-        });
         for _ in 0..UPDATE_TRIES {
-            let lock = match known.take() {
-                Some(lock) => lock,
-                None => match self.locks.get(&key).await.map_err(retry)? {
-                    Some(lock) => lock,
-                    None => return Ok(()),
-                },
+            let Some(lock) = self.locks.get(&key).await.map_err(retry)? else {
+                return Ok(());
             };
             if lock.value.plan_id != record.plan.plan_id || self.pass_on(&key, lock).await? {
                 return Ok(());
@@ -736,12 +668,7 @@ impl Conductor {
             let token = lock.revision + 1;
             let handed = self.held_by(waiter.plan_id, token, queue.collect());
             return match self.locks.update(key, &handed, lock.revision).await {
-                Ok(revision) => {
-                    let handed = Versioned {
-                        value: handed,
-                        revision,
-                    };
-                    self.wrote_lock(key, LockWritten::Held(handed));
+                Ok(_) => {
                     self.route_holder(waiter.plan_id, next, key, token).await?;
                     Ok(true)
                 }
@@ -751,7 +678,11 @@ impl Conductor {
         }
         match self.locks.delete(key, lock.revision).await {
             Ok(deletion) => {
-                self.wrote_lock(key, LockWritten::Deleted(deletion));
+                let mut deletions = lock_ignoring_poison(&self.lock_deletions);
+                if deletions.len() >= DELETIONS_KEPT {
+                    deletions.clear();
+                }
+                deletions.insert(key.to_owned(), deletion);
                 Ok(true)
             }
             Err(KvError::Conflict { .. }) => Ok(false),
