@@ -4,7 +4,7 @@ use std::marker::PhantomData;
 
 use async_nats::jetstream::{
     self,
-    context::{PublishError, PublishErrorKind},
+    context::PublishErrorKind,
     kv::{self, CreateErrorKind, Operation, UpdateErrorKind},
     message::StreamMessage,
     stream::{DirectGetErrorKind, LastRawMessageErrorKind},
@@ -267,26 +267,23 @@ impl<T: Serialize + DeserializeOwned> Kv<T> {
             async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
             async_nats::HeaderValue::from(revision),
         );
-        let conflict = |error: &PublishError| error.kind() == PublishErrorKind::WrongLastSequence;
-        let ack = match self
-            .jetstream
-            .publish_with_headers(subject, headers, Bytes::new())
-            .await
-        {
-            Ok(ack) => ack.await,
-            Err(error) => Err(error),
+        let deleted = async {
+            self.jetstream
+                .publish_with_headers(subject, headers, Bytes::new())
+                .await?
+                .await
         };
-        ack.map(|ack| ack.sequence).map_err(|error| {
-            if conflict(&error) {
-                KvError::Conflict {
+        match deleted.await {
+            Ok(ack) => Ok(ack.sequence),
+            Err(error) if error.kind() == PublishErrorKind::WrongLastSequence => {
+                Err(KvError::Conflict {
                     bucket: self.bucket.clone(),
                     key: key.to_owned(),
                     expected: revision,
-                }
-            } else {
-                self.request(error)
+                })
             }
-        })
+            Err(error) => Err(self.request(error)),
+        }
     }
 
     fn decode(&self, key: &str, entry: &kv::Entry) -> Result<Versioned<T>, KvError> {
