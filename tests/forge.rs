@@ -68,33 +68,14 @@ async fn the_dry_run_driver_records_each_state_once_whatever_it_expected() {
     let driver = DryRunDriver::open(&bus).await.unwrap();
     let records = bus.kv::<ServiceState>(buckets::DRY_RUN).await.unwrap();
     let first = running(&plan(70, "dry-create", "dev", |_| {}));
-    let second = ServiceState {
-        replicas: first.replicas + 1,
-        ..first.clone()
-    };
-    let context = |expected: Option<&ServiceState>| ApplyContext {
-        plan_id: examples::plan_spec().plan_id,
-        digest: "sha256:dry-run-test".into(),
-        strategy: Strategy::Rolling,
-        expected: expected.cloned(),
-        progress: Progress::silent(),
-    };
+    let second = one_more_replica(&first);
     let revisions = || async { records.history("dev.dry-create").await.unwrap().len() };
 
-    driver
-        .apply("dev", "dry-create", Some(&first), &context(None))
-        .await
-        .unwrap();
+    apply_dry_run(&driver, Some(&first), None).await;
     assert_eq!(revisions().await, 1, "created in one write");
-    driver
-        .apply("dev", "dry-create", Some(&first), &context(None))
-        .await
-        .unwrap();
+    apply_dry_run(&driver, Some(&first), None).await;
     assert_eq!(revisions().await, 1, "the state was recorded already");
-    driver
-        .apply("dev", "dry-create", Some(&second), &context(None))
-        .await
-        .unwrap();
+    apply_dry_run(&driver, Some(&second), None).await;
     driver
         .verify("dev", "dry-create", Some(&second))
         .await
@@ -107,32 +88,14 @@ async fn the_dry_run_driver_records_each_state_once_whatever_it_expected() {
 
     // A record this driver last wrote is written over unread; one another Forge changed
     // since fails that write and is read, and a state recorded already is left as it is.
-    let third = ServiceState {
-        replicas: second.replicas + 1,
-        ..second.clone()
-    };
-    driver
-        .apply("dev", "dry-create", Some(&third), &context(Some(&second)))
-        .await
-        .unwrap();
+    let third = one_more_replica(&second);
+    apply_dry_run(&driver, Some(&third), Some(&second)).await;
     assert_eq!(revisions().await, 3);
     let elsewhere = DryRunDriver::open(&bus).await.unwrap();
-    let fourth = ServiceState {
-        replicas: third.replicas + 1,
-        ..third.clone()
-    };
-    elsewhere
-        .apply("dev", "dry-create", Some(&fourth), &context(Some(&third)))
-        .await
-        .unwrap();
-    driver
-        .apply("dev", "dry-create", Some(&second), &context(Some(&third)))
-        .await
-        .unwrap();
-    driver
-        .apply("dev", "dry-create", Some(&second), &context(Some(&third)))
-        .await
-        .unwrap();
+    let fourth = one_more_replica(&third);
+    apply_dry_run(&elsewhere, Some(&fourth), Some(&third)).await;
+    apply_dry_run(&driver, Some(&second), Some(&third)).await;
+    apply_dry_run(&driver, Some(&second), Some(&third)).await;
     driver
         .verify("dev", "dry-create", Some(&second))
         .await
@@ -143,11 +106,34 @@ async fn the_dry_run_driver_records_each_state_once_whatever_it_expected() {
         "the stale write was refused and the state written once over what was there"
     );
 
+    apply_dry_run(&driver, None, Some(&second)).await;
+    driver.verify("dev", "dry-create", None).await.unwrap();
+}
+
+fn one_more_replica(state: &ServiceState) -> ServiceState {
+    ServiceState {
+        replicas: state.replicas + 1,
+        ..state.clone()
+    }
+}
+
+/// Applies `state` to dev's `dry-create` with the dry-run driver, as rendered against `expected`.
+async fn apply_dry_run(
+    driver: &DryRunDriver,
+    state: Option<&ServiceState>,
+    expected: Option<&ServiceState>,
+) {
+    let context = ApplyContext {
+        plan_id: examples::plan_spec().plan_id,
+        digest: "sha256:dry-run-test".into(),
+        strategy: Strategy::Rolling,
+        expected: expected.cloned(),
+        progress: Progress::silent(),
+    };
     driver
-        .apply("dev", "dry-create", None, &context(Some(&second)))
+        .apply("dev", "dry-create", state, &context)
         .await
         .unwrap();
-    driver.verify("dev", "dry-create", None).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

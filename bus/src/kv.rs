@@ -223,12 +223,25 @@ impl<T: Serialize + DeserializeOwned> Kv<T> {
         if !deleted {
             return Err(exists());
         }
-        let value = make(last.sequence);
-        match self.update(key, &value, last.sequence).await {
-            Ok(revision) => Ok(Versioned { value, revision }),
+        match self.create_over(key, last.sequence, make).await {
             Err(KvError::Conflict { .. }) => Err(exists()),
-            Err(error) => Err(error),
+            written => written,
         }
+    }
+
+    /// [`Kv::create_with`] for a writer that knows the key's last entry is the deletion at
+    /// `deletion` (one it made, from [`Kv::delete`]): writes `make(deletion)` in one
+    /// compare-and-set on it, without trying the key as never written or reading it. A key
+    /// written since is a `Conflict`.
+    pub async fn create_over(
+        &self,
+        key: &str,
+        deletion: u64,
+        make: impl FnOnce(u64) -> T,
+    ) -> Result<Versioned<T>, KvError> {
+        let value = make(deletion);
+        let revision = self.update(key, &value, deletion).await?;
+        Ok(Versioned { value, revision })
     }
 
     /// Writes `value` only if the key is still at `revision`; returns the new revision.
@@ -248,11 +261,11 @@ impl<T: Serialize + DeserializeOwned> Kv<T> {
     }
 
     /// Deletes the key only if it is still at `revision` (releasing a lock one holds); returns
-    /// the deletion's revision, which a later [`Kv::update`] can take the key over from as a
-    /// create (its fencing token is one more, as [`Kv::create_with`]'s).
+    /// the deletion's revision, which [`Kv::create_over`] takes the key over from.
     ///
     /// Written as the client's own delete is (a `KV-Operation: DEL` message expecting the
-    /// key's last revision), but keeping the ack's sequence, which the client drops.
+    /// key's last revision), but keeping the ack's sequence, which the client drops. The bus's
+    /// JetStream context has the default API prefix, so the subject takes no prefix of its own.
     pub async fn delete(&self, key: &str, revision: u64) -> Result<u64, KvError> {
         let subject = format!(
             "{}{key}",

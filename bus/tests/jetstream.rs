@@ -857,13 +857,13 @@ async fn create_with_writes_once_over_nothing_or_a_deletion_with_what_it_replace
     // create_with does once it has read the deletion; a deletion since replaced is refused.
     let deletion = locks.delete("dev.a", second.revision).await.unwrap();
     let third = token(deletion);
-    let taken = locks.update("dev.a", &third, deletion).await.unwrap();
+    let taken = locks.create_over("dev.a", deletion, token).await.unwrap();
     assert_eq!(locks.get("dev.a").await.unwrap().unwrap().value, third);
     assert!(matches!(
-        locks.update("dev.a", &token(deletion), deletion).await,
+        locks.create_over("dev.a", deletion, token).await,
         Err(KvError::Conflict { .. })
     ));
-    assert!(taken > deletion);
+    assert!(taken.revision > deletion);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

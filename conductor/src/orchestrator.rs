@@ -507,28 +507,14 @@ impl Conductor {
                     }
                 }
                 None => {
-                    // Over a deletion this process wrote: the write create_with makes once it
-                    // has read the deletion.
+                    let take = |replaced: u64| self.held_by(plan_id, replaced + 1, Vec::new());
                     let deletion = lock_ignoring_poison(&self.lock_deletions).remove(key);
                     let taken = match deletion {
-                        Some(deletion) => {
-                            let token = deletion + 1;
-                            let taken = self.held_by(plan_id, token, Vec::new());
-                            self.locks
-                                .update(key, &taken, deletion)
-                                .await
-                                .map(|_| token)
-                        }
-                        None => self
-                            .locks
-                            .create_with(key, |replaced| {
-                                self.held_by(plan_id, replaced + 1, Vec::new())
-                            })
-                            .await
-                            .map(|taken| taken.value.token),
+                        Some(deletion) => self.locks.create_over(key, deletion, take).await,
+                        None => self.locks.create_with(key, take).await,
                     };
                     match taken {
-                        Ok(token) => return Ok(LockAnswer::Holds(token)),
+                        Ok(taken) => return Ok(LockAnswer::Holds(taken.value.token)),
                         Err(KvError::AlreadyExists { .. } | KvError::Conflict { .. }) => continue,
                         Err(error) => return Err(retry(error)),
                     }
