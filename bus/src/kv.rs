@@ -1,4 +1,8 @@
 //! Typed Key-Value access with compare-and-set on the revision, and create-if-absent.
+//!
+//! The client's requests are awaited boxed: their futures are 1 to 2 KB, and inline each one
+//! would be held for the whole life of every future that awaits a `Kv` call (a handler's,
+//! for as long as its message is in hand), not only while the request is out.
 
 use std::marker::PhantomData;
 
@@ -121,12 +125,12 @@ impl<T: Serialize + DeserializeOwned> Kv<T> {
     async fn last_entry(&self, subject: String) -> Result<Option<StreamMessage>, KvError> {
         let stream = &self.store.stream;
         if self.single_copy {
-            match stream.direct_get_last_for_subject(subject).await {
+            match Box::pin(stream.direct_get_last_for_subject(subject)).await {
                 Err(error) if error.kind() == DirectGetErrorKind::NotFound => Ok(None),
                 found => Ok(Some(found.map_err(|error| self.request(error))?)),
             }
         } else {
-            match stream.get_last_raw_message_by_subject(&subject).await {
+            match Box::pin(stream.get_last_raw_message_by_subject(&subject)).await {
                 Err(error) if error.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
                 found => Ok(Some(found.map_err(|error| self.request(error))?)),
             }
@@ -169,8 +173,7 @@ impl<T: Serialize + DeserializeOwned> Kv<T> {
     /// where writers race, use [`Kv::update`].
     pub async fn put(&self, key: &str, value: &T) -> Result<u64, KvError> {
         let bytes = self.encode(key, value)?;
-        self.store
-            .put(key, bytes)
+        Box::pin(self.store.put(key, bytes))
             .await
             .map_err(|error| self.request(error))
     }
@@ -182,8 +185,7 @@ impl<T: Serialize + DeserializeOwned> Kv<T> {
     /// know whose value is there compares it with `value`.
     pub async fn create(&self, key: &str, value: &T) -> Result<u64, KvError> {
         let bytes = self.encode(key, value)?;
-        self.store
-            .create(key, bytes)
+        Box::pin(self.store.create(key, bytes))
             .await
             .map_err(|error| match error.kind() {
                 CreateErrorKind::AlreadyExists => KvError::AlreadyExists {
@@ -247,8 +249,7 @@ impl<T: Serialize + DeserializeOwned> Kv<T> {
     /// Writes `value` only if the key is still at `revision`; returns the new revision.
     pub async fn update(&self, key: &str, value: &T, revision: u64) -> Result<u64, KvError> {
         let bytes = self.encode(key, value)?;
-        self.store
-            .update(key, bytes, revision)
+        Box::pin(self.store.update(key, bytes, revision))
             .await
             .map_err(|error| match error.kind() {
                 UpdateErrorKind::WrongLastRevision => KvError::Conflict {
@@ -280,12 +281,12 @@ impl<T: Serialize + DeserializeOwned> Kv<T> {
             async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
             async_nats::HeaderValue::from(revision),
         );
-        let deleted = async {
+        let deleted = Box::pin(async {
             self.jetstream
                 .publish_with_headers(subject, headers, Bytes::new())
                 .await?
                 .await
-        };
+        });
         match deleted.await {
             Ok(ack) => Ok(ack.sequence),
             Err(error) if error.kind() == PublishErrorKind::WrongLastSequence => {

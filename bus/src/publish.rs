@@ -160,11 +160,13 @@ impl Bus {
             source,
         })?);
         let message_id = message_id(subject, message);
-        let ack = self
-            .jetstream()
-            .send_publish(subject.to_owned(), outgoing(&payload, M::KIND, &message_id))
-            .await
-            .ok();
+        // Boxed, as the `Kv` requests are (see kv.rs): held only while it is out.
+        let ack = Box::pin(
+            self.jetstream()
+                .send_publish(subject.to_owned(), outgoing(&payload, M::KIND, &message_id)),
+        )
+        .await
+        .ok();
         Ok(Sent {
             subject: subject.to_owned(),
             kind: M::KIND,
@@ -189,8 +191,13 @@ impl Bus {
             published.push(match acked {
                 Some(ack) => Published::from(ack),
                 None => {
-                    self.publish_bytes(&sent.subject, sent.kind, &sent.message_id, sent.payload)
-                        .await?
+                    Box::pin(self.publish_bytes(
+                        &sent.subject,
+                        sent.kind,
+                        &sent.message_id,
+                        sent.payload,
+                    ))
+                    .await?
                 }
             });
         }
@@ -209,10 +216,11 @@ impl Bus {
         let mut delay = Duration::from_millis(50);
         let mut last_reason = String::new();
         for attempt in 1..=PUBLISH_ATTEMPTS {
-            let result = match self
-                .jetstream()
-                .send_publish(subject.to_owned(), outgoing(&payload, kind, message_id))
-                .await
+            let result = match Box::pin(
+                self.jetstream()
+                    .send_publish(subject.to_owned(), outgoing(&payload, kind, message_id)),
+            )
+            .await
             {
                 Ok(ack) => ack.await,
                 Err(error) => Err(error),
