@@ -191,6 +191,8 @@ impl Bus {
             published.push(match acked {
                 Some(ack) => Published::from(ack),
                 None => {
+                    // Boxed: a lost ack is rare, and inline its retries would size every
+                    // future that confirms.
                     Box::pin(self.publish_bytes(
                         &sent.subject,
                         sent.kind,
