@@ -160,13 +160,10 @@ impl Bus {
             source,
         })?);
         let message_id = message_id(subject, message);
-        // Boxed, as the `Kv` requests are (see kv.rs): held only while it is out.
-        let ack = Box::pin(
-            self.jetstream()
-                .send_publish(subject.to_owned(), outgoing(&payload, M::KIND, &message_id)),
-        )
-        .await
-        .ok();
+        let ack = self
+            .start_publish(subject, &payload, M::KIND, &message_id)
+            .await
+            .ok();
         Ok(Sent {
             subject: subject.to_owned(),
             kind: M::KIND,
@@ -206,6 +203,22 @@ impl Bus {
         Ok(published)
     }
 
+    /// Writes one message to the connection; its ack comes through the returned future.
+    /// Boxed, as the `Kv` requests are (see kv.rs): held only while it is out.
+    async fn start_publish(
+        &self,
+        subject: &str,
+        payload: &Bytes,
+        kind: &'static str,
+        message_id: &str,
+    ) -> Result<PublishAckFuture, async_nats::jetstream::context::PublishError> {
+        Box::pin(
+            self.jetstream()
+                .send_publish(subject.to_owned(), outgoing(payload, kind, message_id)),
+        )
+        .await
+    }
+
     /// Publishes bytes that are already encoded, under the given message id.
     pub async fn publish_bytes(
         &self,
@@ -218,11 +231,9 @@ impl Bus {
         let mut delay = Duration::from_millis(50);
         let mut last_reason = String::new();
         for attempt in 1..=PUBLISH_ATTEMPTS {
-            let result = match Box::pin(
-                self.jetstream()
-                    .send_publish(subject.to_owned(), outgoing(&payload, kind, message_id)),
-            )
-            .await
+            let result = match self
+                .start_publish(subject, &payload, kind, message_id)
+                .await
             {
                 Ok(ack) => ack.await,
                 Err(error) => Err(error),

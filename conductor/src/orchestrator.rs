@@ -214,16 +214,11 @@ impl Conductor {
             written.remove(&plan_id);
             return;
         }
-        if written.len() >= WRITTEN_KEPT {
-            written.clear();
-        }
-        written.insert(
-            plan_id,
-            Versioned {
-                value: Arc::clone(record),
-                revision,
-            },
-        );
+        let record = Versioned {
+            value: Arc::clone(record),
+            revision,
+        };
+        keep(&mut written, plan_id, record, WRITTEN_KEPT);
     }
 
     /// `update_sending`, starting from a record this handler already holds, which saves the
@@ -674,10 +669,7 @@ impl Conductor {
         match self.locks.delete(key, lock.revision).await {
             Ok(deletion) => {
                 let mut deletions = lock_ignoring_poison(&self.lock_deletions);
-                if deletions.len() >= DELETIONS_KEPT {
-                    deletions.clear();
-                }
-                deletions.insert(key.to_owned(), deletion);
+                keep(&mut deletions, key.to_owned(), deletion, DELETIONS_KEPT);
                 Ok(true)
             }
             Err(KvError::Conflict { .. }) => Ok(false),
@@ -1464,6 +1456,20 @@ fn blocking(status: &BuildStatus) -> String {
         .map(|finding| format!("{} on {}", finding.rule, finding.resource))
         .collect();
     rules.join(", ")
+}
+
+/// Keeps `value` under `key` in a memory of at most `at_most` entries, let go of all at once
+/// when full: each entry only saves a read, so forgetting costs reads, never correctness.
+fn keep<K: std::hash::Hash + Eq, V>(
+    memory: &mut std::collections::HashMap<K, V>,
+    key: K,
+    value: V,
+    at_most: usize,
+) {
+    if memory.len() >= at_most {
+        memory.clear();
+    }
+    memory.insert(key, value);
 }
 
 fn lock_ignoring_poison<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
