@@ -521,6 +521,53 @@ async fn an_approved_plan_is_applied_step_by_step_and_recorded() {
     );
 }
 
+/// The Forge that built a plan takes its apply's lease beside the gate's reads; a request the
+/// gate refuses frees it again, so the next request applies at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_request_leaves_the_build_free_for_the_next() {
+    let approved = an_approved_plan(4, "financial-tax", 6).await;
+    let ApprovedPlan {
+        bus,
+        forge,
+        plan,
+        build,
+        ..
+    } = &approved;
+    let builds = bus.kv::<BuildRecord>(buckets::BUILDS).await.unwrap();
+    let key = plan.plan_id.to_string();
+    let built = builds.get(&key).await.unwrap().unwrap();
+
+    bus.publish(subjects::APPLY_REQUEST, &apply_request(plan, build, 5, 60))
+        .await
+        .unwrap();
+    let refused: Vec<OpsEvent> = wait_for(bus, subjects::OPS, 1, &[forge]).await;
+    assert_eq!(refused[0].refused_by, Some(GateCheck::Lock), "{refused:#?}");
+    wait_until_drained(bus, "forge").await;
+    let freed = builds.get(&key).await.unwrap().unwrap();
+    assert!(
+        freed.revision > built.revision,
+        "the lease was taken beside the gate"
+    );
+    assert_eq!(freed.value.applying, None, "the refusal freed the lease");
+
+    bus.publish(subjects::APPLY_REQUEST, &apply_request(plan, build, 6, 60))
+        .await
+        .unwrap();
+    let events: Vec<OpsEvent> = wait_for(bus, subjects::OPS, 5, &[forge]).await;
+    assert_eq!(
+        events.last().unwrap().kind,
+        OpsEventKind::ApplyDone,
+        "{events:#?}"
+    );
+    assert!(
+        !forge
+            .log()
+            .contains("another apply of this plan is under way"),
+        "{}",
+        forge.log()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plan_under_way_is_not_applied_by_a_second_request_until_its_lease_lapses_nor_after_it_ended()
  {

@@ -3,15 +3,22 @@
 //! before a restart, or forgotten to keep the memory bounded) is read from the buckets, and
 //! nothing remembered is trusted beyond what its reader checks.
 
-use std::{collections::HashMap, sync::Mutex};
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
 
-use infracrew_protocol::{ChangeSet, PlanDigest, PlanId, PlanSpec, lock_key};
+use infracrew_bus::Versioned;
+use infracrew_protocol::{PlanDigest, PlanId, PlanSpec, lock_key};
+
+use crate::BuildRecord;
 
 /// How many plans' locks are kept; past that the memory starts again empty.
 const LOCKS_KEPT: usize = 4096;
 
-/// How many changes waiting for their verdicts are kept: more than a Forge has in flight.
-const JUDGED_KEPT: usize = 1024;
+/// How many builds waiting for their verdicts or applies are kept: more than a Forge has in
+/// flight.
+const BUILDS_KEPT: usize = 1024;
 
 #[derive(Debug, Default)]
 pub struct BuiltPlans(Mutex<Remembered>);
@@ -21,9 +28,10 @@ struct Remembered {
     /// The lock each plan needs, so the gate reads it together with the plan and build rather
     /// than after them; the gate checks the lock its plan's record names.
     locks: HashMap<PlanId, String>,
-    /// The change each plan sent to Sentinel, stored in its build record, until its verdict:
-    /// the verdict names the digest, and the same digest is the same change.
-    judged: HashMap<PlanId, (PlanDigest, ChangeSet)>,
+    /// The build record each plan sent to Sentinel, as stored and at its revision, until its
+    /// apply: the verdict names the digest, and the same digest is the same change; the apply
+    /// takes its lease on the record at that revision without reading it first.
+    builds: HashMap<PlanId, Versioned<Arc<BuildRecord>>>,
 }
 
 impl BuiltPlans {
@@ -47,25 +55,46 @@ impl BuiltPlans {
         self.remembered().locks.get(&plan_id).cloned()
     }
 
-    /// Remembers a change once its build record is stored.
-    pub fn remember_judged(&self, digest: PlanDigest, change: ChangeSet) {
+    /// Remembers a build sent to be judged once its record is stored at `revision`.
+    pub fn remember_build(&self, record: Arc<BuildRecord>, revision: u64) {
         let mut remembered = self.remembered();
-        if remembered.judged.len() >= JUDGED_KEPT {
-            remembered.judged.clear();
+        if remembered.builds.len() >= BUILDS_KEPT {
+            remembered.builds.clear();
         }
-        remembered.judged.insert(change.plan_id, (digest, change));
+        remembered.builds.insert(
+            record.plan.plan_id,
+            Versioned {
+                value: record,
+                revision,
+            },
+        );
     }
 
-    /// The change with `digest` that `plan_id` sent to be judged, forgotten once taken. A
-    /// verdict on another rendering takes nothing, and is read against the build record.
-    pub fn take_judged(&self, plan_id: PlanId, digest: &PlanDigest) -> Option<ChangeSet> {
+    /// The build with `digest` that `plan_id` sent to be judged, kept for its apply. A verdict
+    /// on another rendering finds nothing, and is read against the build record.
+    pub fn judged(&self, plan_id: PlanId, digest: &PlanDigest) -> Option<Arc<BuildRecord>> {
+        self.remembered()
+            .builds
+            .get(&plan_id)
+            .filter(|build| build.value.digest == *digest)
+            .map(|build| Arc::clone(&build.value))
+    }
+
+    /// The stored build with `digest` that `plan_id`'s apply is to take its lease on,
+    /// forgotten once taken.
+    pub fn take_build(
+        &self,
+        plan_id: PlanId,
+        digest: &PlanDigest,
+    ) -> Option<Versioned<BuildRecord>> {
         let mut remembered = self.remembered();
-        match remembered.judged.get(&plan_id) {
-            Some((judged, _)) if judged == digest => {
-                remembered.judged.remove(&plan_id).map(|(_, change)| change)
-            }
-            _ => None,
+        if remembered.builds.get(&plan_id)?.value.digest != *digest {
+            return None;
         }
+        remembered.builds.remove(&plan_id).map(|build| Versioned {
+            value: Arc::unwrap_or_clone(build.value),
+            revision: build.revision,
+        })
     }
 }
 
@@ -77,27 +106,36 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_remembered_change_is_taken_once_and_only_for_its_own_digest() {
+    fn a_remembered_build_serves_its_verdict_and_is_taken_once_by_its_apply() {
         let built = BuiltPlans::default();
-        let change = examples::change_set();
+        let plan = examples::plan_spec();
+        let change = infracrew_protocol::ChangeSet {
+            plan_id: plan.plan_id,
+            ..examples::change_set()
+        };
         let digest = change.digest().unwrap();
-        let other = ChangeSet {
+        let other = infracrew_protocol::ChangeSet {
             resources: Vec::new(),
             ..change.clone()
         }
         .digest()
         .unwrap();
-        built.remember_judged(digest.clone(), change.clone());
+        let record = BuildRecord {
+            plan,
+            change,
+            digest: digest.clone(),
+            applying: None,
+        };
+        let plan_id = record.plan.plan_id;
+        built.remember_build(Arc::new(record.clone()), 7);
 
-        assert_eq!(built.take_judged(change.plan_id, &other), None);
-        assert_eq!(
-            built.take_judged(change.plan_id, &digest),
-            Some(change.clone())
-        );
-        assert_eq!(
-            built.take_judged(change.plan_id, &digest),
-            None,
-            "taken once"
-        );
+        assert!(built.judged(plan_id, &other).is_none());
+        assert!(built.take_build(plan_id, &other).is_none());
+        let judged = built.judged(plan_id, &digest).unwrap();
+        assert_eq!(judged.change, record.change, "kept after the verdict");
+        let taken = built.take_build(plan_id, &digest).unwrap();
+        assert_eq!((taken.value.digest, taken.revision), (digest.clone(), 7));
+        assert!(built.take_build(plan_id, &digest).is_none(), "taken once");
+        assert!(built.judged(plan_id, &digest).is_none());
     }
 }

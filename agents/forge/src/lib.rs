@@ -85,6 +85,17 @@ pub struct ApplyLease {
     pub ended: Option<String>,
 }
 
+impl ApplyLease {
+    /// `holder`'s lease, taken now.
+    fn new(holder: &str) -> Self {
+        ApplyLease {
+            holder: holder.to_owned(),
+            renewed_at: Utc::now(),
+            ended: None,
+        }
+    }
+}
+
 struct Forge<D> {
     bus: Bus,
     drivers: DriverMap<D>,
@@ -202,9 +213,14 @@ impl<D: Apply> Forge<D> {
         let key = plan.plan_id.to_string();
         let (rendered, record) = tokio::join!(render(&plan, driver), self.records.plans.get(&key));
         // A copy routed again (the sweeper's, for a routing it thinks lost) that arrives after
-        // the plan moved on must not replace the build the plan is being decided on.
+        // the plan moved on must not replace the build the plan is being decided on. A plan
+        // is routed as its record is written, so its record may not be there yet or, on a
+        // copy of the plan, not yet say it was routed.
         if let Some(record) = record.map_err(retry)?
-            && record.value.state != PlanState::Validating
+            && !matches!(
+                record.value.state,
+                PlanState::Planned | PlanState::Validating
+            )
         {
             tracing::info!(plan = %plan.plan_id, state = %record.value.state, "routed again after it was built; not built again");
             return Ok(());
@@ -283,18 +299,18 @@ impl<D: Apply> Forge<D> {
         // read back when an ApplyRequest comes, and by a verdict that outruns its remembering
         // (one that outruns the record itself is tried again).
         let (stored, announced) = tokio::join!(self.records.builds.put(&key, &record), announced);
-        stored.map_err(retry)?;
+        let revision = stored.map_err(retry)?;
         if to_be_judged {
             self.records
                 .built
-                .remember_judged(record.digest, record.change);
+                .remember_build(Arc::new(record), revision);
         }
         announced
     }
 
     /// Turns Sentinel's verdict on the change it was sent into the build's status.
     async fn conclude(&self, result: ValidationResult) -> Result<(), HandlerError> {
-        let Some(change) = self.judged_change(&result).await? else {
+        let Some(build) = self.judged_build(&result).await? else {
             return Ok(());
         };
         let outcome = match result.verdict {
@@ -302,7 +318,7 @@ impl<D: Apply> Forge<D> {
             Verdict::Fail => BuildOutcome::Blocked,
         };
         self.report(
-            &change,
+            &build.change,
             result.digest,
             outcome,
             result.findings,
@@ -312,18 +328,14 @@ impl<D: Apply> Forge<D> {
         .await
     }
 
-    /// The change `result` judged: remembered from its build, or else read from the build
+    /// The build `result` judged: remembered from its rendering, or else read from the build
     /// record; `None` when the record holds another rendering.
-    async fn judged_change(
+    async fn judged_build(
         &self,
         result: &ValidationResult,
-    ) -> Result<Option<ChangeSet>, HandlerError> {
-        if let Some(change) = self
-            .records
-            .built
-            .take_judged(result.plan_id, &result.digest)
-        {
-            return Ok(Some(change));
+    ) -> Result<Option<Arc<BuildRecord>>, HandlerError> {
+        if let Some(build) = self.records.built.judged(result.plan_id, &result.digest) {
+            return Ok(Some(build));
         }
         let record = self
             .records
@@ -343,7 +355,7 @@ impl<D: Apply> Forge<D> {
             tracing::warn!(plan = %result.plan_id, judged = %result.digest, built = %record.digest, "a validation result for an older rendering; ignored");
             return Ok(None);
         }
-        Ok(Some(record.change))
+        Ok(Some(Arc::new(record)))
     }
 
     /// Reports the build of `change`, whose digest the caller computed when it was rendered.
