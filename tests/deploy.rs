@@ -590,6 +590,14 @@ async fn a_forge_killed_mid_rollout_converges_when_restarted_without_duplicates(
             .iter()
             .any(|event| event.message.contains("replica 1 of 2 is ready"))
         {
+            // A rollout that runs over a second has its start reported on its own, so the
+            // plan is APPLYING while it runs.
+            assert!(
+                events
+                    .iter()
+                    .any(|event| event.kind == OpsEventKind::ApplyStarted && event.seq == 1),
+                "{events:#?}"
+            );
             break;
         }
         assert!(tokio::time::Instant::now() < deadline, "{events:#?}");

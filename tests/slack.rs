@@ -234,7 +234,7 @@ async fn plans_are_approved_by_slash_command_and_by_button_and_the_review_follow
     assert!(
         thread
             .iter()
-            .any(|message| message.text.starts_with(":arrow_forward:")),
+            .any(|message| message.text.starts_with(":heavy_check_mark:")),
         "Forge's steps go to the thread: {thread:#?}"
     );
 

@@ -26,17 +26,16 @@ use crate::CliError;
 const AGENTS: [&str; 4] = ["atlas", "forge", "sentinel", "conductor"];
 /// Messages in sequence from a submitted goal to an APPLIED plan as a watcher sees it: goal,
 /// PlanSpec, routed plan, validate request, validation result, build status, apply request,
-/// the apply's events (started, done) of which the Conductor waits for the last, and the
-/// plan's move to APPLIED, which the bench reads through a JetStream consumer as the hop
-/// probe reads its messages.
+/// the apply's end (which carries its start), and the plan's move to APPLIED, which the bench
+/// reads through a JetStream consumer as the hop probe reads its messages.
 const HOPS_PER_PLAN: usize = 9;
 
 /// Answers from the server a plan waits for in sequence besides its hops, each a request
 /// and its reply: the Conductor's lock and record of a new plan; Forge's reads for the diff;
-/// the Conductor's READY and APPROVED write; Forge's gate reads, the apply's lease, the
-/// dry-run driver's record and its verifying read; the Conductor's APPLIED write. Each is
-/// costed as a publish's ack during the run, the first part of a hop.
-const ANSWERS_PER_PLAN: usize = 9;
+/// the Conductor's READY and APPROVED write; Forge's gate reads (with the apply's lease
+/// beside them), the dry-run driver's record and its verifying read; the Conductor's APPLIED
+/// write. Each is costed as a publish's ack during the run, the first part of a hop.
+const ANSWERS_PER_PLAN: usize = 8;
 
 /// How the bench runs.
 #[derive(Debug, Clone)]

@@ -353,18 +353,6 @@ impl Conductor {
             }
         };
         record.group_new_moves(0);
-        // A plan holding its target's lock is routed as its record is written, not after:
-        // Forge builds while the record is stored, a round trip sooner. Forge builds a plan
-        // it finds no record of, and a build that outruns the record waits for it.
-        let routed = match held_by {
-            None => Some(
-                self.bus
-                    .send(subjects::PLAN_ROUTED, &record.plan)
-                    .await
-                    .map_err(retry)?,
-            ),
-            Some(_) => None,
-        };
         let revision = match self.plans.create(&plan_id.to_string(), &record).await {
             Ok(revision) => revision,
             Err(KvError::AlreadyExists { .. }) => {
@@ -375,8 +363,13 @@ impl Conductor {
         let record = Arc::new(record);
         self.remember(plan_id, &record, revision);
         let mut sent = self.send_moves(&record, 0).await?;
-        if let Some(routed) = routed {
-            sent.push(routed);
+        if held_by.is_none() {
+            sent.push(
+                self.bus
+                    .send(subjects::PLAN_ROUTED, &record.plan)
+                    .await
+                    .map_err(retry)?,
+            );
             tracing::info!(plan = %plan_id, lock = %key, "routed to forge");
         }
         self.bus.confirm(sent).await.map_err(retry)?;
@@ -742,14 +735,6 @@ impl Conductor {
         self.bus.confirm(sent).await.map_err(retry)?;
         match record {
             Some(record) if record.state == PlanState::NoChange => self.release(&record).await,
-            // The plan is routed as its record is written, so its build can outrun the record.
-            None => Err(HandlerError::Retry(format!(
-                "plan {} has no record yet",
-                status.plan_id
-            ))),
-            Some(record) if record.state == PlanState::Planned => Err(HandlerError::Retry(
-                format!("plan {} is not routed yet", status.plan_id),
-            )),
             _ => Ok(()),
         }
     }
@@ -793,11 +778,11 @@ impl Conductor {
                     | OpsEventKind::StepSucceeded
                     | OpsEventKind::StepFailed => return false,
                 };
-                if record.state == PlanState::Approved
-                    && end != PlanState::Applying
-                    && end != PlanState::Failed
-                {
-                    let _ = record.move_to(PlanState::Applying, "forge", "apply started", event.at);
+                // An apply that ended quickly reports its start with its end (`started_at`),
+                // and a start can be lost: the plan moves through APPLYING in the same write.
+                if record.state == PlanState::Approved && event.kind.ends_apply() {
+                    let started = event.started_at.unwrap_or(event.at);
+                    let _ = record.move_to(PlanState::Applying, "forge", "apply started", started);
                 }
                 record.state != end
                     && record

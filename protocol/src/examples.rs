@@ -212,6 +212,7 @@ pub fn ops_event() -> OpsEvent {
         message: "replica 1 of 2 is ready".into(),
         driver: "dry-run".into(),
         at: at(7),
+        started_at: None,
     }
 }
 

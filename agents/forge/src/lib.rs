@@ -213,14 +213,9 @@ impl<D: Apply> Forge<D> {
         let key = plan.plan_id.to_string();
         let (rendered, record) = tokio::join!(render(&plan, driver), self.records.plans.get(&key));
         // A copy routed again (the sweeper's, for a routing it thinks lost) that arrives after
-        // the plan moved on must not replace the build the plan is being decided on. A plan
-        // is routed as its record is written, so its record may not be there yet or, on a
-        // copy of the plan, not yet say it was routed.
+        // the plan moved on must not replace the build the plan is being decided on.
         if let Some(record) = record.map_err(retry)?
-            && !matches!(
-                record.value.state,
-                PlanState::Planned | PlanState::Validating
-            )
+            && record.value.state != PlanState::Validating
         {
             tracing::info!(plan = %plan.plan_id, state = %record.value.state, "routed again after it was built; not built again");
             return Ok(());

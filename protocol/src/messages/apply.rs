@@ -232,6 +232,10 @@ pub struct OpsEvent {
     pub message: String,
     pub driver: String,
     pub at: DateTime<Utc>,
+    /// On an apply's end whose start was not reported on its own (an apply that ends quickly
+    /// reports its start with its end): when the apply started. Since schema 1.2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<DateTime<Utc>>,
 }
 
 impl OpsEvent {
@@ -286,6 +290,11 @@ impl OpsEventKind {
             self,
             Self::StepStarted | Self::StepProgress | Self::StepSucceeded | Self::StepFailed
         )
+    }
+
+    /// The end of an apply that ran: applied, failed or rolled back.
+    pub fn ends_apply(self) -> bool {
+        matches!(self, Self::ApplyDone | Self::ApplyFailed | Self::RolledBack)
     }
 }
 
