@@ -329,6 +329,18 @@ struct ApprovedPlan {
     _server: NatsServer,
 }
 
+impl ApprovedPlan {
+    /// Sends the plan's ApplyRequest as the Conductor signs it, with fencing token `token`,
+    /// expiring `expires_in` seconds from now.
+    async fn request_apply(&self, token: u64, expires_in: i64) {
+        let request = apply_request(&self.plan, &self.build, token, expires_in);
+        self.bus
+            .publish(subjects::APPLY_REQUEST, &request)
+            .await
+            .unwrap();
+    }
+}
+
 /// Approved as the Conductor approves, with fencing token `token`.
 async fn an_approved_plan(number: u128, service: &str, token: u64) -> ApprovedPlan {
     let server = NatsServer::start().unwrap();
@@ -465,9 +477,7 @@ async fn an_approved_plan_is_applied_step_by_step_and_recorded() {
     } = &approved;
     assert_eq!(build.outcome, BuildOutcome::Ready, "{:?}", build.findings);
 
-    bus.publish(subjects::APPLY_REQUEST, &apply_request(plan, build, 7, 60))
-        .await
-        .unwrap();
+    approved.request_apply(7, 60).await;
 
     let events: Vec<OpsEvent> = wait_for(bus, subjects::OPS, 3, &[forge]).await;
     let kinds: Vec<OpsEventKind> = events.iter().map(|e| e.kind).collect();
@@ -531,19 +541,13 @@ async fn an_approved_plan_is_applied_step_by_step_and_recorded() {
 async fn a_refused_request_leaves_the_build_free_for_the_next() {
     let approved = an_approved_plan(4, "financial-tax", 6).await;
     let ApprovedPlan {
-        bus,
-        forge,
-        plan,
-        build,
-        ..
+        bus, forge, plan, ..
     } = &approved;
     let builds = bus.kv::<BuildRecord>(buckets::BUILDS).await.unwrap();
     let key = plan.plan_id.to_string();
     let built = builds.get(&key).await.unwrap().unwrap();
 
-    bus.publish(subjects::APPLY_REQUEST, &apply_request(plan, build, 5, 60))
-        .await
-        .unwrap();
+    approved.request_apply(5, 60).await;
     let refused: Vec<OpsEvent> = wait_for(bus, subjects::OPS, 1, &[forge]).await;
     assert_eq!(refused[0].refused_by, Some(GateCheck::Lock), "{refused:#?}");
     wait_until_drained(bus, "forge").await;
@@ -554,9 +558,7 @@ async fn a_refused_request_leaves_the_build_free_for_the_next() {
     );
     assert_eq!(freed.value.applying, None, "the refusal freed the lease");
 
-    bus.publish(subjects::APPLY_REQUEST, &apply_request(plan, build, 6, 60))
-        .await
-        .unwrap();
+    approved.request_apply(6, 60).await;
     let events: Vec<OpsEvent> = wait_for(bus, subjects::OPS, 4, &[forge]).await;
     assert_eq!(
         events.last().unwrap().kind,
@@ -577,20 +579,14 @@ async fn a_plan_under_way_is_not_applied_by_a_second_request_until_its_lease_lap
  {
     let approved = an_approved_plan(2, "alfred-bot", 3).await;
     let ApprovedPlan {
-        bus,
-        forge,
-        plan,
-        build,
-        ..
+        bus, forge, plan, ..
     } = &approved;
 
     // Another Forge took the plan's apply 12 s ago and has not renewed its lease since: it
     // lapses 3 s from now, and only then may this request apply.
     let builds = lease_held_by(bus, plan, "forge elsewhere", chrono::Duration::seconds(12)).await;
     let key = plan.plan_id.to_string();
-    bus.publish(subjects::APPLY_REQUEST, &apply_request(plan, build, 3, 60))
-        .await
-        .unwrap();
+    approved.request_apply(3, 60).await;
     tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
     let early: Vec<OpsEvent> = messages_on(bus, subjects::OPS).await;
     assert!(
@@ -629,9 +625,7 @@ async fn a_plan_under_way_is_not_applied_by_a_second_request_until_its_lease_lap
 
     // A second request for the same build (the sweeper resends one it thinks lost) finds the
     // apply ended and changes nothing, whatever the plan's record still says.
-    bus.publish(subjects::APPLY_REQUEST, &apply_request(plan, build, 3, 60))
-        .await
-        .unwrap();
+    approved.request_apply(3, 60).await;
     wait_until_drained(bus, "forge").await;
     let after: Vec<OpsEvent> = messages_on(bus, subjects::OPS).await;
     assert_eq!(after.len(), events.len(), "applied again: {after:#?}");
@@ -650,9 +644,7 @@ async fn an_expired_request_carries_on_only_an_apply_that_started_in_time() {
     } = &approved;
 
     // APPROVED: no apply of the plan has started, so an expired request starts none.
-    bus.publish(subjects::APPLY_REQUEST, &apply_request(plan, build, 5, -5))
-        .await
-        .unwrap();
+    approved.request_apply(5, -5).await;
     let refused: Vec<OpsEvent> = wait_for(bus, subjects::OPS, 1, &[forge]).await;
     assert_eq!(refused[0].kind, OpsEventKind::ApplyRefused);
     assert_eq!(refused[0].refused_by, Some(GateCheck::Expiry));
@@ -663,9 +655,7 @@ async fn an_expired_request_carries_on_only_an_apply_that_started_in_time() {
     record_plan(&plans, plan, PlanState::Applying, build).await;
     let builds = lease_held_by(bus, plan, "forge that died", chrono::Duration::minutes(1)).await;
     let key = plan.plan_id.to_string();
-    bus.publish(subjects::APPLY_REQUEST, &apply_request(plan, build, 5, -5))
-        .await
-        .unwrap();
+    approved.request_apply(5, -5).await;
     let events: Vec<OpsEvent> = wait_for(bus, subjects::OPS, 4, &[forge]).await;
     let kinds: Vec<OpsEventKind> = events.iter().skip(1).map(|e| e.kind).collect();
     use OpsEventKind::*;
