@@ -60,12 +60,14 @@ async fn record_running(bus: &Bus, environment: &str, service: &str, state: &Ser
 
 /// The dry-run driver writes a service its change was rendered without (`expected: None`)
 /// without reading it first; one that is recorded after all (the create of an earlier try
-/// whose ack was lost) is compared, and a state recorded already is not recorded again.
+/// whose ack was lost) is compared, and a state recorded already is not recorded again. Each
+/// way leaves the record as wanted, which is why Forge takes the apply as its verification.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dry_run_driver_records_each_state_once_whatever_it_expected() {
     let server = NatsServer::start().unwrap();
     let bus = crew_bus(&server).await;
     let driver = DryRunDriver::open(&bus).await.unwrap();
+    assert!(driver.apply_verifies());
     let records = bus.kv::<ServiceState>(buckets::DRY_RUN).await.unwrap();
     let first = running(&plan(70, "dry-create", "dev", |_| {}));
     let second = one_more_replica(&first);

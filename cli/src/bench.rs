@@ -33,9 +33,9 @@ const HOPS_PER_PLAN: usize = 9;
 /// Answers from the server a plan waits for in sequence besides its hops, each a request
 /// and its reply: the Conductor's lock and record of a new plan; Forge's reads for the diff;
 /// the Conductor's READY and APPROVED write; Forge's gate reads (with the apply's lease
-/// beside them), the dry-run driver's record and its verifying read; the Conductor's APPLIED
-/// write. Each is costed as a publish's ack during the run, the first part of a hop.
-const ANSWERS_PER_PLAN: usize = 8;
+/// beside them) and the dry-run driver's record (its own verification); the Conductor's
+/// APPLIED write. Each is costed as a publish's ack during the run, the first part of a hop.
+const ANSWERS_PER_PLAN: usize = 7;
 
 /// How the bench runs.
 #[derive(Debug, Clone)]

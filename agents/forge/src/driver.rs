@@ -135,4 +135,10 @@ pub trait Apply: Driver {
     fn rolls_back(&self) -> bool {
         true
     }
+
+    /// Whether an apply that returns `Ok` has already seen the target run the state, so
+    /// Forge need not verify it with another call.
+    fn apply_verifies(&self) -> bool {
+        false
+    }
 }

@@ -64,6 +64,14 @@ impl Apply for AnyDriver {
         }
     }
 
+    fn apply_verifies(&self) -> bool {
+        match self {
+            AnyDriver::DryRun(driver) => driver.apply_verifies(),
+            AnyDriver::Container(driver) => driver.apply_verifies(),
+            AnyDriver::CiDispatch(driver) => driver.apply_verifies(),
+        }
+    }
+
     async fn check(&self) -> Result<String, DriverError> {
         match self {
             AnyDriver::DryRun(driver) => driver.check().await,
