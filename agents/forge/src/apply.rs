@@ -117,6 +117,13 @@ impl Steps<'_> {
         self.dispatch(event).await
     }
 
+    /// Reports the apply's start, if it is still held, and waits for every event's ack: for
+    /// an apply that stops here to be taken up again.
+    async fn report_start_confirmed(&mut self) -> Result<(), ApplyError> {
+        self.report_start().await?;
+        self.confirm().await
+    }
+
     async fn event(
         &mut self,
         kind: OpsEventKind,
@@ -521,17 +528,12 @@ pub async fn apply<D: Apply>(
     let end = carry_out(&mut steps, &mut hold, drivers, &build, delivery).await;
     // An apply to be taken up again has started: its start is reported before it is.
     if end.is_err()
-        && let Err(error) = report_start_now(&mut steps).await
+        && let Err(error) = steps.report_start_confirmed().await
     {
         tracing::warn!(plan = %request.plan_id, %error, "could not report the apply's start");
     }
     hold.close(&end).await;
     end
-}
-
-async fn report_start_now(steps: &mut Steps<'_>) -> Result<(), ApplyError> {
-    steps.report_start().await?;
-    steps.confirm().await
 }
 
 /// Applies the build resource by resource under its lease.
