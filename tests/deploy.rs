@@ -591,13 +591,15 @@ async fn a_forge_killed_mid_rollout_converges_when_restarted_without_duplicates(
             .any(|event| event.message.contains("replica 1 of 2 is ready"))
         {
             // A rollout that runs over a second has its start reported on its own, so the
-            // plan is APPLYING while it runs.
-            assert!(
+            // plan is APPLYING while it runs; its step reports progress, so the step's start
+            // went first.
+            let reported = |kind, seq| {
                 events
                     .iter()
-                    .any(|event| event.kind == OpsEventKind::ApplyStarted && event.seq == 1),
-                "{events:#?}"
-            );
+                    .any(|event| event.kind == kind && event.seq == seq)
+            };
+            assert!(reported(OpsEventKind::ApplyStarted, 1), "{events:#?}");
+            assert!(reported(OpsEventKind::StepStarted, 2), "{events:#?}");
             break;
         }
         assert!(tokio::time::Instant::now() < deadline, "{events:#?}");

@@ -15,7 +15,7 @@ pub struct SchemaVersion {
 
 impl SchemaVersion {
     /// The version this build of the protocol writes.
-    pub const CURRENT: SchemaVersion = SchemaVersion { major: 1, minor: 2 };
+    pub const CURRENT: SchemaVersion = SchemaVersion { major: 1, minor: 3 };
 
     /// Checks that a message written with `self` can be read by this build.
     pub fn check_supported(self, kind: &'static str) -> Result<(), UnsupportedVersion> {

@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use infracrew_bus::{Bus, Delivery, Kv, KvError, Sent, Versioned};
 use infracrew_protocol::{
     ApplyRequest, ChangeAction, DesiredState, GateCheck, LockRecord, OpsEvent, OpsEventKind,
@@ -67,14 +67,16 @@ struct Steps<'a> {
     /// Events sent whose acks are awaited with the apply's last event, so reporting a step
     /// does not hold the apply up for a round trip.
     unconfirmed: Vec<Sent>,
-    /// The apply's start while it is not yet reported: its message, when it started, and when
-    /// it is due.
+    /// The apply's start while it is not yet reported.
     held_start: Option<HeldStart>,
+    /// The running step's start while it is not yet reported.
+    held_step: Option<HeldStart>,
 }
 
+/// A start not yet reported: reported on its own once due, or with the end of what it started.
 struct HeldStart {
-    message: String,
-    at: DateTime<Utc>,
+    /// The start's event as it goes out on its own, stamped when the apply or step started.
+    event: OpsEvent,
     due: tokio::time::Instant,
 }
 
@@ -86,41 +88,51 @@ impl Steps<'_> {
     /// or with its end.
     fn start(&mut self, message: String) {
         self.seq = START_SEQ;
-        self.held_start = Some(HeldStart {
-            message,
-            at: Utc::now(),
+        self.held_start = Some(self.hold(OpsEventKind::ApplyStarted, None, message));
+    }
+
+    /// Starts a step: its start is reported once it has run for [`START_REPORTED_AFTER`] or
+    /// before its first progress line, or else with its end. It keeps its number either way.
+    fn start_step(&mut self, step: String, message: String) {
+        self.seq += 1;
+        self.held_step = Some(self.hold(OpsEventKind::StepStarted, Some(step), message));
+    }
+
+    fn hold(&self, kind: OpsEventKind, step: Option<String>, message: String) -> HeldStart {
+        HeldStart {
+            event: self.event_of(self.seq, kind, None, step, message),
             due: tokio::time::Instant::now() + START_REPORTED_AFTER,
-        });
+        }
     }
 
-    /// When the held start is due; `None` once it is reported.
+    /// When the next held start is due; `None` once none is held.
     fn start_due(&self) -> Option<tokio::time::Instant> {
-        self.held_start.as_ref().map(|start| start.due)
+        [&self.held_start, &self.held_step]
+            .into_iter()
+            .flatten()
+            .map(|held| held.due)
+            .min()
     }
 
-    /// Reports the apply's start on its own, if it is still held.
-    async fn report_start(&mut self) -> Result<(), ApplyError> {
-        let Some(start) = self.held_start.take() else {
-            return Ok(());
-        };
-        let event = self.event_of(
-            START_SEQ,
-            OpsEventKind::ApplyStarted,
-            None,
-            None,
-            start.message,
-        );
-        let event = OpsEvent {
-            at: start.at,
-            ..event
-        };
-        self.dispatch(event).await
+    /// Reports on their own the held starts due by `by`: the apply's, then the step's.
+    async fn report_starts_due(&mut self, by: tokio::time::Instant) -> Result<(), ApplyError> {
+        let due = |held: &mut HeldStart| held.due <= by;
+        let held = [self.held_start.take_if(due), self.held_step.take_if(due)];
+        for held in held.into_iter().flatten() {
+            self.dispatch(held.event).await?;
+        }
+        Ok(())
     }
 
-    /// Reports the apply's start, if it is still held, and waits for every event's ack: for
-    /// an apply that stops here to be taken up again.
-    async fn report_start_confirmed(&mut self) -> Result<(), ApplyError> {
-        self.report_start().await?;
+    /// Reports every start still held, and waits for every event's ack: for an apply that
+    /// stops here to be taken up again.
+    async fn report_starts_confirmed(&mut self) -> Result<(), ApplyError> {
+        for held in [self.held_start.take(), self.held_step.take()]
+            .into_iter()
+            .flatten()
+        {
+            self.dispatch(held.event).await?;
+        }
         self.confirm().await
     }
 
@@ -156,10 +168,21 @@ impl Steps<'_> {
         step: Option<String>,
         message: String,
     ) -> Result<(), ApplyError> {
-        let mut event = self.event_of(seq, kind, refused_by, step, message);
-        if kind.ends_apply() {
-            event.started_at = self.held_start.take().map(|start| start.at);
+        // A step that reports progress runs long enough for its start to go on its own first.
+        if kind == OpsEventKind::StepProgress
+            && let Some(held) = self.held_step.take()
+        {
+            self.dispatch(held.event).await?;
         }
+        let mut event = self.event_of(seq, kind, refused_by, step, message);
+        let held = if kind.ends_apply() {
+            self.held_start.take()
+        } else if kind.ends_step() {
+            self.held_step.take()
+        } else {
+            None
+        };
+        event.started_at = held.map(|held| held.event.at);
         self.dispatch(event).await
     }
 
@@ -235,7 +258,7 @@ where
     // timer's next millisecond, which every step of every apply would spend.
     let mut keepalive =
         tokio::time::interval_at(tokio::time::Instant::now() + KEEPALIVE, KEEPALIVE);
-    // Due once, if the start is still held: reported, it is held no more.
+    // Due when the next held start is; set again for the one after it, if any.
     let start_due =
         tokio::time::sleep_until(steps.start_due().unwrap_or_else(tokio::time::Instant::now));
     tokio::pin!(start_due);
@@ -251,7 +274,10 @@ where
                 steps.event(OpsEventKind::StepProgress, Some(step.to_owned()), line).await?;
             }
             () = &mut start_due, if steps.start_due().is_some() => {
-                steps.report_start().await?;
+                steps.report_starts_due(tokio::time::Instant::now()).await?;
+                if let Some(due) = steps.start_due() {
+                    start_due.as_mut().reset(due);
+                }
             }
             _ = keepalive.tick() => {
                 if let Err(error) = delivery.in_progress().await {
@@ -469,6 +495,7 @@ pub async fn apply<D: Apply>(
         seq: 0,
         unconfirmed: Vec::new(),
         held_start: None,
+        held_step: None,
     };
     // Before anything else: whoever can publish on the bus cannot make Forge apply.
     if let Err(refused) = check_signature(conductor, request) {
@@ -528,7 +555,7 @@ pub async fn apply<D: Apply>(
     let end = carry_out(&mut steps, &mut hold, drivers, &build, delivery).await;
     // An apply to be taken up again has started: its start is reported before it is.
     if end.is_err()
-        && let Err(error) = steps.report_start_confirmed().await
+        && let Err(error) = steps.report_starts_confirmed().await
     {
         tracing::warn!(plan = %request.plan_id, %error, "could not report the apply's start");
     }
@@ -574,13 +601,10 @@ async fn carry_out<D: Apply>(
         };
         let (before, after) = (decode(&resource.before), decode(&resource.after));
         let step = format!("apply {}", resource.resource);
-        steps
-            .event(
-                OpsEventKind::StepStarted,
-                Some(step.clone()),
-                format!("{:?} {}", resource.action, resource.resource).to_lowercase(),
-            )
-            .await?;
+        steps.start_step(
+            step.clone(),
+            format!("{:?} {}", resource.action, resource.resource).to_lowercase(),
+        );
         let strategy = strategy(&build.plan, environment, service);
         let (expected, wanted) = (before.clone(), after.as_ref());
         let outcome = with_progress(steps, hold, &step, delivery, |progress| async move {

@@ -232,8 +232,9 @@ pub struct OpsEvent {
     pub message: String,
     pub driver: String,
     pub at: DateTime<Utc>,
-    /// On an apply's end whose start was not reported on its own (an apply that ends quickly
-    /// reports its start with its end): when the apply started. Since schema 1.2.
+    /// On the end of an apply or of a step whose start was not reported on its own (one that
+    /// ends quickly reports its start with its end): when it started. Since schema 1.2 for
+    /// an apply's end, 1.3 for a step's (`STEP_SUCCEEDED`, `STEP_FAILED`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at: Option<DateTime<Utc>>,
 }
@@ -295,6 +296,11 @@ impl OpsEventKind {
     /// The end of an apply that ran: applied, failed or rolled back.
     pub fn ends_apply(self) -> bool {
         matches!(self, Self::ApplyDone | Self::ApplyFailed | Self::RolledBack)
+    }
+
+    /// The end of a step: succeeded or failed.
+    pub fn ends_step(self) -> bool {
+        matches!(self, Self::StepSucceeded | Self::StepFailed)
     }
 }
 
