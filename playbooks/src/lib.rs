@@ -8,7 +8,7 @@ use std::{
 };
 
 use infracrew_protocol::{
-    FieldError, HealthPaths, Intent, PlanStep, Resources, Strategy, check_document,
+    DocumentSchema, FieldError, HealthPaths, Intent, PlanStep, Resources, Strategy,
 };
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
@@ -20,6 +20,8 @@ pub struct Catalog {
     /// Every environment a goal may name, for example dev, staging, prod.
     #[schemars(length(min = 1))]
     pub environments: Vec<String>,
+    /// Services may also each have a file of their own, `services/<name>.toml`.
+    #[serde(default)]
     pub services: BTreeMap<String, CatalogService>,
 }
 
@@ -172,23 +174,33 @@ fn plural(count: usize) -> String {
     }
 }
 
+/// The folder beside `catalog.toml` where a service may have a file of its own.
+pub const SERVICES_DIR: &str = "services";
+
 impl Playbooks {
-    /// Loads `catalog.toml` and `<intent>.toml` for each intent from `dir`.
+    /// Loads `catalog.toml` with the services in `services/*.toml`, and `<intent>.toml` for
+    /// each intent, from `dir`.
     pub fn load(dir: &Path) -> Result<Self, LoadErrors> {
         let mut errors = Vec::new();
-        let catalog = read_checked::<Catalog>(&dir.join("catalog.toml"), &mut errors);
+        let catalog_file = dir.join("catalog.toml");
+        let catalog =
+            read_checked::<Catalog>(&catalog_file, &DocumentSchema::of::<Catalog>(), &mut errors);
+        let service_files = read_service_files(&dir.join(SERVICES_DIR), &mut errors);
+        let playbook_schema = DocumentSchema::of::<Playbook>();
         let mut playbooks = BTreeMap::new();
         for intent in INTENTS {
             let name = intent_name(intent);
             let file = dir.join(format!("{name}.toml"));
-            if let Some(playbook) = read_checked::<Playbook>(&file, &mut errors) {
+            if let Some(playbook) = read_checked::<Playbook>(&file, &playbook_schema, &mut errors) {
                 check_playbook(&file, name, intent, &playbook, &mut errors);
                 playbooks.insert(name, playbook);
             }
         }
-        if let Some(catalog) = &catalog {
-            check_catalog(&dir.join("catalog.toml"), catalog, &mut errors);
-        }
+        let catalog = catalog.map(|catalog| {
+            let catalog = with_service_files(&catalog_file, catalog, service_files, &mut errors);
+            check_catalog(&catalog_file, &catalog, &mut errors);
+            catalog.catalog
+        });
         match catalog {
             Some(catalog) if errors.is_empty() => Ok(Playbooks {
                 catalog,
@@ -208,12 +220,13 @@ impl Playbooks {
 /// Reads one TOML file checked against `T`'s schema, with every problem named.
 pub fn load_toml<T: JsonSchema + DeserializeOwned>(file: &Path) -> Result<T, LoadErrors> {
     let mut errors = Vec::new();
-    read_checked(file, &mut errors).ok_or(LoadErrors(errors))
+    read_checked(file, &DocumentSchema::of::<T>(), &mut errors).ok_or(LoadErrors(errors))
 }
 
-/// Reads a TOML file, checks it against `T`'s schema (every violation), then decodes it.
-fn read_checked<T: JsonSchema + DeserializeOwned>(
+/// Reads a TOML file, checks it against `schema`, `T`'s (every violation), then decodes it.
+fn read_checked<T: DeserializeOwned>(
     file: &Path,
+    schema: &DocumentSchema,
     errors: &mut Vec<LoadError>,
 ) -> Option<T> {
     let error = |path: String, reason: String| LoadError {
@@ -238,7 +251,7 @@ fn read_checked<T: JsonSchema + DeserializeOwned>(
             return None;
         }
     };
-    let violations: Vec<FieldError> = check_document::<T>(&document);
+    let violations: Vec<FieldError> = schema.check(&document);
     if !violations.is_empty() {
         errors.extend(violations.into_iter().map(|v| error(v.path, v.message)));
         return None;
@@ -252,22 +265,126 @@ fn read_checked<T: JsonSchema + DeserializeOwned>(
     }
 }
 
-fn check_catalog(file: &Path, catalog: &Catalog, errors: &mut Vec<LoadError>) {
-    let mut error = |path: String, reason: String| {
-        errors.push(LoadError {
-            file: file.to_owned(),
-            path,
-            reason,
-        })
+/// A service's own file, `services/<name>.toml`, read and checked.
+struct ServiceFile {
+    name: String,
+    file: PathBuf,
+    service: CatalogService,
+}
+
+/// Reads every `*.toml` in `dir` (none if there is no such folder), in name order: each a
+/// service named by its file. A large catalog costs less this way: parsing TOML takes about
+/// 36 times the file's size while it runs, so one file per service keeps that to a few KB.
+fn read_service_files(dir: &Path, errors: &mut Vec<LoadError>) -> Vec<ServiceFile> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Vec::new(),
+        Err(reason) => {
+            errors.push(LoadError {
+                file: dir.to_owned(),
+                path: String::new(),
+                reason: format!("cannot read the folder: {reason}"),
+            });
+            return Vec::new();
+        }
     };
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+        .filter(|path| path.extension().is_some_and(|ext| ext == "toml"))
+        .collect();
+    files.sort();
+    let schema = DocumentSchema::of::<CatalogService>();
+    files
+        .into_iter()
+        .filter_map(|file| {
+            let Some(name) = file.file_stem().and_then(|stem| stem.to_str()) else {
+                errors.push(LoadError {
+                    file: file.clone(),
+                    path: String::new(),
+                    reason: "the file name, which names the service, is not UTF-8".to_owned(),
+                });
+                return None;
+            };
+            let name = name.to_owned();
+            let service = read_checked::<CatalogService>(&file, &schema, errors)?;
+            Some(ServiceFile {
+                name,
+                file,
+                service,
+            })
+        })
+        .collect()
+}
+
+/// The catalog with its services' own files added, and where each service is defined (the
+/// file, and the JSON pointer of its entry), for the errors found later.
+struct LocatedCatalog {
+    catalog: Catalog,
+    defined_in: BTreeMap<String, (PathBuf, String)>,
+}
+
+fn with_service_files(
+    catalog_file: &Path,
+    mut catalog: Catalog,
+    service_files: Vec<ServiceFile>,
+    errors: &mut Vec<LoadError>,
+) -> LocatedCatalog {
+    let mut defined_in: BTreeMap<String, (PathBuf, String)> = catalog
+        .services
+        .keys()
+        .map(|name| {
+            let entry = (catalog_file.to_owned(), format!("/services/{name}"));
+            (name.clone(), entry)
+        })
+        .collect();
+    for ServiceFile {
+        name,
+        file,
+        service,
+    } in service_files
+    {
+        if catalog.services.contains_key(&name) {
+            errors.push(LoadError {
+                file,
+                path: String::new(),
+                reason: format!(
+                    "{name} is in {} as well; define it in one place",
+                    catalog_file.display()
+                ),
+            });
+            continue;
+        }
+        defined_in.insert(name.clone(), (file, String::new()));
+        catalog.services.insert(name, service);
+    }
+    LocatedCatalog {
+        catalog,
+        defined_in,
+    }
+}
+
+fn check_catalog(catalog_file: &Path, located: &LocatedCatalog, errors: &mut Vec<LoadError>) {
+    let catalog = &located.catalog;
     if catalog.services.is_empty() {
-        error("/services".into(), "the catalog names no service".into());
+        errors.push(LoadError {
+            file: catalog_file.to_owned(),
+            path: "/services".into(),
+            reason: format!("the catalog names no service, here or in {SERVICES_DIR}/*.toml"),
+        });
     }
     for (name, service) in &catalog.services {
+        let (file, entry) = &located.defined_in[name];
+        let mut error = |path: String, reason: String| {
+            errors.push(LoadError {
+                file: file.clone(),
+                path: format!("{entry}{path}"),
+                reason,
+            })
+        };
         for environment in &catalog.environments {
             if !service.environments.contains_key(environment) {
                 error(
-                    format!("/services/{name}/environments"),
+                    "/environments".into(),
                     format!("no defaults for environment {environment}"),
                 );
             }
@@ -275,7 +392,7 @@ fn check_catalog(file: &Path, catalog: &Catalog, errors: &mut Vec<LoadError>) {
         for environment in service.environments.keys() {
             if !catalog.environments.contains(environment) {
                 error(
-                    format!("/services/{name}/environments/{environment}"),
+                    format!("/environments/{environment}"),
                     format!(
                         "{environment} is not a catalog environment (they are: {})",
                         catalog.environments.join(", ")
@@ -353,8 +470,8 @@ mod tests {
         );
     }
 
-    /// The repository's playbooks in a temporary folder, with `file` replaced by `text`.
-    fn copy_with(file: &str, text: &str) -> (tempfile::TempDir, LoadErrors) {
+    /// The repository's playbooks in a temporary folder.
+    fn repository_copy() -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();
         for entry in std::fs::read_dir(repository_playbooks()).unwrap() {
             let path = entry.unwrap().path();
@@ -362,9 +479,50 @@ mod tests {
                 std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
             }
         }
+        dir
+    }
+
+    /// The repository's playbooks in a temporary folder, with `file` replaced by `text`.
+    fn copy_with(file: &str, text: &str) -> (tempfile::TempDir, LoadErrors) {
+        let dir = repository_copy();
         std::fs::write(dir.path().join(file), text).unwrap();
         let errors = Playbooks::load(dir.path()).unwrap_err();
         (dir, errors)
+    }
+
+    #[test]
+    fn services_in_files_of_their_own_join_the_catalog_and_a_problem_names_the_file() {
+        let dir = repository_copy();
+        let services = dir.path().join(SERVICES_DIR);
+        std::fs::create_dir(&services).unwrap();
+        let hermes = "image = \"infracrew/hermes\"\nport = 9100\nhealth = { live = \"/live\", ready = \"/ready\" }\nresources = { cpu_request_millis = 10, cpu_limit_millis = 20, memory_request_mib = 16, memory_limit_mib = 32 }\nenvironments.dev = { replicas = 1 }\nenvironments.staging = { replicas = 1 }\nenvironments.prod = { replicas = 2 }\n";
+        std::fs::write(services.join("hermes.toml"), hermes).unwrap();
+        std::fs::write(services.join("README.md"), "not a service").unwrap();
+        let loaded = Playbooks::load(dir.path()).unwrap();
+        assert_eq!(loaded.catalog.services.len(), 6);
+        assert_eq!(loaded.catalog.services["hermes"].port, 9100);
+        assert_eq!(
+            loaded.catalog.services["hermes"].environments["prod"].replicas,
+            2
+        );
+
+        let typo = hermes.replace("port = 9100", "prot = 9100");
+        std::fs::write(services.join("hermes.toml"), typo).unwrap();
+        let no_prod = hermes.replace("environments.prod = { replicas = 2 }\n", "");
+        std::fs::write(services.join("iris.toml"), no_prod).unwrap();
+        std::fs::write(services.join("social-intel.toml"), hermes).unwrap();
+        let errors = Playbooks::load(dir.path()).unwrap_err().to_string();
+        for expected in [
+            "hermes.toml: at /prot: unknown field",
+            "iris.toml: at /environments: no defaults for environment prod",
+            "social-intel.toml: social-intel is in ",
+        ] {
+            assert!(errors.contains(expected), "{expected:?} in {errors}");
+        }
+        assert!(
+            errors.contains("catalog.toml as well; define it in one place"),
+            "{errors}"
+        );
     }
 
     #[test]

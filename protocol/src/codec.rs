@@ -183,23 +183,32 @@ pub fn decode_value<M: Message>(value: Value) -> Result<M, DecodeError> {
     })
 }
 
-/// Checks a document (a configuration file, say) against the schema generated from `T`,
-/// returning every violation with its JSON path. The schema is compiled on each call: for
-/// documents read once, at start.
-pub fn check_document<T: JsonSchema>(document: &Value) -> Vec<FieldError> {
-    let generator = SchemaSettings::draft2020_12()
-        .for_deserialize()
-        .into_generator();
-    let schema = generator.into_root_schema_for::<T>().to_value();
-    match jsonschema::draft202012::new(&schema) {
-        Ok(validator) => validator
-            .iter_errors(document)
-            .flat_map(|e| field_errors(&e))
-            .collect(),
-        Err(error) => vec![FieldError {
-            path: String::new(),
-            message: error.to_string(),
-        }],
+/// The schema generated from a type, compiled once to check documents (configuration files,
+/// say) against it.
+#[derive(Debug)]
+pub struct DocumentSchema(Result<Validator, String>);
+
+impl DocumentSchema {
+    pub fn of<T: JsonSchema>() -> Self {
+        let generator = SchemaSettings::draft2020_12()
+            .for_deserialize()
+            .into_generator();
+        let schema = generator.into_root_schema_for::<T>().to_value();
+        Self(jsonschema::draft202012::new(&schema).map_err(|error| error.to_string()))
+    }
+
+    /// Every violation in `document`, each with its JSON path.
+    pub fn check(&self, document: &Value) -> Vec<FieldError> {
+        match &self.0 {
+            Ok(validator) => validator
+                .iter_errors(document)
+                .flat_map(|e| field_errors(&e))
+                .collect(),
+            Err(reason) => vec![FieldError {
+                path: String::new(),
+                message: reason.clone(),
+            }],
+        }
     }
 }
 

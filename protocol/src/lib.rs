@@ -14,7 +14,7 @@ pub mod subjects;
 mod version;
 
 pub use codec::{
-    DecodeError, FieldError, MAX_MESSAGE_BYTES, Message, check_document, decode, decode_value,
+    DecodeError, DocumentSchema, FieldError, MAX_MESSAGE_BYTES, Message, decode, decode_value,
     encode, schema_for,
 };
 pub use digest::{PlanDigest, canonical_json, hex};
