@@ -881,6 +881,15 @@ async fn a_lock_taken_elsewhere_since_this_conductor_let_it_go_is_waited_for() {
     let first_ready = wait_for_state(&bus, first, PlanState::Ready, &agents).await;
     assert!(approve(&server, first, "bob").status.success());
     wait_for_state(&bus, first, PlanState::Applied, &agents).await;
+    // The lock is released just after the record says APPLIED.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while locks.get("staging.social-intel").await.unwrap().is_some() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the lock was not released"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     let elsewhere = PlanId(uuid::Uuid::from_u128(7));
     let now = chrono::Utc::now();
     let taken = locks

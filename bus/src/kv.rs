@@ -21,6 +21,9 @@ use crate::Bus;
 /// The header a KV delete or purge carries (a put has none, or `PUT`).
 const KV_OPERATION: &str = "KV-Operation";
 
+/// How many keys a listing fetches at a time.
+const KEYS_BATCH: i64 = 256;
+
 /// A value and the revision it was stored at; pass the revision back to update it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Versioned<T> {
@@ -159,14 +162,67 @@ impl<T: Serialize + DeserializeOwned> Kv<T> {
     /// Every key that holds a value.
     pub async fn keys(&self) -> Result<Vec<String>, KvError> {
         use futures::TryStreamExt;
-        let keys = self
+        self.key_stream().await?.try_collect().await
+    }
+
+    /// Every key that holds a value, as the server lists them, a batch at a time: over a
+    /// bucket of many keys, what the caller keeps of them is about all the listing holds.
+    /// (`Store::keys` pushes every key at once, which a busy process on one thread buffers
+    /// before it reads them.)
+    pub async fn key_stream(
+        &self,
+    ) -> Result<impl futures::Stream<Item = Result<String, KvError>> + '_, KvError> {
+        use async_nats::jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
+        use futures::StreamExt;
+        let prefix = self.store.prefix.as_str();
+        let consumer = self
             .store
-            .keys()
+            .stream
+            .create_consumer(OrderedConfig {
+                filter_subject: format!("{prefix}>"),
+                headers_only: true,
+                deliver_policy: DeliverPolicy::LastPerSubject,
+                max_batch: KEYS_BATCH,
+                ..Default::default()
+            })
             .await
             .map_err(|error| self.request(error))?;
-        keys.try_collect()
+        let done = consumer.cached_info().num_pending == 0;
+        let messages = consumer
+            .messages()
             .await
-            .map_err(|error| self.request(error))
+            .map_err(|error| self.request(error))?;
+        Ok(futures::stream::unfold(
+            (messages, done),
+            move |(mut messages, done)| async move {
+                if done {
+                    return None;
+                }
+                loop {
+                    let message = match messages.next().await? {
+                        Ok(message) => message,
+                        Err(error) => return Some((Err(self.request(error)), (messages, true))),
+                    };
+                    let last = match message.info() {
+                        Ok(info) => info.pending == 0,
+                        Err(error) => return Some((Err(self.request(error)), (messages, true))),
+                    };
+                    let operation = message
+                        .headers
+                        .as_ref()
+                        .and_then(|headers| headers.get(KV_OPERATION))
+                        .map(|operation| operation.as_str());
+                    let key = message.subject.strip_prefix(prefix);
+                    match (operation, key) {
+                        (None | Some("PUT"), Some(key)) => {
+                            return Some((Ok(key.to_owned()), (messages, last)));
+                        }
+                        _ if last => return None,
+                        _ => {}
+                    }
+                }
+            },
+        ))
     }
 
     /// Writes `value` whatever is there; returns the new revision. For state with one writer;

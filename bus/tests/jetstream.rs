@@ -867,6 +867,33 @@ async fn create_with_writes_once_over_nothing_or_a_deletion_with_what_it_replace
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kv_keys_are_listed_a_batch_at_a_time_without_the_deleted_ones() {
+    let server = NatsServer::start().unwrap();
+    let bus = crew_bus(&server).await;
+    let plans = bus.kv::<Record>(buckets::PLANS).await.unwrap();
+    assert!(plans.keys().await.unwrap().is_empty(), "an empty bucket");
+
+    // More keys than one batch fetches, one of them written twice and one deleted.
+    let record = Record {
+        state: "PLANNED".into(),
+    };
+    for index in 0..600 {
+        plans
+            .put(&format!("plan-{index:03}"), &record)
+            .await
+            .unwrap();
+    }
+    plans.put("plan-007", &record).await.unwrap();
+    let last = plans.put("plan-599", &record).await.unwrap();
+    plans.delete("plan-599", last).await.unwrap();
+
+    let mut keys = plans.keys().await.unwrap();
+    keys.sort();
+    let expected: Vec<String> = (0..599).map(|index| format!("plan-{index:03}")).collect();
+    assert_eq!(keys, expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kv_compare_and_set_detects_a_concurrent_writer() {
     let server = NatsServer::start().unwrap();
     let bus = crew_bus(&server).await;

@@ -108,13 +108,27 @@ pub struct Conductor {
     /// trying it as never written and reading the deletion. Another writer's lock since
     /// fails that write, and the lock is read.
     pub lock_deletions: std::sync::Mutex<std::collections::HashMap<String, u64>>,
-    /// Plans the sweeper found finished, by key, with their end state and time: a finished
-    /// plan never moves again, so later sweeps count it without reading it.
-    pub finished: std::sync::Mutex<std::collections::HashMap<String, FinishedPlan>>,
+    /// Plans the sweeper found finished: a finished plan never moves again, so later sweeps
+    /// count it without reading it.
+    pub finished: std::sync::Mutex<FinishedPlans>,
 }
 
-/// A finished plan's end state and when it got there.
-pub type FinishedPlan = (PlanState, Option<DateTime<Utc>>);
+/// The plans the sweeper found finished, and how many sweeps there were. The bucket keeps
+/// every plan ever made, so this grows with them: about 40 bytes a plan, kept by id, where
+/// a key took about 70 more.
+#[derive(Debug, Default)]
+pub struct FinishedPlans {
+    sweeps: u64,
+    plans: std::collections::HashMap<PlanId, FinishedPlan>,
+}
+
+/// A finished plan's end state, when it got there, and the last sweep that listed it.
+#[derive(Debug, Clone, Copy)]
+struct FinishedPlan {
+    state: PlanState,
+    since: Option<DateTime<Utc>>,
+    listed: u64,
+}
 
 /// What asking for a lock found.
 enum LockAnswer {
@@ -1205,21 +1219,27 @@ impl Conductor {
         let queued = self.sweep_locks().await?;
         let now = Utc::now();
         let mut census = PlanCensus::default();
-        let mut known_finished = std::mem::take(&mut *lock_ignoring_poison(&self.finished));
-        let mut finished = std::collections::HashMap::with_capacity(known_finished.len());
-        for key in self.plans.keys().await.map_err(retry)? {
-            if let Some((state, since)) = known_finished.remove(&key) {
-                census.count_state(state, since);
-                finished.insert(key, (state, since));
+        let mut finished = std::mem::take(&mut *lock_ignoring_poison(&self.finished));
+        finished.sweeps += 1;
+        let sweep = finished.sweeps;
+        for plan_id in self.listed_plans().await? {
+            if let Some(known) = finished.plans.get_mut(&plan_id) {
+                known.listed = sweep;
+                census.count_state(known.state, known.since);
                 continue;
             }
+            let key = plan_id.to_string();
             let Some(record) = self.plans.get(&key).await.map_err(retry)?.map(|r| r.value) else {
                 continue;
             };
             census.count(&record);
             if record.state.is_terminal() {
-                let since = record.history.last().map(|last| last.at);
-                finished.insert(key, (record.state, since));
+                let ended = FinishedPlan {
+                    state: record.state,
+                    since: record.history.last().map(|last| last.at),
+                    listed: sweep,
+                };
+                finished.plans.insert(plan_id, ended);
             } else if record.state == PlanState::Planned && queued.contains(&record.plan.plan_id) {
                 // In a live lock's queue: the lock's release starts it.
             } else {
@@ -1233,9 +1253,28 @@ impl Conductor {
                 }
             }
         }
+        // A plan no longer listed (its record deleted) is forgotten.
+        finished.plans.retain(|_, plan| plan.listed == sweep);
         *lock_ignoring_poison(&self.finished) = finished;
         self.metrics.census(&census, now);
         Ok(())
+    }
+
+    /// The ids of the plans in the bucket, 16 bytes each where a key takes about 70. A key that
+    /// is not a plan id is no plan of the crew's, and is left alone.
+    async fn listed_plans(&self) -> Result<Vec<PlanId>, HandlerError> {
+        use futures::TryStreamExt;
+        let keys = self.plans.key_stream().await.map_err(retry)?;
+        keys.map_err(retry)
+            .try_filter_map(|key| async move {
+                let plan_id = key.parse::<PlanId>();
+                if plan_id.is_err() {
+                    tracing::warn!(%key, "a key in the plans bucket that is not a plan id; left alone");
+                }
+                Ok(plan_id.ok())
+            })
+            .try_collect()
+            .await
     }
 
     /// Renews the locks of plans still moving (each with the time of its renewal), then
