@@ -19,6 +19,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
  && cp target/release/atlas target/release/forge target/release/sentinel \
        target/release/conductor target/release/crew /out/bin/ \
  && cp playbooks/*.toml /out/playbooks/ && rm /out/playbooks/Cargo.toml \
+ && if [ -d playbooks/services ]; then cp -r playbooks/services /out/playbooks/; fi \
  && cp -r playbooks/policies /out/playbooks/ \
  && cp config/*.toml /out/config/
 

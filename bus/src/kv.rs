@@ -21,8 +21,13 @@ use crate::Bus;
 /// The header a KV delete or purge carries (a put has none, or `PUT`).
 const KV_OPERATION: &str = "KV-Operation";
 
-/// How many keys a listing fetches at a time.
+/// The most keys a listing's consumer hands over per pull: async-nats asks for 500, so this
+/// caps its batch.
 const KEYS_BATCH: i64 = 256;
+
+/// How long a listing waits for its next key before it gives up: keys removed after it began
+/// (a purge, an age limit) would leave it waiting for ever.
+const KEYS_STALL: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// A value and the revision it was stored at; pass the revision back to update it.
 #[derive(Debug, Clone, PartialEq)]
@@ -159,16 +164,19 @@ impl<T: Serialize + DeserializeOwned> Kv<T> {
         Ok(values)
     }
 
-    /// Every key that holds a value.
+    /// Every key that holds a value, in order, each once.
     pub async fn keys(&self) -> Result<Vec<String>, KvError> {
         use futures::TryStreamExt;
-        self.key_stream().await?.try_collect().await
+        let mut keys: Vec<String> = self.key_stream().await?.try_collect().await?;
+        keys.sort_unstable();
+        keys.dedup();
+        Ok(keys)
     }
 
     /// Every key that holds a value, as the server lists them, a batch at a time: over a
     /// bucket of many keys, what the caller keeps of them is about all the listing holds.
     /// (`Store::keys` pushes every key at once, which a busy process on one thread buffers
-    /// before it reads them.)
+    /// before it reads them.) A key written while the listing runs may come twice.
     pub async fn key_stream(
         &self,
     ) -> Result<impl futures::Stream<Item = Result<String, KvError>> + '_, KvError> {
@@ -187,6 +195,17 @@ impl<T: Serialize + DeserializeOwned> Kv<T> {
             })
             .await
             .map_err(|error| self.request(error))?;
+        // The listing ends at the last write there was once the consumer began: every key's
+        // value then is at or before it, and the writes after it are not waited for.
+        let until = self
+            .store
+            .stream
+            .clone()
+            .info()
+            .await
+            .map_err(|error| self.request(error))?
+            .state
+            .last_sequence;
         let done = consumer.cached_info().num_pending == 0;
         let messages = consumer
             .messages()
@@ -199,12 +218,22 @@ impl<T: Serialize + DeserializeOwned> Kv<T> {
                     return None;
                 }
                 loop {
-                    let message = match messages.next().await? {
-                        Ok(message) => message,
-                        Err(error) => return Some((Err(self.request(error)), (messages, true))),
+                    let message = match tokio::time::timeout(KEYS_STALL, messages.next()).await {
+                        Ok(Some(Ok(message))) => message,
+                        Ok(Some(Err(error))) => {
+                            return Some((Err(self.request(error)), (messages, true)));
+                        }
+                        Ok(None) => return None,
+                        Err(_) => {
+                            let stalled = format!(
+                                "the key listing had no key for {KEYS_STALL:?}; keys removed meanwhile?"
+                            );
+                            return Some((Err(self.request(stalled)), (messages, true)));
+                        }
                     };
                     let last = match message.info() {
-                        Ok(info) => info.pending == 0,
+                        Ok(info) if info.stream_sequence > until => return None,
+                        Ok(info) => info.pending == 0 || info.stream_sequence == until,
                         Err(error) => return Some((Err(self.request(error)), (messages, true))),
                     };
                     let operation = message

@@ -1218,8 +1218,23 @@ impl Conductor {
         // Locks first, so a long look at the plans never lets a live plan's lease run out.
         let queued = self.sweep_locks().await?;
         let now = Utc::now();
-        let mut census = PlanCensus::default();
+        // Put back however the sweep ends: one that fails part way must not leave the next
+        // to read every finished plan again.
         let mut finished = std::mem::take(&mut *lock_ignoring_poison(&self.finished));
+        let census = self.sweep_plans(&queued, &mut finished, now).await;
+        *lock_ignoring_poison(&self.finished) = finished;
+        self.metrics.census(&census?, now);
+        Ok(())
+    }
+
+    /// Counts every plan, and expires, resends or starts those that need it.
+    async fn sweep_plans(
+        &self,
+        queued: &std::collections::HashSet<PlanId>,
+        finished: &mut FinishedPlans,
+        now: DateTime<Utc>,
+    ) -> Result<PlanCensus, HandlerError> {
+        let mut census = PlanCensus::default();
         finished.sweeps += 1;
         let sweep = finished.sweeps;
         for plan_id in self.listed_plans().await? {
@@ -1255,17 +1270,16 @@ impl Conductor {
         }
         // A plan no longer listed (its record deleted) is forgotten.
         finished.plans.retain(|_, plan| plan.listed == sweep);
-        *lock_ignoring_poison(&self.finished) = finished;
-        self.metrics.census(&census, now);
-        Ok(())
+        Ok(census)
     }
 
-    /// The ids of the plans in the bucket, 16 bytes each where a key takes about 70. A key that
-    /// is not a plan id is no plan of the crew's, and is left alone.
+    /// The ids of the plans in the bucket, each once, 16 bytes each where a key takes about 70.
+    /// A key that is not a plan id is no plan of the crew's, and is left alone.
     async fn listed_plans(&self) -> Result<Vec<PlanId>, HandlerError> {
         use futures::TryStreamExt;
         let keys = self.plans.key_stream().await.map_err(retry)?;
-        keys.map_err(retry)
+        let mut listed: Vec<PlanId> = keys
+            .map_err(retry)
             .try_filter_map(|key| async move {
                 let plan_id = key.parse::<PlanId>();
                 if plan_id.is_err() {
@@ -1274,7 +1288,10 @@ impl Conductor {
                 Ok(plan_id.ok())
             })
             .try_collect()
-            .await
+            .await?;
+        listed.sort_unstable();
+        listed.dedup();
+        Ok(listed)
     }
 
     /// Renews the locks of plans still moving (each with the time of its renewal), then

@@ -288,20 +288,31 @@ fn read_service_files(dir: &Path, errors: &mut Vec<LoadError>) -> Vec<ServiceFil
             return Vec::new();
         }
     };
+    // Hidden files (an editor's lock or swap file, say) are no services.
     let mut files: Vec<PathBuf> = entries
         .filter_map(|entry| entry.ok().map(|entry| entry.path()))
         .filter(|path| path.extension().is_some_and(|ext| ext == "toml"))
+        .filter(|path| {
+            path.file_name()
+                .is_some_and(|name| !name.to_string_lossy().starts_with('.'))
+        })
         .collect();
     files.sort();
     let schema = DocumentSchema::of::<CatalogService>();
     files
         .into_iter()
         .filter_map(|file| {
-            let Some(name) = file.file_stem().and_then(|stem| stem.to_str()) else {
+            let Some(name) = file
+                .file_stem()
+                .and_then(|stem| stem.to_str())
+                .filter(|name| is_service_name(name))
+            else {
                 errors.push(LoadError {
                     file: file.clone(),
                     path: String::new(),
-                    reason: "the file name, which names the service, is not UTF-8".to_owned(),
+                    reason: "the file's name is the service's, which a goal names: a lowercase \
+                             letter, then up to 62 lowercase letters, digits or '-'"
+                        .to_owned(),
                 });
                 return None;
             };
@@ -314,6 +325,15 @@ fn read_service_files(dir: &Path, errors: &mut Vec<LoadError>) -> Vec<ServiceFil
             })
         })
         .collect()
+}
+
+/// A name a goal can give as its service (GoalStatement's `service`), and so a lock's key
+/// part with no dot in it.
+fn is_service_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars.next().is_some_and(|first| first.is_ascii_lowercase())
+        && name.len() <= 63
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
 }
 
 /// The catalog with its services' own files added, and where each service is defined (the
@@ -498,6 +518,7 @@ mod tests {
         let hermes = "image = \"infracrew/hermes\"\nport = 9100\nhealth = { live = \"/live\", ready = \"/ready\" }\nresources = { cpu_request_millis = 10, cpu_limit_millis = 20, memory_request_mib = 16, memory_limit_mib = 32 }\nenvironments.dev = { replicas = 1 }\nenvironments.staging = { replicas = 1 }\nenvironments.prod = { replicas = 2 }\n";
         std::fs::write(services.join("hermes.toml"), hermes).unwrap();
         std::fs::write(services.join("README.md"), "not a service").unwrap();
+        std::fs::write(services.join(".#hermes.toml"), "an editor's lock file").unwrap();
         let loaded = Playbooks::load(dir.path()).unwrap();
         assert_eq!(loaded.catalog.services.len(), 6);
         assert_eq!(loaded.catalog.services["hermes"].port, 9100);
@@ -511,8 +532,10 @@ mod tests {
         let no_prod = hermes.replace("environments.prod = { replicas = 2 }\n", "");
         std::fs::write(services.join("iris.toml"), no_prod).unwrap();
         std::fs::write(services.join("social-intel.toml"), hermes).unwrap();
+        std::fs::write(services.join("Hermes.v2.toml"), hermes).unwrap();
         let errors = Playbooks::load(dir.path()).unwrap_err().to_string();
         for expected in [
+            "Hermes.v2.toml: the file's name is the service's",
             "hermes.toml: at /prot: unknown field",
             "iris.toml: at /environments: no defaults for environment prod",
             "social-intel.toml: social-intel is in ",

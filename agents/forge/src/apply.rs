@@ -35,9 +35,10 @@ pub const LEASE: Duration = Duration::from_secs(15);
 /// How often a request that found another apply of its plan under way looks again.
 const LEASE_POLL: Duration = Duration::from_secs(1);
 
-/// How long an apply runs before its start is reported on its own. A quicker apply's end
-/// carries its start, and the Conductor records both in one write: three stored messages
-/// fewer per plan, and one message fewer for the Conductor to handle.
+/// How long an apply, or a step, runs before its start is reported on its own. A quicker
+/// apply's end carries its start, and the Conductor records both in one write: three stored
+/// messages fewer per plan, and one message fewer for the Conductor to handle. A quicker
+/// step's end carries its start too: one stored message fewer per step.
 const START_REPORTED_AFTER: Duration = Duration::from_secs(1);
 
 /// The buckets the apply checks against, and what this Forge remembers of the plans it built.
@@ -553,11 +554,12 @@ pub async fn apply<D: Apply>(
     };
     let build = hold.record.clone();
     let end = carry_out(&mut steps, &mut hold, drivers, &build, delivery).await;
-    // An apply to be taken up again has started: its start is reported before it is.
+    // An apply to be taken up again has started, and so has the step it stopped in: their
+    // starts are reported before it is.
     if end.is_err()
         && let Err(error) = steps.report_starts_confirmed().await
     {
-        tracing::warn!(plan = %request.plan_id, %error, "could not report the apply's start");
+        tracing::warn!(plan = %request.plan_id, %error, "could not report the apply's and the step's start");
     }
     hold.close(&end).await;
     end
