@@ -336,11 +336,11 @@ fn is_service_name(name: &str) -> bool {
         && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
 }
 
-/// The catalog with its services' own files added, and where each service is defined (the
-/// file, and the JSON pointer of its entry), for the errors found later.
+/// The catalog with its services' own files added, and those services' files, for the errors
+/// found later (any other service is in `catalog.toml`).
 struct LocatedCatalog {
     catalog: Catalog,
-    defined_in: BTreeMap<String, (PathBuf, String)>,
+    service_files: BTreeMap<String, PathBuf>,
 }
 
 fn with_service_files(
@@ -349,14 +349,7 @@ fn with_service_files(
     service_files: Vec<ServiceFile>,
     errors: &mut Vec<LoadError>,
 ) -> LocatedCatalog {
-    let mut defined_in: BTreeMap<String, (PathBuf, String)> = catalog
-        .services
-        .keys()
-        .map(|name| {
-            let entry = (catalog_file.to_owned(), format!("/services/{name}"));
-            (name.clone(), entry)
-        })
-        .collect();
+    let mut files = BTreeMap::new();
     for ServiceFile {
         name,
         file,
@@ -374,12 +367,12 @@ fn with_service_files(
             });
             continue;
         }
-        defined_in.insert(name.clone(), (file, String::new()));
+        files.insert(name.clone(), file);
         catalog.services.insert(name, service);
     }
     LocatedCatalog {
         catalog,
-        defined_in,
+        service_files: files,
     }
 }
 
@@ -393,10 +386,13 @@ fn check_catalog(catalog_file: &Path, located: &LocatedCatalog, errors: &mut Vec
         });
     }
     for (name, service) in &catalog.services {
-        let (file, entry) = &located.defined_in[name];
+        let (file, entry) = match located.service_files.get(name) {
+            Some(file) => (file.as_path(), String::new()),
+            None => (catalog_file, format!("/services/{name}")),
+        };
         let mut error = |path: String, reason: String| {
             errors.push(LoadError {
-                file: file.clone(),
+                file: file.to_owned(),
                 path: format!("{entry}{path}"),
                 reason,
             })

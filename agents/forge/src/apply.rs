@@ -117,24 +117,29 @@ impl Steps<'_> {
 
     /// Reports on their own the held starts due by `by`: the apply's, then the step's.
     async fn report_starts_due(&mut self, by: tokio::time::Instant) -> Result<(), ApplyError> {
-        let due = |held: &mut HeldStart| held.due <= by;
-        let held = [self.held_start.take_if(due), self.held_step.take_if(due)];
-        for held in held.into_iter().flatten() {
-            self.dispatch(held.event).await?;
-        }
-        Ok(())
+        self.report_starts_where(|held| held.due <= by).await
     }
 
     /// Reports every start still held, and waits for every event's ack: for an apply that
     /// stops here to be taken up again.
     async fn report_starts_confirmed(&mut self) -> Result<(), ApplyError> {
-        for held in [self.held_start.take(), self.held_step.take()]
-            .into_iter()
-            .flatten()
-        {
+        self.report_starts_where(|_| true).await?;
+        self.confirm().await
+    }
+
+    /// Reports on their own the held starts `chosen` picks, the apply's first.
+    async fn report_starts_where(
+        &mut self,
+        chosen: impl Fn(&mut HeldStart) -> bool + Copy,
+    ) -> Result<(), ApplyError> {
+        let held = [
+            self.held_start.take_if(chosen),
+            self.held_step.take_if(chosen),
+        ];
+        for held in held.into_iter().flatten() {
             self.dispatch(held.event).await?;
         }
-        self.confirm().await
+        Ok(())
     }
 
     async fn event(
